@@ -1,0 +1,53 @@
+"""`simulate`: write a simulated stamp-sequence dataset (HDF5) for a survey."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simulate", description=__doc__)
+    p.add_argument("--survey", default="hits", help="survey name (built-in: hits)")
+    p.add_argument("--n-per-class", type=int, help="objects per class (default 100)")
+    p.add_argument("--classes", help="comma-separated class names (default: every implemented class)")
+    p.add_argument("--seed", type=int, help="random seed; same seed and options give identical bytes")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--conditions", help="directory of real survey logs (camera.csv + field_epochs.csv, or "
+                                        "camera.ecsv + epochs.ecsv); default $STAMPSEQ_CONDITIONS, else built-in model")
+    p.add_argument("--workers", type=int, help="local processes (default 1)")
+    p.add_argument("--scheduler", help="address of a Dask.distributed scheduler to run the shards on")
+    p.add_argument("--config", help="YAML file of SimConfig keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any SimConfig key")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT made with other options")
+    p.add_argument("--plot", metavar="PNG", help="also write a summary figure")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from survey_params import ConditionsError
+
+    from .run import SimulationError, simulate
+    from .settings import load_config
+    from .summary import plot_summary, summarize
+
+    overrides = {"survey": args.survey, "n_per_class": args.n_per_class, "seed": args.seed,
+                 "conditions": args.conditions, "workers": args.workers, "scheduler": args.scheduler,
+                 "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None}
+    if args.no_progress:
+        overrides["progress"] = False
+    try:
+        cfg = load_config(args.config, overrides, args.set)
+        out = simulate(cfg, args.out, overwrite=args.overwrite)
+    except (ValueError, NotImplementedError, ConditionsError, SimulationError, OSError) as exc:
+        print(f"simulate: error: {exc}", file=sys.stderr)
+        return 2
+    print(summarize(out))
+    if args.plot:
+        print(f"figure: {plot_summary(out, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The HDF5 dataset layout: the one interface between simulation, photometry and training.
+
+Datasets (N objects, T epochs, S x S stamps); names are a contract:
+- `stamps` (N, T, S, S) float32 ADU with sky; `mjd` (N, T); `mask` (N, T) bool valid epochs;
+- `label` (N,) int16 with attribute `class_names`; `split` (N,) uint8 0 train / 1 validation / 2 test;
+- `conditions/{exp_time_s, seeing_arcsec, airmass, sky_adu, zero_point, limmag5, gain, read_noise,
+  saturation}` (N, T), NaN at padded epochs;
+- `truth/mag` (N, T) true point-source magnitude (inf when absent), `truth/has_host` (N,), and more under
+  `truth/` (host parameters, centring offsets before rotation, orientation, field, CCD, object index).
+Root attributes: `survey`, `seed`, `version` (package), `format_version`, `config` (JSON), `class_names`.
+
+Stamps are chunked by 64 objects (one chunk holds whole sequences) and LZF-compressed: reading a training
+batch touches few chunks and decompresses fast. Files are written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+STAMP_CHUNK_OBJECTS = 64
+_STRING = h5py.string_dtype()
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("stampseq")
+    except Exception:  # running from a source tree without installation
+        return "0+unknown"
+
+
+def _create(group: h5py.File, name: str, data: np.ndarray) -> None:
+    data = np.asarray(data)
+    if data.dtype == object:
+        group.create_dataset(name, data=data.astype(str).astype(object), dtype=_STRING, track_times=False)
+        return
+    kwargs = {}
+    if data.ndim >= 1 and data.shape[0] > 0:
+        chunk0 = min(STAMP_CHUNK_OBJECTS, data.shape[0])
+        kwargs = {"chunks": (chunk0,) + data.shape[1:], "compression": "lzf", "shuffle": data.dtype.kind == "f"}
+    group.create_dataset(name, data=data, track_times=False, **kwargs)
+
+
+def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names) -> None:
+    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            for key in sorted(arrays):
+                _create(f, key, arrays[key])
+            f["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_arrays(path: str | Path) -> tuple[dict, dict]:
+    """All datasets (path -> array) and root attributes of a file written by `write_arrays`."""
+    arrays: dict = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                arrays[name] = data.astype(object) if obj.dtype.kind == "O" else data
+        f.visititems(visit)
+        attrs = dict(f.attrs)
+    return arrays, attrs
+
+
+def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
+    """Concatenate shard files (in order) into the final dataset `out`, atomically."""
+    out = Path(out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    with h5py.File(shard_paths[0], "r") as f0:
+        keys: list[str] = []
+        f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
+        specs = {k: (f0[k].shape[1:], f0[k].dtype) for k in keys}
+    sizes = []
+    for p in shard_paths:
+        with h5py.File(p, "r") as f:
+            sizes.append(f["label"].shape[0])
+    n = sum(sizes)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as g:
+            for k in sorted(keys):
+                shape, dtype = specs[k]
+                kwargs = {"compression": "lzf", "shuffle": dtype.kind == "f",
+                          "chunks": (min(STAMP_CHUNK_OBJECTS, n),) + shape} if dtype.kind != "O" else {}
+                g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, **kwargs)
+            start = 0
+            for p, size in zip(shard_paths, sizes):
+                with h5py.File(p, "r") as f:
+                    for k in keys:
+                        g[k][start:start + size] = f[k][()]
+                start += size
+            g["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
+            for k, v in attrs.items():
+                g.attrs[k] = v
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def class_names(path: str | Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in f["label"].attrs["class_names"]]
+
+
+def config_of(path: str | Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["config"])

@@ -1,0 +1,98 @@
+"""Sharded, resumable dataset production on one process, local processes, or a Dask cluster.
+
+Objects are cut into shards of `shard_size`. Each finished shard is written to `OUT.parts/` under a
+temporary name and renamed, so a killed run loses at most the shards in flight; rerunning with the same
+options skips the shards already there. When all are present they are merged into `OUT` (temp + rename)
+and the parts are removed. Workers only compute arrays; this process writes every file, so a Dask cluster
+needs no shared filesystem (but a `conditions` directory must be readable on the workers).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .classes import model_for
+from .dataset import FORMAT_VERSION, merge, package_version, write_arrays
+from .settings import SimConfig
+from .shard import n_epochs, simulate_shard
+
+
+class SimulationError(RuntimeError):
+    """A run that cannot proceed (e.g. leftovers of a run with other options)."""
+
+
+def shard_ranges(cfg: SimConfig) -> list[tuple[int, int]]:
+    n = cfg.n_per_class * len(cfg.classes)
+    return [(s, min(s + cfg.shard_size, n)) for s in range(0, n, cfg.shard_size)]
+
+
+def _root_attrs(cfg: SimConfig) -> dict:
+    return {"survey": cfg.survey, "seed": cfg.seed, "version": package_version(), "format_version": FORMAT_VERSION,
+            "config": cfg.content_json(), "class_names": json.dumps(list(cfg.classes))}
+
+
+def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
+    """Yield ((start, stop), arrays) for every pending shard, in completion order."""
+    cfg_json = cfg.content_json()
+    if cfg.scheduler:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(cfg.scheduler) as client:
+            futures = {client.submit(simulate_shard, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
+            for fut in dask_completed(futures):
+                yield futures[fut], fut.result()
+    elif cfg.workers > 1 and len(pending) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(simulate_shard, cfg_json, a, b): (a, b) for a, b in pending}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+    else:
+        for a, b in pending:
+            yield (a, b), simulate_shard(cfg_json, a, b)
+
+
+def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
+    """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
+    out = Path(out)
+    for name in cfg.classes:
+        model_for(name)  # fail before any work for classes without a model
+    content = cfg.content_json()
+    if out.exists():
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            same = f.attrs.get("config") == content
+        if same and not overwrite:
+            print(f"{out}: already complete with these options; nothing to do")
+            return out
+        if not overwrite:
+            raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
+    parts = Path(str(out) + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    manifest = parts / "config.json"
+    if manifest.exists() and manifest.read_text() != content:
+        raise SimulationError(f"{parts}: holds shards of a run with other options; delete it or rerun with those "
+                              f"options (see {manifest})")
+    if not manifest.exists():
+        tmp = parts / "config.json.tmp"
+        tmp.write_text(content)
+        tmp.replace(manifest)
+    n_epochs(cfg)  # load the survey once here so that bad conditions fail before workers start
+    shards = shard_ranges(cfg)
+    path_of = {r: parts / f"shard-{i:06d}.h5" for i, r in enumerate(shards)}
+    pending = [r for r in shards if not path_of[r].exists()]
+    done = sum(b - a for (a, b) in shards if path_of[(a, b)].exists())
+    total = shards[-1][1]
+    with tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}", disable=not cfg.progress) as bar:
+        for (a, b), arrays in _results(cfg, pending):
+            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+            bar.update(b - a)
+    merge([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes)
+    shutil.rmtree(parts)
+    return out

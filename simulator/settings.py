@@ -1,0 +1,116 @@
+"""Simulation defaults in one place: `SimConfig`, with YAML files and `key=value` overrides.
+
+Every dataset records the full config it was made with (root attribute `config`), minus the
+execution-only options (`EXECUTION_KEYS`), which change how fast a dataset is made but not its bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+#: Class names of the dataset contract, in label order (Carrasco-Davis et al. 2019, Table 2).
+ALL_CLASSES = ("supernova", "rrlyrae", "cepheid", "eclipsing_binary", "nonvariable", "galaxy", "asteroid")
+
+#: Options that do not change the dataset's contents.
+EXECUTION_KEYS = ("workers", "scheduler", "progress")
+
+
+@dataclass
+class SimConfig:
+    """What to simulate and how; units in the names."""
+
+    survey: str = "hits"
+    classes: tuple[str, ...] = ("nonvariable", "galaxy", "asteroid")
+    n_per_class: int = 100
+    seed: int = 0
+    conditions: str | None = None          # real-log directory; None: $STAMPSEQ_CONDITIONS or built-in model
+    seeing_limit_arcsec: float = 2.0       # epochs with worse seeing are dropped (paper: 2")
+    max_epochs: int | None = None          # cap on epochs per object; None: the survey's longest sequence
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test, per class
+    # rendering
+    stamp_size: int = 21
+    psf: str = "moffat"                    # moffat | kolmogorov
+    moffat_beta: float = 2.5
+    psf_shear_rms: float = 0.0             # rms of each PSF shear component per epoch (0: round PSF)
+    fft_size: int = 48                     # folding period (px) for stamps without a host
+    host_fft_size: int = 64                # and for stamps with a host galaxy
+    # stars (non-variables, asteroids): p(m) ~ 10^(slope m) (1 - erf(m - m_cut)) / 2 on [mag_min, mag_max]
+    star_mag_min: float = 14.5
+    star_mag_cut: float = 22.8
+    star_count_slope_dex: float = 0.2
+    star_depth_nsigma: float = 0.7         # mag_max = mean(limmag5) + nsigma * std(limmag5) of the object's epochs
+    # host galaxies
+    host_fraction_supernova: float = 0.5
+    host_fraction_other: float = 0.05
+    host_mag_min: float = 17.0
+    host_mag_max: float = 24.0
+    host_mag_cut: float = 22.8
+    host_count_slope_dex: float = 0.45     # SDSS g-band galaxy counts (Yasuda et al. 2001, AJ 122, 1104)
+    host_disk_hlr_arcsec_at_g20: float = 1.2
+    host_size_mag_slope_dex: float = -0.1  # d log10(hlr) / d mag
+    host_size_scatter_dex: float = 0.2     # Shen et al. 2003, MNRAS 343, 978 (sigma_lnR ~ 0.45)
+    host_disk_thickness: float = 0.2       # intrinsic axis ratio of disks (Hubble 1926 inclination formula)
+    # execution
+    shard_size: int = 256
+    workers: int = 1
+    scheduler: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        self.split_fractions = tuple(float(x) for x in self.split_fractions)
+        unknown = [c for c in self.classes if c not in ALL_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown}; known: {', '.join(ALL_CLASSES)}")
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"classes must be a non-empty list without repeats, got {self.classes}")
+        if self.n_per_class < 1:
+            raise ValueError(f"n_per_class must be >= 1, got {self.n_per_class}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
+            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
+        if self.shard_size < 1 or self.workers < 1:
+            raise ValueError(f"shard_size and workers must be >= 1, got {self.shard_size}, {self.workers}")
+
+    def content_dict(self) -> dict:
+        """The options that determine the dataset's bytes (stored with it)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in EXECUTION_KEYS}
+
+    def content_json(self) -> str:
+        return json.dumps(self.content_dict(), sort_keys=True)
+
+
+def _coerce(name: str, text: str):
+    """Parse a `key=value` string into the type of SimConfig field `name`."""
+    fields = {f.name: f for f in dataclasses.fields(SimConfig)}
+    if name not in fields:
+        raise ValueError(f"unknown config key {name!r}; known: {', '.join(sorted(fields))}")
+    value = yaml.safe_load(text)
+    if name in ("classes", "split_fractions") and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+        if name == "split_fractions":
+            value = [float(v) for v in value]
+    return value
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: dict | None = None,
+                sets: list[str] | None = None) -> SimConfig:
+    """Defaults, then a YAML file, then `--set key=value` strings, then explicit `overrides` (CLI flags)."""
+    values: dict = {}
+    if yaml_path:
+        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping of config keys, got {type(data).__name__}")
+        for k, v in data.items():
+            _coerce(k, "null")  # validates the key name
+            values[k] = v
+    for item in sets or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        values[k.strip()] = _coerce(k.strip(), v)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return SimConfig(**values)
