@@ -9,8 +9,10 @@ Datasets (N objects, T epochs, S x S stamps); names are a contract:
   `truth/` (host parameters, centring offsets before rotation, orientation, field, CCD, object index).
 Root attributes: `survey`, `seed`, `version` (package), `format_version`, `config` (JSON), `class_names`.
 
-Stamps are chunked by 64 objects (one chunk holds whole sequences) and LZF-compressed: reading a training
-batch touches few chunks and decompresses fast. Files are written under a temporary name and renamed.
+Stamps are chunked by 64 objects (one chunk holds whole sequences), byte-shuffled and deflated at level 1:
+reading a training batch touches few chunks and decompresses fast. Deflate, not LZF: h5py's LZF leaves its
+hash table uninitialised, so identical data could compress to different bytes. Explicit fill values make
+HDF5 initialise edge chunks. Together they make same inputs give byte-identical files. Files are written under a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 FORMAT_VERSION = 1
 STAMP_CHUNK_OBJECTS = 64
 _STRING = h5py.string_dtype()
+TEXT_DTYPE = "S32"  # per-object text (field names) in datasets
 
 
 def package_version() -> str:
@@ -35,15 +38,18 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def _filters(dtype) -> dict:
+    return {"compression": "gzip", "compression_opts": 1, "shuffle": np.dtype(dtype).kind == "f"}
+
+
 def _create(group: h5py.File, name: str, data: np.ndarray) -> None:
     data = np.asarray(data)
-    if data.dtype == object:
-        group.create_dataset(name, data=data.astype(str).astype(object), dtype=_STRING, track_times=False)
-        return
+    if data.dtype == object:  # fixed-width ASCII: no global heap, so identical inputs give identical bytes
+        data = data.astype(str).astype(TEXT_DTYPE)
     kwargs = {}
     if data.ndim >= 1 and data.shape[0] > 0:
         chunk0 = min(STAMP_CHUNK_OBJECTS, data.shape[0])
-        kwargs = {"chunks": (chunk0,) + data.shape[1:], "compression": "lzf", "shuffle": data.dtype.kind == "f"}
+        kwargs = {"chunks": (chunk0,) + data.shape[1:], "fillvalue": np.zeros((), data.dtype), **_filters(data.dtype)}
     group.create_dataset(name, data=data, track_times=False, **kwargs)
 
 
@@ -71,7 +77,7 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 data = obj[()]
-                arrays[name] = data.astype(object) if obj.dtype.kind == "O" else data
+                arrays[name] = data.astype(str).astype(object) if obj.dtype.kind == "S" else data
         f.visititems(visit)
         attrs = dict(f.attrs)
     return arrays, attrs
@@ -85,24 +91,30 @@ def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) ->
         keys: list[str] = []
         f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
         specs = {k: (f0[k].shape[1:], f0[k].dtype) for k in keys}
-    sizes = []
+    n = 0
     for p in shard_paths:
         with h5py.File(p, "r") as f:
-            sizes.append(f["label"].shape[0])
-    n = sum(sizes)
+            n += f["label"].shape[0]
     try:
         with h5py.File(tmp, "w", track_order=False) as g:
+            chunk = min(STAMP_CHUNK_OBJECTS, n)
             for k in sorted(keys):
                 shape, dtype = specs[k]
-                kwargs = {"compression": "lzf", "shuffle": dtype.kind == "f",
-                          "chunks": (min(STAMP_CHUNK_OBJECTS, n),) + shape} if dtype.kind != "O" else {}
-                g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, **kwargs)
-            start = 0
-            for p, size in zip(shard_paths, sizes):
-                with h5py.File(p, "r") as f:
-                    for k in keys:
-                        g[k][start:start + size] = f[k][()]
-                start += size
+                # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
+                g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
+                                 fillvalue=np.zeros((), dtype), **_filters(dtype))
+            # Write whole chunks only, in order, so the file's bytes do not depend on the shard size.
+            for k in sorted(keys):
+                buffer, start = [], 0
+                for p in shard_paths:
+                    with h5py.File(p, "r") as f:
+                        buffer.append(f[k][()])
+                    while sum(len(b) for b in buffer) >= chunk:
+                        block = np.concatenate(buffer)
+                        g[k][start:start + chunk] = block[:chunk]
+                        buffer, start = [block[chunk:]], start + chunk
+                if start < n:
+                    g[k][start:n] = np.concatenate(buffer)
             g["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
             for k, v in attrs.items():
                 g.attrs[k] = v

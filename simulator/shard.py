@@ -78,7 +78,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
             host_rows.append(host)
         stamp_parts.append(StampParams(
             flux_adu=np.nan_to_num(mag_to_adu(mag[valid], cond.zero_point[valid], cond.exp_time_s[valid])),
-            dx_px=dx[valid], dy_px=dy[valid], fwhm_px=cond.seeing_arcsec[valid] / scale,
+            dx_px=dx[valid], dy_px=dy[valid], fwhm_px=cond.seeing_arcsec[valid] * cfg.psf_fwhm_per_seeing / scale,
             psf_g1=psf_g1[valid], psf_g2=psf_g2[valid], host_index=np.full(len(valid), host_index),
             host_flux_adu=(mag_to_adu(host["mag"], cond.zero_point[valid], cond.exp_time_s[valid])
                            if host is not None else np.zeros(len(valid)))))

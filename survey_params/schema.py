@@ -92,13 +92,7 @@ class Survey:
         directory.mkdir(parents=True, exist_ok=True)
         cam = Table(self.camera, copy=True)
         cam.meta = {"survey": self.name, "band": self.band, "pixel_scale_arcsec": self.pixel_scale_arcsec, **self.meta}
-        for name, (unit, desc) in CAMERA_COLUMNS.items():
-            cam[name].unit = unit or None
-            cam[name].description = desc
         ep = Table(self.epochs, copy=True)
-        for name, (unit, desc) in EPOCH_COLUMNS.items():
-            ep[name].unit = unit or None
-            ep[name].description = desc
         for table, fname in ((cam, "camera.ecsv"), (ep, "epochs.ecsv")):
             tmp = directory / (fname + ".tmp")
             table.write(tmp, format="ascii.ecsv", overwrite=True)
@@ -125,6 +119,14 @@ class Survey:
                    source=str(directory), meta=meta)
 
 
+def _annotate(table: Table, columns: dict[str, tuple[str, str]]) -> Table:
+    """Set each column's unit and description from the schema."""
+    for name, (unit, desc) in columns.items():
+        table[name].unit = unit or None
+        table[name].description = desc
+    return table
+
+
 def _require_columns(table: Table, columns, source: str) -> None:
     missing = [c for c in columns if c not in table.colnames]
     if missing:
@@ -136,12 +138,12 @@ def _check_finite_positive(table: Table, column: str, source: str, allow_zero: b
     bad_nan = ~np.isfinite(values)
     if bad_nan.any():
         row = int(np.flatnonzero(bad_nan)[0])
-        raise ConditionsError(f"{_where(source, row, column)}: value {values[row]!r} is not finite "
+        raise ConditionsError(f"{_where(source, row, column)}: value {float(values[row])!r} is not finite "
                               f"({int(bad_nan.sum())} such rows)")
     bad = values < 0 if allow_zero else values <= 0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ConditionsError(f"{_where(source, row, column)}: value {values[row]!r} must be "
+        raise ConditionsError(f"{_where(source, row, column)}: value {float(values[row])!r} must be "
                               f"{'>= 0' if allow_zero else '> 0'} ({int(bad.sum())} such rows)")
 
 
@@ -160,7 +162,7 @@ def validate_camera(table: Table, source: str) -> Table:
         raise ConditionsError(f"{_where(source, row, 'ccd')}: duplicate CCD id {dup!r}")
     for name in ("gain", "read_noise", "saturation"):
         out[name] = np.asarray(out[name], dtype=float)
-    return out
+    return _annotate(out, CAMERA_COLUMNS)
 
 
 def validate_epochs(table: Table, source: str) -> Table:
@@ -177,7 +179,7 @@ def validate_epochs(table: Table, source: str) -> Table:
     unknown = ~np.isin(filters, KNOWN_FILTERS)
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
-        raise ConditionsError(f"{_where(source, row, 'filter')}: unknown filter {filters[row]!r}; "
+        raise ConditionsError(f"{_where(source, row, 'filter')}: unknown filter {str(filters[row])!r}; "
                               f"known: {', '.join(KNOWN_FILTERS)}")
     out["filter"] = filters
     for col in ("mjd", "exp_time_s", "seeing_arcsec", "airmass", "sky_adu"):
@@ -185,13 +187,13 @@ def validate_epochs(table: Table, source: str) -> Table:
     zp = np.asarray(out["zero_point"], dtype=float)
     if not np.isfinite(zp).all():
         row = int(np.flatnonzero(~np.isfinite(zp))[0])
-        raise ConditionsError(f"{_where(source, row, 'zero_point')}: value {zp[row]!r} is not finite")
+        raise ConditionsError(f"{_where(source, row, 'zero_point')}: value {float(zp[row])!r} is not finite")
     for col in ("mjd", "exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5"):
         out[col] = np.asarray(out[col], dtype=float)
     airmass = np.asarray(out["airmass"])
     if (airmass < 1.0).any():
         row = int(np.flatnonzero(airmass < 1.0)[0])
-        raise ConditionsError(f"{_where(source, row, 'airmass')}: value {airmass[row]!r} is below 1")
+        raise ConditionsError(f"{_where(source, row, 'airmass')}: value {float(airmass[row])!r} is below 1")
     # Repair: sort by MJD within each field, telling the user where the log was out of order.
     fields = np.asarray(out["field"])
     mjd = np.asarray(out["mjd"])
@@ -203,4 +205,4 @@ def validate_epochs(table: Table, source: str) -> Table:
                       f"{str(fields[row])!r} ({int(backwards.sum())} places); epochs were sorted by MJD",
                       stacklevel=2)
     order = np.lexsort((mjd, fields.astype(str)))
-    return out[order]
+    return _annotate(out[order], EPOCH_COLUMNS)
