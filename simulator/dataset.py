@@ -42,25 +42,28 @@ def _filters(dtype) -> dict:
     return {"compression": "gzip", "compression_opts": 1, "shuffle": np.dtype(dtype).kind == "f"}
 
 
-def _create(group: h5py.File, name: str, data: np.ndarray) -> None:
+def _create(group: h5py.File, name: str, data: np.ndarray, compress: bool = True) -> None:
     data = np.asarray(data)
     if data.dtype == object:  # fixed-width ASCII: no global heap, so identical inputs give identical bytes
         data = data.astype(str).astype(TEXT_DTYPE)
     kwargs = {}
     if data.ndim >= 1 and data.shape[0] > 0:
         chunk0 = min(STAMP_CHUNK_OBJECTS, data.shape[0])
-        kwargs = {"chunks": (chunk0,) + data.shape[1:], "fillvalue": np.zeros((), data.dtype), **_filters(data.dtype)}
+        kwargs = {"chunks": (chunk0,) + data.shape[1:], "fillvalue": np.zeros((), data.dtype),
+                  **(_filters(data.dtype) if compress else {})}
     group.create_dataset(name, data=data, track_times=False, **kwargs)
 
 
-def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names) -> None:
-    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename)."""
+def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names, compress: bool = True) -> None:
+    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename).
+
+    `compress=False` for temporary shard files: the merge compresses once, at the end."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             for key in sorted(arrays):
-                _create(f, key, arrays[key])
+                _create(f, key, arrays[key], compress)
             f["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
             for k, v in attrs.items():
                 f.attrs[k] = v

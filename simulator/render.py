@@ -106,6 +106,9 @@ class _Grid:
         self.ky2 = np.broadcast_to(ky[:, None] ** 2, (n, len(kx))).astype(np.float32)
         self.kxy = (kx[None, :] * ky[:, None]).astype(np.float32)
         self.kabs = np.sqrt(self.kx2 + self.ky2)
+        # |k| takes few distinct values on the grid: round PSFs are evaluated there and gathered.
+        self.kabs_unique, self.kabs_inverse = np.unique(self.kabs, return_inverse=True)
+        self.kabs_inverse = self.kabs_inverse.reshape(self.kabs.shape)
         self.pixel = (np.sinc(kx / (2 * np.pi))[None, :] * np.sinc(ky / (2 * np.pi))[:, None]).astype(np.float32)
         self.crop = (np.arange(stamp_size) - stamp_size // 2) % n
 
@@ -156,8 +159,12 @@ class Renderer:
             shapes = self.host_shapes(hosts.take(used), grid)
             f[with_host] += shapes[inverse] * np.asarray(p.host_flux_adu, np.float32)[with_host, None, None]
         g1, g2 = np.asarray(p.psf_g1), np.asarray(p.psf_g2)
-        kpsf = grid.kabs[None] if not (g1.any() or g2.any()) else grid.kmod(g1, g2)
-        f *= self.psf_table(kpsf * np.asarray(p.fwhm_px, np.float32)[:, None, None]) * grid.pixel
+        fwhm = np.asarray(p.fwhm_px, np.float32)
+        if g1.any() or g2.any():
+            psf = self.psf_table(grid.kmod(g1, g2) * fwhm[:, None, None])
+        else:
+            psf = self.psf_table(grid.kabs_unique[None, :] * fwhm[:, None])[:, grid.kabs_inverse]
+        f *= psf * grid.pixel
         img = np.fft.irfft2(f, s=(grid.n, grid.n))
         return img[:, grid.crop][:, :, grid.crop].astype(np.float32)
 

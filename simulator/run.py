@@ -91,7 +91,8 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     total = shards[-1][1]
     with tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}", disable=not cfg.progress) as bar:
         for (a, b), arrays in _results(cfg, pending):
-            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes,
+                         compress=False)
             bar.update(b - a)
     merge([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes)
     shutil.rmtree(parts)
