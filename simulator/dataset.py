@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -54,16 +55,15 @@ def _create(group: h5py.File, name: str, data: np.ndarray, compress: bool = True
     group.create_dataset(name, data=data, track_times=False, **kwargs)
 
 
-def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names, compress: bool = True) -> None:
-    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename).
-
-    `compress=False` for temporary shard files: the merge compresses once, at the end."""
+@contextmanager
+def _atomic_file(path: str | Path, attrs: dict, class_names):
+    """An HDF5 file open for writing under a temporary name; on success it gets the root attributes and
+    `label.class_names` and is renamed to `path`; on failure the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
-            for key in sorted(arrays):
-                _create(f, key, arrays[key], compress)
+            yield f
             f["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -71,6 +71,15 @@ def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names, compr
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names, compress: bool = True) -> None:
+    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename).
+
+    `compress=False` for temporary shard files: the merge compresses once, at the end."""
+    with _atomic_file(path, attrs, class_names) as f:
+        for key in sorted(arrays):
+            _create(f, key, arrays[key], compress)
 
 
 def read_arrays(path: str | Path) -> tuple[dict, dict]:
@@ -88,8 +97,6 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
 
 def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
     """Concatenate shard files (in order) into the final dataset `out`, atomically."""
-    out = Path(out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     with h5py.File(shard_paths[0], "r") as f0:
         keys: list[str] = []
         f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -98,33 +105,25 @@ def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) ->
     for p in shard_paths:
         with h5py.File(p, "r") as f:
             n += f["label"].shape[0]
-    try:
-        with h5py.File(tmp, "w", track_order=False) as g:
-            chunk = min(STAMP_CHUNK_OBJECTS, n)
-            for k in sorted(keys):
-                shape, dtype = specs[k]
-                # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
-                g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
-                                 fillvalue=np.zeros((), dtype), **_filters(dtype))
-            # Write whole chunks only, in order, so the file's bytes do not depend on the shard size.
-            for k in sorted(keys):
-                buffer, start = [], 0
-                for p in shard_paths:
-                    with h5py.File(p, "r") as f:
-                        buffer.append(f[k][()])
-                    while sum(len(b) for b in buffer) >= chunk:
-                        block = np.concatenate(buffer)
-                        g[k][start:start + chunk] = block[:chunk]
-                        buffer, start = [block[chunk:]], start + chunk
-                if start < n:
-                    g[k][start:n] = np.concatenate(buffer)
-            g["label"].attrs["class_names"] = np.array(class_names, dtype=object).astype(_STRING)
-            for k, v in attrs.items():
-                g.attrs[k] = v
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _atomic_file(out, attrs, class_names) as g:
+        chunk = min(STAMP_CHUNK_OBJECTS, n)
+        for k in sorted(keys):
+            shape, dtype = specs[k]
+            # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
+            g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
+                             fillvalue=np.zeros((), dtype), **_filters(dtype))
+        # Write whole chunks only, in order, so the file's bytes do not depend on the shard size.
+        for k in sorted(keys):
+            buffer, start = [], 0
+            for p in shard_paths:
+                with h5py.File(p, "r") as f:
+                    buffer.append(f[k][()])
+                while sum(len(b) for b in buffer) >= chunk:
+                    block = np.concatenate(buffer)
+                    g[k][start:start + chunk] = block[:chunk]
+                    buffer, start = [block[chunk:]], start + chunk
+            if start < n:
+                g[k][start:n] = np.concatenate(buffer)
 
 
 def class_names(path: str | Path) -> list[str]:
