@@ -12,7 +12,8 @@ Root attributes: `survey`, `seed`, `version` (package), `format_version`, `confi
 Stamps are chunked by 64 objects (one chunk holds whole sequences), byte-shuffled and deflated at level 1:
 reading a training batch touches few chunks and decompresses fast. Deflate, not LZF: h5py's LZF leaves its
 hash table uninitialised, so identical data could compress to different bytes. Explicit fill values make
-HDF5 initialise edge chunks. Together they make same inputs give byte-identical files. Files are written under a temporary name and renamed.
+HDF5 initialise edge chunks. Together they make same inputs give byte-identical files. Files are written
+under a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -112,18 +113,25 @@ def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) ->
             # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
             g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
                              fillvalue=np.zeros((), dtype), **_filters(dtype))
-        # Write whole chunks only, in order, so the file's bytes do not depend on the shard size.
-        for k in sorted(keys):
-            buffer, start = [], 0
-            for p in shard_paths:
-                with h5py.File(p, "r") as f:
-                    buffer.append(f[k][()])
-                while sum(len(b) for b in buffer) >= chunk:
-                    block = np.concatenate(buffer)
-                    g[k][start:start + chunk] = block[:chunk]
-                    buffer, start = [block[chunk:]], start + chunk
-            if start < n:
-                g[k][start:n] = np.concatenate(buffer)
+        # Each shard is read once; rows are written in whole chunks, in order, so the file's bytes do not
+        # depend on the shard size.
+        pending = {k: [] for k in keys}
+        start = 0
+        for p in shard_paths:
+            with h5py.File(p, "r") as f:
+                for k in keys:
+                    pending[k].append(f[k][()])
+            rows = sum(len(b) for b in pending[keys[0]])
+            full = rows - rows % chunk
+            for k in keys:
+                block = np.concatenate(pending[k])
+                if full:
+                    g[k][start:start + full] = block[:full]
+                pending[k] = [block[full:]]
+            start += full
+        if start < n:
+            for k in keys:
+                g[k][start:n] = pending[k][0]
 
 
 def class_names(path: str | Path) -> list[str]:

@@ -105,10 +105,10 @@ class _Grid:
         self.kx2 = np.broadcast_to(kx[None, :] ** 2, (n, len(kx))).astype(np.float32)
         self.ky2 = np.broadcast_to(ky[:, None] ** 2, (n, len(kx))).astype(np.float32)
         self.kxy = (kx[None, :] * ky[:, None]).astype(np.float32)
-        self.kabs = np.sqrt(self.kx2 + self.ky2)
         # |k| takes few distinct values on the grid: round PSFs are evaluated there and gathered.
-        self.kabs_unique, self.kabs_inverse = np.unique(self.kabs, return_inverse=True)
-        self.kabs_inverse = self.kabs_inverse.reshape(self.kabs.shape)
+        kabs = np.sqrt(self.kx2 + self.ky2)
+        self.kabs_unique, inverse = np.unique(kabs, return_inverse=True)
+        self.kabs_inverse = inverse.reshape(kabs.shape)
         self.pixel = (np.sinc(kx / (2 * np.pi))[None, :] * np.sinc(ky / (2 * np.pi))[:, None]).astype(np.float32)
         self.crop = (np.arange(stamp_size) - stamp_size // 2) % n
 
