@@ -204,8 +204,10 @@ def default_shared_dir() -> Path:
 
 def camera_medians(conditions_dir) -> tuple[float, float]:
     """Median gain (e-/ADU) and read noise (e-) over the CCDs of `camera.csv`."""
-    cam = np.genfromtxt(Path(conditions_dir) / "camera.csv", delimiter=",", names=True)
-    return float(np.nanmedian(cam["gain"])), float(np.nanmedian(cam["read_noise"]))
+    from survey_params import load_survey
+
+    cam = load_survey(conditions_dir).camera
+    return float(np.median(cam["gain"])), float(np.median(cam["read_noise"]))
 
 
 def load_real(npz_path, class_name: str = NV_CLASS, seeing_limit_arcsec: float | None = 2.0) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from .schema import ConditionsError, Survey, validate_camera, validate_epochs
+from .schema import ConditionsError, Survey
 
 HITS_PIXEL_SCALE_ARCSEC = 0.27  # DECam (Flaugher et al. 2015)
 HITS_BAND = "g"
@@ -56,9 +56,7 @@ def read_hits_logs(directory: str | Path) -> Survey:
                                         "zp_ps": "zero_point", "limit_mag_ea5": "limmag5"})
     else:
         raise ConditionsError(f"{directory}: neither field_epochs.csv nor blind15a_epochs.csv found")
-    # Validate each table against its own file so that messages name the right file.
-    camera = validate_camera(camera, str(cam_path))
-    epochs = validate_epochs(epochs, str(ep_path))
     return Survey(name="hits", band=HITS_BAND, pixel_scale_arcsec=HITS_PIXEL_SCALE_ARCSEC,
                   camera=camera, epochs=epochs, source=str(directory),
-                  meta={"reference": "Förster et al. 2016, ApJ 832, 155 (HiTS)"})
+                  meta={"reference": "Förster et al. 2016, ApJ 832, 155 (HiTS)"},
+                  camera_file=str(cam_path), epochs_file=str(ep_path))

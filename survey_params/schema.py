@@ -56,7 +56,8 @@ class Survey:
     """Camera and exposure log of one survey.
 
     `camera` has the `CAMERA_COLUMNS`, `epochs` the `EPOCH_COLUMNS`; `band` is the science filter the
-    simulator uses; `source` names where the tables came from (used in error messages).
+    simulator uses; `source` names where the tables came from, and `camera_file` / `epochs_file` (default:
+    `source`) the files that error messages name. Both tables are validated on construction.
     """
 
     name: str
@@ -66,14 +67,16 @@ class Survey:
     epochs: Table
     source: str = "<memory>"
     meta: dict = field(default_factory=dict)
+    camera_file: str | None = None
+    epochs_file: str | None = None
 
     def __post_init__(self) -> None:
         if not (self.pixel_scale_arcsec > 0):
             raise ConditionsError(f"{self.source}: pixel_scale_arcsec must be > 0, got {self.pixel_scale_arcsec!r}")
         if self.band not in KNOWN_FILTERS:
             raise ConditionsError(f"{self.source}: band {self.band!r} is not one of {KNOWN_FILTERS}")
-        self.camera = validate_camera(self.camera, self.source)
-        self.epochs = validate_epochs(self.epochs, self.source)
+        self.camera = validate_camera(self.camera, self.camera_file or self.source)
+        self.epochs = validate_epochs(self.epochs, self.epochs_file or self.source)
 
     def fields(self) -> list:
         """Field identifiers that have at least one epoch in the science band."""
@@ -112,11 +115,9 @@ class Survey:
         for key in ("survey", "band", "pixel_scale_arcsec"):
             if key not in meta:
                 raise ConditionsError(f"{cam_path}: header metadata lacks '{key}'")
-        camera = validate_camera(cam, str(cam_path))
-        epochs = validate_epochs(ep, str(ep_path))
         name, band, scale = meta.pop("survey"), meta.pop("band"), float(meta.pop("pixel_scale_arcsec"))
-        return cls(name=name, band=band, pixel_scale_arcsec=scale, camera=camera, epochs=epochs,
-                   source=str(directory), meta=meta)
+        return cls(name=name, band=band, pixel_scale_arcsec=scale, camera=cam, epochs=ep, source=str(directory),
+                   meta=meta, camera_file=str(cam_path), epochs_file=str(ep_path))
 
 
 def _annotate(table: Table, columns: dict[str, tuple[str, str]]) -> Table:

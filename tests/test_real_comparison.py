@@ -19,7 +19,6 @@ real and simulated PSFs agree.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "compare_real.py"
 N_SIM = 60
 SEED = 0
-
-
-def _shared_dir() -> Path:
-    env = os.environ.get("STAMPSEQ_SHARED")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
 def _load_script():
@@ -49,14 +43,11 @@ def cr():
 
 
 @pytest.fixture(scope="module")
-def result(cr, tmp_path_factory):
-    shared = _shared_dir()
-    needed = [shared / "hits2015" / f for f in ("real_dev.npz", "camera.csv", "field_epochs.csv")]
-    missing = [str(p) for p in needed if not p.exists()]
+def result(cr, hits_dir, tmp_path_factory):
+    missing = [str(hits_dir / f) for f in ("real_dev.npz", "field_epochs.csv") if not (hits_dir / f).exists()]
     if missing:
-        pytest.skip(f"shared HiTS data not available (set STAMPSEQ_SHARED or provide <repo>/../shared): "
-                    f"missing {', '.join(missing)}")
-    return cr.compare(shared, n_per_class=N_SIM, seed=SEED, workdir=tmp_path_factory.mktemp("sim"))
+        pytest.skip(f"shared HiTS data not available (set STAMPSEQ_SHARED): missing {', '.join(missing)}")
+    return cr.compare(hits_dir.parent, n_per_class=N_SIM, seed=SEED, workdir=tmp_path_factory.mktemp("sim"))
 
 
 def test_measure_stamps_on_known_stamps(cr):
