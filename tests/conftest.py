@@ -19,3 +19,11 @@ def hits_dir() -> Path:
     if not (d / "camera.csv").exists():
         pytest.skip(f"real HiTS logs not found at {d} (set STAMPSEQ_SHARED to the folder holding hits2015/)")
     return d
+
+
+@pytest.fixture(scope="session")
+def templates_dir() -> Path:
+    d = shared_dir() / "templates"
+    if not (d / "README.md").exists():
+        pytest.skip(f"real light-curve templates not found at {d} (set STAMPSEQ_SHARED to the folder holding templates/)")
+    return d
