@@ -4,9 +4,10 @@ The stamp is the pixel-integrated image (profile convolved with the PSF and the 
 pixel centres), exactly what GalSim's `drawImage(method='auto')` computes. We build it in Fourier space
 for a whole batch at once:
 
-    F(k) = [flux_src e^{-i k.x_src} + flux_gal G(S_gal k) e^{-i k.x_gal}] P(S_psf k) sinc(kx/2pi) sinc(ky/2pi)
+    F(k) = [flux_src L(k) e^{-i k.x_src} + flux_gal G(S_gal k) e^{-i k.x_gal}] P(S_psf k) sinc(kx/2pi) sinc(ky/2pi)
 
-with P, G the tabulated transforms of `profiles.ktable`, S the shear matrices, and one inverse real FFT
+with L(k) = sinc(k.u len / 2pi) the trail of a source moving `len` pixels along u during the exposure
+(a uniform line segment centred on x_src; 1 for a fixed source), P, G the tabulated transforms of `profiles.ktable`, S the shear matrices, and one inverse real FFT
 per stamp on an `fft_size` grid (the folding period, large enough that wrapped-around wings are
 negligible). Parity with GalSim's own `drawImage` is shown by `tests/test_render.py`.
 
@@ -62,7 +63,8 @@ class StampParams(Arrays):
     """Per-stamp rendering inputs, arrays of shape (B,). Lengths in pixels, fluxes in ADU (sky excluded).
 
     `host_index` points into a `HostParams` table (-1: no host); `host_flux_adu` is that host's total
-    flux in this stamp. PSF shear (g1, g2) follows GalSim's convention.
+    flux in this stamp. PSF shear (g1, g2) follows GalSim's convention. A moving source trails `trail_px`
+    pixels at angle `trail_angle_rad` from the x axis (0: fixed).
     """
 
     flux_adu: np.ndarray
@@ -73,6 +75,8 @@ class StampParams(Arrays):
     psf_g2: np.ndarray
     host_index: np.ndarray
     host_flux_adu: np.ndarray
+    trail_px: np.ndarray
+    trail_angle_rad: np.ndarray
 
     @classmethod
     def point_sources(cls, flux_adu, fwhm_px, dx_px=0.0, dy_px=0.0) -> "StampParams":
@@ -80,7 +84,8 @@ class StampParams(Arrays):
         flux_adu = np.atleast_1d(np.asarray(flux_adu, dtype=float))
         b = lambda v: np.broadcast_to(np.asarray(v, dtype=float), flux_adu.shape).copy()  # noqa: E731
         z = np.zeros(flux_adu.shape)
-        return cls(flux_adu, b(dx_px), b(dy_px), b(fwhm_px), z, z.copy(), np.full(flux_adu.shape, -1), z.copy())
+        return cls(flux_adu, b(dx_px), b(dy_px), b(fwhm_px), z, z.copy(), np.full(flux_adu.shape, -1), z.copy(),
+                   z.copy(), z.copy())
 
 
 def _shear_quadratic(g1, g2):
@@ -153,6 +158,11 @@ class Renderer:
     def _render_chunk(self, p: StampParams, hosts: HostParams | None, grid: _Grid) -> np.ndarray:
         f = grid.phase(p.dx_px, p.dy_px)
         f *= np.asarray(p.flux_adu, np.float32)[:, None, None]
+        trail = np.asarray(p.trail_px, np.float32)
+        if trail.any():
+            angle = np.asarray(p.trail_angle_rad, np.float32)[:, None, None]
+            k_along = grid.kx[None, None, :] * np.cos(angle) + grid.ky[None, :, None] * np.sin(angle)
+            f *= np.sinc(k_along * trail[:, None, None] / (2 * np.pi)).astype(np.float32)
         with_host = np.flatnonzero(np.asarray(p.host_index) >= 0)
         if len(with_host):
             used, inverse = np.unique(np.asarray(p.host_index)[with_host], return_inverse=True)

@@ -11,7 +11,11 @@ from simulator.render import HostParams, Renderer, StampParams
 def galsim_stamp(p: StampParams, hosts: HostParams | None, i: int, psf: str, beta: float) -> np.ndarray:
     """The same stamp drawn by GalSim (tight accuracy), pixel-integrated as drawImage does by default."""
     psf_obj = galsim_profile(psf, p.fwhm_px[i], beta, GS).shear(g1=p.psf_g1[i], g2=p.psf_g2[i])
-    parts = [galsim.DeltaFunction(flux=p.flux_adu[i], gsparams=GS).shift(p.dx_px[i], p.dy_px[i])]
+    point = galsim.DeltaFunction(flux=p.flux_adu[i], gsparams=GS)
+    if p.trail_px[i] > 0:  # a moving source: a thin box (line segment) along the trail
+        trail = galsim.Box(p.trail_px[i], 1e-4, gsparams=GS).rotate(p.trail_angle_rad[i] * galsim.radians)
+        point = galsim.Convolve(point, trail, gsparams=GS)
+    parts = [point.shift(p.dx_px[i], p.dy_px[i])]
     j = p.host_index[i]
     if j >= 0:
         disk = galsim_profile("exponential", hosts.disk_hlr_px[j], gsparams=GS).shear(g1=hosts.disk_g1[j], g2=hosts.disk_g2[j])
@@ -34,7 +38,8 @@ def random_batch(rng, n, n_hosts, psf_shear=0.05):
         flux_adu=rng.uniform(1e3, 1e5, n), dx_px=rng.uniform(-0.5, 0.5, n), dy_px=rng.uniform(-0.5, 0.5, n),
         fwhm_px=rng.uniform(3.5, 7.4, n), psf_g1=rng.uniform(-psf_shear, psf_shear, n),
         psf_g2=rng.uniform(-psf_shear, psf_shear, n), host_index=host_index,
-        host_flux_adu=np.where(host_index >= 0, rng.uniform(1e3, 3e5, n), 0.0))
+        host_flux_adu=np.where(host_index >= 0, rng.uniform(1e3, 3e5, n), 0.0),
+        trail_px=np.where(np.arange(n) % 3 == 0, rng.uniform(1.0, 6.0, n), 0.0), trail_angle_rad=rng.uniform(0, np.pi, n))
     return p, hosts
 
 
@@ -82,3 +87,17 @@ def test_missing_hosts_is_a_clear_error():
     p.host_index[:] = 0
     with pytest.raises(ValueError, match="no HostParams"):
         Renderer().render(p)
+
+
+def test_trail_conserves_flux_and_stretches_along_its_direction():
+    """A trailed source keeps its flux; its second moment along the trail grows by L^2 / 12 (a uniform segment)."""
+    base = StampParams.point_sources([1e5, 1e5], [4.0, 4.0])
+    base.trail_px = np.array([0.0, 6.0])
+    base.trail_angle_rad = np.array([0.0, 0.0])
+    img = Renderer(stamp_size=41, fft_size=96).render(base)
+    x = np.arange(41) - 20
+    var_x = [(im.sum(0) * x ** 2).sum() / im.sum() for im in img]
+    var_y = [(im.sum(1) * x ** 2).sum() / im.sum() for im in img]
+    assert abs(img[1].sum() - img[0].sum()) < 1e-3 * img[0].sum()
+    assert var_x[1] - var_x[0] == pytest.approx(6.0 ** 2 / 12, rel=0.03)
+    assert var_y[1] == pytest.approx(var_y[0], rel=1e-3)

@@ -1,0 +1,316 @@
+"""Supernova light curves in DECam g: sncosmo spectral templates, volumetric rates, dust, time dilation.
+
+A supernova's magnitudes follow from physics, not from a fitted histogram:
+- Type and redshift: observed events per unit survey time, dN/dz ~ R(z) / (1 + z) dV/dz (Planck 2018
+  cosmology from astropy). SN Ia rate R = 2.5e-5 (1 + z)^1.5 / yr / Mpc^3 (Dilday et al. 2010, ApJ 713,
+  1026); core-collapse rate 0.705e-4 / yr / Mpc^3 at z = 0 (Li et al. 2011, MNRAS 412, 1473) following the
+  cosmic star-formation history of Madau & Dickinson 2014 (ARA&A 52, 415), 75% of it type II (Li et al.
+  2011). Redshifts run to where the brightest member of each template would fall below the survey's depth
+  (and no further than the template's wavelength coverage allows in g).
+- Luminosity: SN Ia peak M_B = -19.3 (Vega). SN II peak M_R from the volume-limited luminosity functions
+  of Li et al. 2011 (MNRAS 412, 1441): IIP N(-15.66, 1.23), IIL N(-17.44, 0.64); volume-limited, because
+  the rates above already make the Malmquist bias (a magnitude-limited LF would count it twice).
+  AB - Vega = -0.09 in B, +0.21 in R (Blanton & Roweis 2007, AJ 133, 734).
+  SALT2.4 instead draws x1 ~ N(0, 1), c ~ N(0, 0.1) with M_B = -19.3 - 0.141 x1 + 3.101 c (Betoule et al.
+  2014, A&A 568, A22).
+- Stretch s and flux scale a ~ N(1, 0.3) (truncated at 0.3 and 0.1), host extinction ln A_V ~ N(ln 0.1, 1)
+  with the CCM89 law, R_V = 3.1, in the rest frame: the choices of the HiTS SN simulations (Förster et al.
+  2016, ApJ 832, 155; github.com/fforster/surveysim). SALT2 uses x1 and c instead of s and dust.
+- The explosion falls uniformly within the object's epochs; rest-frame phases are dilated by (1 + z) s.
+- Detection: an event is kept only if brighter than the 5-sigma limit at one epoch at least (rejection).
+
+Templates: embedded default `hsiao-subsampled` (in sncosmo's wheel) for Ia and a library of analytic SN II
+spectral series (`_analytic_sn2_source`); with a template directory, full `hsiao` (or `salt2` 2.4) and the
+SNANA/Pierel 2018 and Vincenzi et al. 2019 SN II templates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+#: Rest-frame AB minus Vega magnitudes (Blanton & Roweis 2007).
+AB_MINUS_VEGA = {"bessellb": -0.09, "bessellr": 0.21}
+IA_ABS_MAG_B_VEGA = -19.3
+SALT2_ALPHA, SALT2_BETA = 0.141, 3.101
+IA_RATE_Z0, IA_RATE_POWER = 2.5e-5, 1.5          # / yr / Mpc^3 (Dilday et al. 2010)
+CC_RATE_Z0, SN2_FRACTION_OF_CC = 0.705e-4, 0.75  # Li et al. 2011
+STRETCH_MEAN, STRETCH_SIGMA, SCALE_MEAN, SCALE_SIGMA = 1.0, 0.3, 1.0, 0.3
+LN_AV_MEAN, LN_AV_SIGMA, R_V = np.log(0.1), 1.0, 3.1
+Z_MIN = 0.01
+#: Real SN II templates in a template directory: (sncosmo name, subtype). SN 2009kr is a IIL (Elias-Rosa et al. 2010).
+REAL_SN2 = (("snana-2004hx", "IIP"), ("snana-2005gi", "IIP"), ("snana-2006gq", "IIP"), ("snana-2006jl", "IIP"),
+            ("snana-2006kv", "IIP"), ("snana-2007lj", "IIP"), ("v19-2013fs-corr", "IIP"), ("v19-2009n-corr", "IIP"),
+            ("v19-2009kr-corr", "IIL"))
+SN2_ABS_MAG_R_VEGA = {"IIP": (-15.66, 1.23), "IIL": (-17.44, 0.64)}  # Li et al. 2011, volume-limited
+#: Embedded SN II library: how many analytic templates of each subtype (IIL ~ 15% of IIP+IIL, Li et al. 2011).
+ANALYTIC_SN2 = {"IIP": 14, "IIL": 2}
+
+TRUTH_KEYS = ("redshift", "stretch", "flux_scale", "av_mag", "abs_mag", "explosion_mjd", "salt2_x1", "salt2_c")
+
+
+def madau_dickinson_sfr(z):
+    """Cosmic star-formation rate density relative to z = 0 (Madau & Dickinson 2014, eq. 15)."""
+    z = np.asarray(z, dtype=float)
+    return (1 + z) ** 2.7 / (1 + ((1 + z) / 2.9) ** 5.6) / (1.0 / (1 + (1 / 2.9) ** 5.6))
+
+
+def volumetric_rate(sn_type: str, z):
+    """Events / yr / Mpc^3 (rest frame) of type 'Ia' or 'II' at redshift z."""
+    if sn_type == "Ia":
+        return IA_RATE_Z0 * (1 + np.asarray(z, dtype=float)) ** IA_RATE_POWER
+    return CC_RATE_Z0 * SN2_FRACTION_OF_CC * madau_dickinson_sfr(z)
+
+
+def decam_g_bandpass(name: str = "decam2014-g"):
+    """The DECam g bandpass as an sncosmo Bandpass: speclite's `decam2014-g` or sncosmo's `desg`."""
+    import sncosmo
+
+    if name == "decam2014-g":
+        import astropy.units as u
+        import speclite.filters
+
+        f = speclite.filters.load_filter("decam2014-g")
+        wave, resp = np.asarray(f.wavelength), np.asarray(f.response)
+        # drop the red leak (< 1% of the peak beyond 5600 A, 0.3% of the integral): templates ending at 9200 A
+        # (SALT2) could not be integrated over it, and it changes SN magnitudes by < 0.003 mag
+        keep = np.flatnonzero(resp > 0.01 * resp.max())
+        sel = slice(max(keep[0] - 1, 0), keep[-1] + 2)
+        return sncosmo.Bandpass(wave[sel], resp[sel], wave_unit=u.AA, name=name)
+    return sncosmo.get_bandpass(name)
+
+
+def _blackbody(wave_aa: np.ndarray, temp_k: np.ndarray) -> np.ndarray:
+    """Planck B_lambda (arbitrary units) on (phases, waves)."""
+    x = 1.438777e8 / (wave_aa[None, :] * temp_k[:, None])  # h c / (lambda k T), lambda in Angstrom
+    return wave_aa[None, :] ** -5 / np.expm1(np.minimum(x, 700.0))
+
+
+def _analytic_sn2_source(rng: np.random.Generator, subtype: str, name: str):
+    """A SN II spectral time series: blackbody of a cooling photosphere scaled to an analytic V light curve.
+
+    V band (Olivares et al. 2010, ApJ 715, 833, eq. 1, with the plateau slope of Anderson et al. 2014,
+    ApJ 786, 67): m(t) = -a0 F + [s2 F + p_tail (1 - F)] (t - t_p), F = 1 / (1 + e^{(t - t_p) / w0}), times a
+    rise 1 - e^{-t / tau}. Plateau slope s2 [mag/100 d]: IIP N(1.0, 0.6), IIL N(2.8, 0.7); t_p ~ N(100, 15) d;
+    drop a0 ~ N(1.8, 0.4) mag; w0 ~ U(2, 5) d; tail 0.98 mag/100 d (56Co); V rise time ~ N(9, 3) d.
+    Photospheric temperature T = T_pl + (T_0 - T_pl) e^{-t / tau_T}, T_0 ~ U(15, 25) kK, T_pl ~ N(5.5, 0.4) kK,
+    tau_T ~ U(8, 15) d (Faran et al. 2018, MNRAS 473, 3125). Metal-line blanketing suppresses the UV of SNe II
+    within weeks: below lambda_cut the blackbody is scaled by lambda / lambda_cut (as MOSFiT does, Nicholl et
+    al. 2017, ApJ 850, 55), lambda_cut rising from 2000 to 4000 A with e-folding time 10 d. Phase 0 is the
+    explosion. An approximation: the real templates (template directory) do better.
+    """
+    import sncosmo
+
+    s2 = (rng.normal(1.0, 0.6) if subtype == "IIP" else rng.normal(2.8, 0.7)) / 100
+    s2 = float(np.clip(s2, -0.005, 0.02) if subtype == "IIP" else np.clip(s2, 0.02, 0.045))
+    t_p = float(np.clip(rng.normal(100, 15), 60, 140))
+    a0 = float(np.clip(rng.normal(1.8, 0.4), 1.0, 3.0))
+    w0 = float(rng.uniform(2, 5))
+    t_rise = float(np.clip(rng.normal(9, 3), 4, 18))
+    t0_k, tpl_k, tau_t = rng.uniform(15e3, 25e3), rng.normal(5.5e3, 400), rng.uniform(8, 15)
+    phase = np.concatenate([np.arange(0.0, 30.0, 0.5), np.arange(30.0, 201.0, 2.0)])
+    wave = np.arange(1000.0, 12001.0, 20.0)
+    fd = 1 / (1 + np.exp(np.clip((phase - t_p) / w0, -50, 50)))
+    m_v = -a0 * fd + (s2 * fd + 0.0098 * (1 - fd)) * (phase - t_p)
+    flux_v = 10 ** (-0.4 * m_v) * -np.expm1(-phase / (t_rise / 3))
+    temp = tpl_k + (t0_k - tpl_k) * np.exp(-phase / tau_t)
+    bb = _blackbody(wave, temp)
+    lambda_cut = 2000.0 + 2000.0 * -np.expm1(-phase / 10.0)
+    bb *= np.minimum(1.0, wave[None, :] / lambda_cut[:, None])
+    bb_v = _blackbody(np.array([5500.0]), temp)[:, 0]
+    return sncosmo.TimeSeriesSource(phase, wave, flux_v[:, None] * bb / bb_v[:, None], name=name)
+
+
+@dataclass
+class Template:
+    """One spectral template and what a draw needs from it."""
+
+    name: str
+    sn_type: str             # Ia | II
+    subtype: str             # Ia | IIP | IIL
+    model: object            # sncosmo.Model with rest-frame CCM89 host dust
+    amp_param: str           # 'amplitude' or 'x0'
+    norm_band: str           # rest-frame band of the luminosity function: bessellb (Ia) or bessellr (II)
+    amp_ref: float           # amplitude giving rest-frame peak M(AB) = 0 in norm_band at 10 pc
+    abs_mag_mean: float      # peak absolute magnitude in norm_band, AB
+    abs_mag_sigma: float
+    explosion_phase_d: float  # rest-frame phase of the explosion (the template's first phase)
+    z_grid: np.ndarray | None = None      # redshifts where peak_mag_z is tabulated
+    peak_mag_z: np.ndarray | None = None  # dust-free peak g (AB) at M_B = 0 and zero distance modulus
+    z_support: np.ndarray | None = None   # redshifts the template is drawn on (to the survey's depth)
+    z_cdf: np.ndarray | None = None       # cumulative rate-weighted distribution on z_support
+
+
+def _template(source, sn_type: str, subtype: str, norm_band: str, abs_mag_vega: tuple[float, float]) -> Template:
+    import sncosmo
+
+    model = sncosmo.Model(source=source, effects=[sncosmo.CCM89Dust()], effect_names=["host"], effect_frames=["rest"])
+    amp_param = model.param_names[2]  # after z, t0
+    src = model.source
+    src.set_peakmag(0.0, norm_band, "ab")
+    return Template(name=src.name, sn_type=sn_type, subtype=subtype, model=model, amp_param=amp_param,
+                    norm_band=norm_band, amp_ref=float(src.get(amp_param)),
+                    abs_mag_mean=abs_mag_vega[0] + AB_MINUS_VEGA[norm_band],
+                    abs_mag_sigma=abs_mag_vega[1], explosion_phase_d=float(src.minphase()))
+
+
+def _band_mag(model, band, times) -> np.ndarray:
+    """AB magnitudes of `model` in `band`, inf where the flux is zero (before explosion)."""
+    flux = model.bandflux(band, times, zp=25.0, zpsys="ab")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, 25.0 - 2.5 * np.log10(np.maximum(flux, 1e-300)), np.inf)
+
+
+class SupernovaModel:
+    """Draws detectable supernovae for an object's epochs (see the module docstring for the physics)."""
+
+    def __init__(self, templates_dir: str | Path | None, depth_mag: float, ia_model: str = "hsiao",
+                 bandpass: str = "decam2014-g", max_attempts: int = 5000):
+        import sncosmo
+        from astropy.cosmology import Planck18
+
+        if templates_dir is not None:
+            data = Path(templates_dir) / "sncosmo_data"
+            if not data.is_dir():
+                raise FileNotFoundError(f"{data}: no sncosmo data directory in the template directory")
+            sncosmo.conf.data_dir = str(data)
+        if ia_model not in ("hsiao", "salt2"):
+            raise ValueError(f"sn_ia_model must be 'hsiao' or 'salt2', got {ia_model!r}")
+        if ia_model == "salt2" and templates_dir is None:
+            raise ValueError("sn_ia_model 'salt2' needs a template directory (--templates) holding SALT2.4")
+        self.source = "embedded" if templates_dir is None else "templates"
+        self.band = decam_g_bandpass(bandpass)
+        self.depth_mag = float(depth_mag)
+        self.max_attempts = max_attempts
+        ia_abs = (IA_ABS_MAG_B_VEGA, 0.0)
+        if templates_dir is None:
+            self.templates = [_template(sncosmo.get_source("hsiao-subsampled"), "Ia", "Ia", "bessellb", ia_abs)]
+            lib_rng = np.random.default_rng(20190417)  # fixed: the embedded library is part of the model
+            for subtype, n in ANALYTIC_SN2.items():
+                for k in range(n):
+                    src = _analytic_sn2_source(lib_rng, subtype, f"analytic-{subtype.lower()}-{k:02d}")
+                    self.templates.append(_template(src, "II", subtype, "bessellr", SN2_ABS_MAG_R_VEGA[subtype]))
+        else:
+            ia = (_source(sncosmo, "hsiao", None, data) if ia_model == "hsiao" else _source(sncosmo, "salt2", "2.4", data))
+            self.templates = [_template(ia, "Ia", "Ia", "bessellb", ia_abs)]
+            self.templates += [_template(_source(sncosmo, n, None, data), "II", sub, "bessellr", SN2_ABS_MAG_R_VEGA[sub])
+                               for n, sub in REAL_SN2]
+        z_big = np.linspace(Z_MIN, 3.0, 600)
+        self._dm_z, self._dm = z_big, np.asarray(Planck18.distmod(z_big).value)
+        dvdz = 4 * np.pi * np.asarray(Planck18.differential_comoving_volume(z_big).value)  # Mpc^3 / sr -> full sky
+        g_blue = float(self.band.minwave())
+        type_weight = {}
+        for t in self.templates:
+            z_cap = min(3.0, g_blue / t.model.source.minwave() - 1.001)  # the g band must stay inside the template
+            t.z_grid = np.linspace(Z_MIN, z_cap, 25)
+            t.peak_mag_z = np.array([self._peak_mag(t, z) for z in t.z_grid])
+            bright = t.abs_mag_mean - 2 * t.abs_mag_sigma - 2.5 * np.log10(SCALE_MEAN + 2 * SCALE_SIGMA)
+            faint_enough = t.peak_mag_z + bright + np.interp(t.z_grid, z_big, self._dm) > self.depth_mag
+            z_max = float(t.z_grid[np.argmax(faint_enough)]) if faint_enough.any() else z_cap
+            zz = z_big[z_big <= z_max]
+            density = volumetric_rate(t.sn_type, zz) / (1 + zz) * np.interp(zz, z_big, dvdz)
+            t.z_cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(zz))])
+            t.z_support = zz
+            type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
+            t.z_cdf = t.z_cdf / t.z_cdf[-1]
+        self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])
+        self._by_type = {k: [t for t in self.templates if t.sn_type == k] for k in ("Ia", "II")}
+
+    def _peak_mag(self, t: Template, z: float) -> float:
+        """Dust-free observed peak g at M = 0 and zero distance modulus (K-correction and (1+z) included)."""
+        src = t.model.source
+        t.model.set(z=z, t0=0.0, hostebv=0.0, hostr_v=R_V, **{t.amp_param: t.amp_ref})
+        # every template peaks within 60 rest-frame days of its start; 1.5-day steps miss the peak by < 0.01 mag
+        times = np.linspace(src.minphase(), min(src.maxphase(), src.minphase() + 60.0), 41) * (1 + z)
+        return float(np.min(_band_mag(t.model, self.band, times)))
+
+    def template(self, name: str) -> Template:
+        return next(t for t in self.templates if t.name == name)
+
+    def draw(self, rng: np.random.Generator, mjd: np.ndarray, limmag5: np.ndarray):
+        """(g magnitudes at `mjd`, truth) of a supernova detected at least once, or None if none was found
+        in `max_attempts` draws (a field too shallow): the caller then draws other conditions."""
+        deepest = float(np.max(limmag5))
+        for _ in range(self.max_attempts):
+            sn_type = "Ia" if rng.random() < self.p_ia else "II"
+            group = self._by_type[sn_type]
+            t = group[rng.integers(len(group))]
+            z = float(np.interp(rng.random(), t.z_cdf, t.z_support))
+            x1 = c = np.nan
+            if t.amp_param == "x0":  # SALT2: stretch and colour are its own parameters
+                stretch, scale, av = 1.0, 1.0, 0.0
+                x1, c = rng.normal(0.0, 1.0), rng.normal(0.0, 0.1)
+                abs_mag = t.abs_mag_mean - SALT2_ALPHA * x1 + SALT2_BETA * c
+            else:
+                stretch = _truncated_normal(rng, STRETCH_MEAN, STRETCH_SIGMA, 0.3)
+                scale = _truncated_normal(rng, SCALE_MEAN, SCALE_SIGMA, 0.1)
+                av = float(np.exp(rng.normal(LN_AV_MEAN, LN_AV_SIGMA)))
+                abs_mag = float(rng.normal(t.abs_mag_mean, t.abs_mag_sigma)) if t.abs_mag_sigma else t.abs_mag_mean
+            explosion = float(rng.uniform(mjd[0], mjd[-1]))
+            dm = float(np.interp(z, self._dm_z, self._dm))
+            brightest = float(np.interp(z, t.z_grid, t.peak_mag_z)) + abs_mag + dm - 2.5 * np.log10(scale)
+            if brightest - 0.3 > deepest:  # cannot be detected anywhere (dust only dims): skip the sncosmo call
+                continue
+            truth = {"redshift": z, "stretch": stretch, "flux_scale": scale, "av_mag": av, "abs_mag": abs_mag,
+                     "explosion_mjd": explosion, "salt2_x1": x1, "salt2_c": c}
+            mag = self.light_curve(t, truth, mjd)
+            if not np.any(mag < limmag5):
+                continue
+            return mag, {"template": t.name, "subtype": t.subtype, **truth}
+        return None
+
+    def light_curve(self, t: Template, truth: dict, mjd: np.ndarray, band=None) -> np.ndarray:
+        """Observed AB magnitudes at `mjd` (inf before explosion) of template `t` with the parameters of a
+        draw's `truth` (redshift, stretch, flux_scale, av_mag, abs_mag, explosion_mjd, salt2_x1, salt2_c)."""
+        z, stretch = truth["redshift"], truth["stretch"]
+        dm = float(np.interp(z, self._dm_z, self._dm))
+        params = {"z": z, "t0": 0.0, "hostebv": truth["av_mag"] / R_V, "hostr_v": R_V,
+                  t.amp_param: t.amp_ref * 10 ** (-0.4 * (truth["abs_mag"] + dm)) * truth["flux_scale"]}
+        if t.amp_param == "x0":
+            params.update(x1=truth["salt2_x1"], c=truth["salt2_c"])
+        t.model.set(**params)
+        t0 = truth["explosion_mjd"] - t.explosion_phase_d * (1 + z) * stretch
+        mjd = np.asarray(mjd, dtype=float)
+        mag = _band_mag(t.model, band or self.band, (mjd - t0) / stretch)
+        return np.where(mjd < truth["explosion_mjd"], np.inf, mag)  # sncosmo would extrapolate the first phase
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, sigma: float, lower: float) -> float:
+    while True:
+        x = rng.normal(mean, sigma)
+        if x > lower:
+            return float(x)
+
+
+def _source(sncosmo, name: str, version: str | None, data: Path):
+    """A registry source from the template directory, with a clear error instead of a download attempt."""
+    try:
+        with _no_network(sncosmo):
+            return sncosmo.get_source(name, version=version)
+    except Exception as exc:
+        raise FileNotFoundError(f"{data}: sncosmo source {name!r} is missing or unreadable there "
+                                f"(run `fetch-templates` on a machine with internet): {exc}") from exc
+
+
+class _no_network:
+    """Make sncosmo fail fast instead of downloading into a user's template directory."""
+
+    def __init__(self, sncosmo):
+        self.sncosmo = sncosmo
+
+    def __enter__(self):
+        self.saved = self.sncosmo.conf.remote_timeout
+        self.sncosmo.conf.remote_timeout = 0.001
+
+    def __exit__(self, *exc):
+        self.sncosmo.conf.remote_timeout = self.saved
+        return False
+
+
+@lru_cache(maxsize=4)
+def load_model(templates_dir: str | None, depth_mag: float, ia_model: str = "hsiao",
+               bandpass: str = "decam2014-g") -> SupernovaModel:
+    """A cached `SupernovaModel` (building one tabulates peak magnitudes: ~1 s)."""
+    return SupernovaModel(templates_dir, depth_mag, ia_model, bandpass)

@@ -1,0 +1,104 @@
+"""The optional light-curve template directory: where it is, and `fetch-templates` to download it.
+
+Without a directory every class uses its embedded default (sncosmo's `hsiao-subsampled`, speclite's DECam
+curves, coefficients written into the code). With one (`--templates DIR` or $STAMPSEQ_TEMPLATES), the real
+templates are read from it, in this layout (the one `fetch-templates` writes):
+
+    sncosmo_data/                 an sncosmo data directory: hsiao v3, salt2 v2.4, snana-* and v19-* SN II,
+                                  bandpasses/des (sncosmo downloads these itself)
+    rrlyrae_sesar2010/            Sesar et al. 2010: RRLyr_ugriz_templates.tar.gz, table2.dat.gz
+    cepheid_yoachim2009/          Yoachim et al. 2009: short_struc.fits, long_struc.fits
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+#: Environment variable naming the template directory, used when `--templates` is not given.
+TEMPLATES_ENV = "STAMPSEQ_TEMPLATES"
+
+_ASTROML = "https://raw.githubusercontent.com/astroML/astroML-data"
+_YOACHIM = "https://raw.githubusercontent.com/alexji/PDPSupernovaCepheid/69d8ec7c9f04bc5ddb08857b64086e82f36457cf"
+#: Non-sncosmo files: (relative path, URL, sha256 or None). Commits as in the PROVENANCE files.
+DOWNLOADS = (
+    ("rrlyrae_sesar2010/RRLyr_ugriz_templates.tar.gz",
+     f"{_ASTROML}/7ab744e8f520c801af83a0ecc828744536259d5d/datasets/RRLyr_ugriz_templates.tar.gz",
+     "f88cbdb35d6ba98945fae198c4e7c80aaadd22f0a132e10ad894e080838e7565"),
+    ("rrlyrae_sesar2010/table2.dat.gz",
+     f"{_ASTROML}/b3e2bb5bfd0981a8ce2c14665bc6ffc0eb16ec39/datasets/S82_RRLyr/table2.dat.gz", None),
+    ("cepheid_yoachim2009/short_struc.fits", f"{_YOACHIM}/BVI_templates/short_struc.fits", None),
+    ("cepheid_yoachim2009/long_struc.fits", f"{_YOACHIM}/BVI_templates/long_struc.fits", None),
+)
+#: sncosmo registry names fetched into `sncosmo_data/` (sncosmo downloads them from its own server).
+SNCOSMO_SOURCES = (("hsiao", None), ("salt2", "2.4"), ("snana-2004hx", None), ("snana-2005gi", None),
+                   ("snana-2006gq", None), ("snana-2006jl", None), ("snana-2006kv", None), ("snana-2007lj", None),
+                   ("v19-2013fs-corr", None), ("v19-2009n-corr", None), ("v19-2009kr-corr", None))
+SNCOSMO_BANDPASSES = ("desg",)
+
+
+def resolve_templates(directory: str | Path | None) -> Path | None:
+    """The template directory to use: `directory`, else $STAMPSEQ_TEMPLATES, else None (embedded defaults)."""
+    directory = directory or os.environ.get(TEMPLATES_ENV) or None
+    if directory is None:
+        return None
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"template directory {path} not found (from --templates or ${TEMPLATES_ENV})")
+    return path
+
+
+def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Path]:
+    """Download every real template into `out` (the layout above); files already present are kept."""
+    out = Path(out)
+    written = []
+    for rel, url, sha256 in DOWNLOADS:
+        target = out / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urlopen(url) as response:
+            data = response.read()
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{url}: sha256 {hashlib.sha256(data).hexdigest()} differs from the expected {sha256}")
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        written.append(target)
+    import sncosmo
+
+    sncosmo.conf.data_dir = str(out / "sncosmo_data")
+    (out / "sncosmo_data").mkdir(parents=True, exist_ok=True)
+    for name, version in SNCOSMO_SOURCES:
+        sncosmo.get_source(name, version=version)
+    for name in SNCOSMO_BANDPASSES:
+        sncosmo.get_bandpass(name)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fetch-templates", description="Download the real light-curve templates "
+                                "(Hsiao, SALT2.4, SN II, DECam, Sesar RR Lyrae, Yoachim Cepheids) into DIR.")
+    p.add_argument("out", metavar="DIR", help=f"template directory to fill (then use --templates DIR or ${TEMPLATES_ENV})")
+    p.add_argument("--list", action="store_true", help="print what would be fetched and from where, fetch nothing")
+    args = p.parse_args(argv)
+    if args.list:
+        for rel, url, _ in DOWNLOADS:
+            print(f"{Path(args.out) / rel}  <-  {url}")
+        for name, version in SNCOSMO_SOURCES:
+            print(f"{Path(args.out) / 'sncosmo_data'}  <-  sncosmo source {name}" + (f" version {version}" if version else ""))
+        return 0
+    try:
+        written = fetch_templates(args.out)
+    except Exception as exc:  # network and server failures come in many types; report, do not trace back
+        print(f"fetch-templates: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"fetched {len(written)} files and the sncosmo sources into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

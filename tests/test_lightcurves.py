@@ -1,0 +1,170 @@
+"""Supernova physics, the magnitude laws and the detection/window rules of the sequences."""
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import erf
+
+from simulator import supernova
+from simulator.classes import _star_mag
+from simulator.settings import SimConfig
+from simulator.shard import choose_window
+from survey_params import make_sampler
+from survey_params.sampling import ObjectConditions
+
+
+@pytest.fixture(scope="module")
+def sn_model():
+    return supernova.SupernovaModel(None, depth_mag=25.0)
+
+
+def _draws(model, n, seed=0):
+    sampler, rng = make_sampler(), np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        c = sampler.draw(rng)
+        v = c.mask
+        got = model.draw(rng, c.mjd[v], c.limmag5[v])
+        if got is not None:
+            out.append((c.mjd[v], c.limmag5[v]) + got)
+    return out
+
+
+NO_EFFECTS = {"stretch": 1.0, "flux_scale": 1.0, "av_mag": 0.0, "salt2_x1": np.nan, "salt2_c": np.nan}
+
+
+def test_ia_peak_absolute_magnitude_and_shape(sn_model):
+    """Hsiao Ia at low z: rest-frame B peak -19.3 (Vega) through sncosmo; rise ~19 d; Delta m15(B) ~ 1.1."""
+    import sncosmo
+
+    ia = sn_model.template("hsiao-subsampled")
+    z = 0.02
+    truth = dict(NO_EFFECTS, redshift=z, abs_mag=supernova.IA_ABS_MAG_B_VEGA + supernova.AB_MINUS_VEGA["bessellb"],
+                 explosion_mjd=0.0)
+    t = np.linspace(0, 60, 601)
+    bessellb = sncosmo.get_bandpass("bessellb").shifted(1 + z)  # the rest-frame B band, observed
+    mag_b = sn_model.light_curve(ia, truth, t, band=bessellb)
+    dm = float(np.interp(z, sn_model._dm_z, sn_model._dm))
+    peak = int(np.argmin(mag_b))
+    # K-correction of a band shifted by (1 + z) in AB: -2.5 log10(1 + z) (Hogg et al. 2002)
+    assert mag_b[peak] - dm + 2.5 * np.log10(1 + z) - supernova.AB_MINUS_VEGA["bessellb"] == pytest.approx(-19.3, abs=0.02)
+    assert t[peak] / (1 + z) == pytest.approx(20.0, abs=1.5)          # Hsiao starts 20 d before B maximum
+    i15 = np.searchsorted(t, t[peak] + 15 * (1 + z))
+    assert 0.9 < mag_b[i15] - mag_b[peak] < 1.3                        # Delta m15(B), normal Ia
+    g = sn_model.light_curve(ia, truth, t)
+    assert np.isinf(sn_model.light_curve(ia, truth, [-1.0])).all()  # nothing before the explosion
+    assert abs(g.min() - mag_b[peak]) < 0.5                            # g ~ B at low z
+
+
+def test_time_dilation_and_stretch(sn_model):
+    """Observed rise time, explosion to peak in the same rest-frame band, scales with (1 + z) x stretch."""
+    import sncosmo
+
+    ia = sn_model.template("hsiao-subsampled")
+    t = np.linspace(0, 120, 4801)
+
+    def rise(z, s):
+        truth = dict(NO_EFFECTS, redshift=z, stretch=s, abs_mag=-19.4, explosion_mjd=0.0)
+        band = sncosmo.get_bandpass("bessellb").shifted(1 + z)
+        return t[np.argmin(sn_model.light_curve(ia, truth, t, band=band))]
+
+    base = rise(0.05, 1.0)
+    assert rise(0.05, 1.3) / base == pytest.approx(1.3, rel=0.01)
+    assert rise(0.4, 1.0) / base == pytest.approx(1.4 / 1.05, rel=0.01)
+
+
+def test_dust_only_dims(sn_model):
+    ia = sn_model.template("hsiao-subsampled")
+    t = np.linspace(5, 40, 8)
+    clear = sn_model.light_curve(ia, dict(NO_EFFECTS, redshift=0.2, abs_mag=-19.4, explosion_mjd=0.0), t)
+    dusty = sn_model.light_curve(ia, dict(NO_EFFECTS, redshift=0.2, abs_mag=-19.4, explosion_mjd=0.0, av_mag=1.0), t)
+    assert (dusty - clear > 0.8).all() and (dusty - clear < 2.0).all()  # A_g(rest ~3900 A) ~ 1.4 A_V
+
+
+def test_supernova_population(sn_model):
+    """Every draw is detected; redshifts follow the depth (Ia seen farther than II); the parameters follow
+    the HiTS choices (stretch, scale ~ N(1, 0.3), ln A_V ~ N(ln 0.1, 1))."""
+    draws = _draws(sn_model, 250)
+    for mjd, lim, mag, truth in draws:
+        assert np.any(mag < lim)
+        assert mjd[0] <= truth["explosion_mjd"] <= mjd[-1]
+    z = np.array([d[3]["redshift"] for d in draws])
+    ia = np.array([d[3]["subtype"] == "Ia" for d in draws])
+    assert 0.1 < ia.mean() < 0.8 and np.median(z[ia]) > 0.2
+    assert z.min() >= supernova.Z_MIN and z.max() < 1.5
+    peak = np.array([d[2].min() for d in draws])
+    assert 20.0 < np.median(peak) < 24.5
+    av = np.array([d[3]["av_mag"] for d in draws])
+    assert np.median(np.log(av)) == pytest.approx(np.log(0.1), abs=0.35)
+
+
+def test_detection_and_window_rules():
+    """SN/asteroid sequences start pre_alert_epochs before the first detection; others leave min_dates."""
+    cfg = SimConfig()
+    n = 30
+    mjd = np.arange(n, dtype=float)
+    lim = np.full(n, 23.0)
+    cond = ObjectConditions(mjd=mjd, exp_time_s=np.full(n, 86.0), seeing_arcsec=np.ones(n), airmass=np.ones(n),
+                            sky_adu=np.ones(n), zero_point=np.full(n, 25.0), limmag5=lim, mask=np.ones(n, bool),
+                            gain=4.0, read_noise=7.0, saturation=6e4, field="f", ccd=1)
+    mag = np.full(n, 25.0)
+    mag[12:] = 22.0
+    rng = np.random.default_rng(0)
+    idx, alert = choose_window(rng, "supernova", mag, cond, cfg, 20)
+    assert idx[0] == 12 - cfg.pre_alert_epochs and alert == cfg.pre_alert_epochs and len(idx) == 20
+    mag[2:] = 22.0  # detected early: the sequence starts at the first epoch
+    idx, alert = choose_window(rng, "asteroid", mag, cond, cfg, 20)
+    assert idx[0] == 0 and alert == 2
+    starts = [choose_window(rng, "rrlyrae", mag, cond, cfg, 20)[0][0] for _ in range(300)]
+    assert min(starts) == 0 and max(starts) == n - cfg.min_dates
+
+
+def _law_cdf(m, slope, m_cut, m_min, m_max):
+    grid = np.linspace(m_min, m_max, 4001)
+    pdf = 10 ** (slope * grid) * 0.5 * (1 - erf(grid - m_cut))
+    cdf = np.cumsum(pdf)
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+    return np.interp(m, grid, cdf)
+
+
+@pytest.mark.parametrize("m_cut", [22.8, 21.5])
+def test_star_magnitudes_follow_the_erf_cutoff_law(m_cut):
+    """KS test of drawn magnitudes against 10^(slope m) (1 - erf(m - m_cut)) / 2 on [m_min, depth]."""
+    cfg = SimConfig()
+    cond = make_sampler().draw(np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    mags = np.array([_star_mag(rng, cond, cfg, m_cut=m_cut) for _ in range(3000)])
+    lim = cond.limmag5[cond.mask]
+    depth = lim.mean() + cfg.star_depth_nsigma * lim.std()
+    res = stats.kstest(mags, lambda m: _law_cdf(m, cfg.star_count_slope_dex, m_cut, cfg.star_mag_min, depth))
+    assert res.pvalue > 0.01
+    # and the law is not trivially satisfied: the other cutoff is rejected
+    other = 21.5 if m_cut == 22.8 else 22.8
+    res_other = stats.kstest(mags, lambda m: _law_cdf(m, cfg.star_count_slope_dex, other, cfg.star_mag_min, depth))
+    assert res_other.pvalue < 1e-6
+
+
+def test_real_templates_mode(templates_dir):
+    """With the template directory: full Hsiao for Ia, SNANA/Pierel and Vincenzi SN II; SALT2.4 on request."""
+    model = supernova.SupernovaModel(templates_dir, depth_mag=25.0)
+    names = {t.name for t in model.templates}
+    assert "hsiao" in names and {"snana-2004hx", "v19-2013fs-corr"} <= names
+    draws = _draws(model, 60, seed=1)
+    assert all(np.any(d[2] < d[1]) for d in draws)
+    assert {d[3]["template"] for d in draws} & {"snana-2004hx", "snana-2005gi", "v19-2009n-corr", "v19-2013fs-corr",
+                                                "v19-2009kr-corr", "snana-2006gq", "snana-2006jl", "snana-2006kv",
+                                                "snana-2007lj"}
+    salt2 = supernova.SupernovaModel(templates_dir, depth_mag=25.0, ia_model="salt2")
+    ia = salt2.template("salt2")
+    truth = dict(redshift=0.05, stretch=1.0, flux_scale=1.0, av_mag=0.0, salt2_x1=0.0, salt2_c=0.0,
+                 abs_mag=-19.39, explosion_mjd=0.0)
+    t = np.linspace(0, 60, 241)
+    wide = salt2.light_curve(ia, dict(truth, salt2_x1=2.0), t)
+    narrow = salt2.light_curve(ia, dict(truth, salt2_x1=-2.0), t)
+    assert np.isfinite(wide).sum() > 100
+    # larger x1: broader light curve (slower decline after peak)
+    assert wide[-1] - wide.min() < narrow[-1] - narrow.min()
+
+
+def test_salt2_needs_the_template_directory():
+    with pytest.raises(ValueError, match="template directory"):
+        supernova.SupernovaModel(None, depth_mag=25.0, ia_model="salt2")
