@@ -239,7 +239,8 @@ def simulate_nonvariables(conditions_dir, n_per_class: int, seed: int, out_h5) -
     from simulator.run import simulate
     from simulator.settings import SimConfig
 
-    cfg = SimConfig(classes=("nonvariable",), n_per_class=n_per_class, seed=seed,
+    # whole field sequences (no N_d cap, start at the first epoch), like the real stamps' full sequences
+    cfg = SimConfig(classes=("nonvariable",), n_per_class=n_per_class, seed=seed, max_epochs=None, min_dates=10_000,
                     conditions=str(conditions_dir), progress=False, shard_size=64)
     simulate(cfg, out_h5, overwrite=True)
     with h5py.File(out_h5, "r") as f:

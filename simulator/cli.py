@@ -14,6 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--conditions", help="directory of real survey logs (camera.csv + field_epochs.csv, or "
                                         "camera.ecsv + epochs.ecsv); default $STAMPSEQ_CONDITIONS, else built-in model")
+    p.add_argument("--templates", help="directory of real light-curve templates (see `fetch-templates`); default "
+                                       "$STAMPSEQ_TEMPLATES, else the embedded defaults")
+    p.add_argument("--max-epochs", type=int, help="cap on N_d, the epochs per object (default 20, as the paper)")
+    p.add_argument("--gallery", metavar="PNG", help="also write a gallery: a light curve and its stamps per class")
     p.add_argument("--workers", type=int, help="local processes (default 1)")
     p.add_argument("--scheduler", help="address of a Dask.distributed scheduler to run the shards on")
     p.add_argument("--config", help="YAML file of SimConfig keys")
@@ -30,10 +34,11 @@ def main(argv=None) -> int:
 
     from .run import SimulationError, simulate
     from .settings import load_config
-    from .summary import plot_summary, summarize
+    from .summary import plot_gallery, plot_summary, summarize
 
     overrides = {"survey": args.survey, "n_per_class": args.n_per_class, "seed": args.seed,
-                 "conditions": args.conditions, "workers": args.workers, "scheduler": args.scheduler,
+                 "conditions": args.conditions, "templates": args.templates, "max_epochs": args.max_epochs,
+                 "workers": args.workers, "scheduler": args.scheduler,
                  "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None}
     if args.no_progress:
         overrides["progress"] = False
@@ -46,6 +51,8 @@ def main(argv=None) -> int:
     print(summarize(out))
     if args.plot:
         print(f"figure: {plot_summary(out, args.plot)}")
+    if args.gallery:
+        print(f"gallery: {plot_gallery(out, args.gallery)}")
     return 0
 
 

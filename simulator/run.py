@@ -16,7 +16,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .classes import model_for
 from .dataset import FORMAT_VERSION, merge, package_version, write_arrays
 from .settings import SimConfig
 from .shard import n_epochs, simulate_shard
@@ -60,8 +59,6 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
     out = Path(out)
-    for name in cfg.classes:
-        model_for(name)  # fail before any work for classes without a model
     content = cfg.content_json()
     if out.exists():
         import h5py
@@ -83,7 +80,7 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
         tmp = parts / "config.json.tmp"
         tmp.write_text(content)
         tmp.replace(manifest)
-    n_epochs(cfg)  # load the survey once here so that bad conditions fail before workers start
+    n_epochs(cfg)  # load the survey and templates once here so that bad inputs fail before workers start
     shards = shard_ranges(cfg)
     path_of = {r: parts / f"shard-{i:06d}.h5" for i, r in enumerate(shards)}
     pending = [r for r in shards if not path_of[r].exists()]

@@ -24,12 +24,17 @@ class SimConfig:
     """What to simulate and how; units in the names."""
 
     survey: str = "hits"
-    classes: tuple[str, ...] = ("nonvariable", "galaxy", "asteroid")
+    classes: tuple[str, ...] = ALL_CLASSES
     n_per_class: int = 100
     seed: int = 0
     conditions: str | None = None          # real-log directory; None: $STAMPSEQ_CONDITIONS or built-in model
     seeing_limit_arcsec: float = 2.0       # epochs with worse seeing are dropped (paper: 2")
-    max_epochs: int | None = None          # cap on epochs per object; None: the survey's longest sequence
+    templates: str | None = None           # real light-curve templates; None: $STAMPSEQ_TEMPLATES or embedded defaults
+    # sequences (Carrasco-Davis et al. 2019, sec. 3.1): supernovae and asteroids start pre_alert_epochs before
+    # their first detection (the alert); other classes start at a random epoch leaving >= min_dates epochs
+    max_epochs: int | None = 20            # cap on N_d, the epochs per object (paper: 20); None: no cap
+    pre_alert_epochs: int = 5
+    min_dates: int = 6
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test, per class
     # rendering
     stamp_size: int = 21
@@ -46,6 +51,14 @@ class SimConfig:
     star_mag_cut: float = 22.8
     star_count_slope_dex: float = 0.2
     star_depth_nsigma: float = 0.7         # mag_max = mean(limmag5) + nsigma * std(limmag5) of the object's epochs
+    rrlyrae_mag_cut: float = 21.5          # RR Lyrae erf cutoff (paper, after Medina et al. 2018)
+    # supernovae (simulator.supernova)
+    sn_ia_model: str = "hsiao"             # hsiao | salt2 (salt2 needs the template directory)
+    bandpass: str = "decam2014-g"          # decam2014-g (speclite) | desg (sncosmo, template directory)
+    sn_depth_mag: float | None = None      # survey depth bounding SN redshifts; None: the deepest limmag5 seen
+    # asteroids: apparent rate log-normal (main belt near opposition ~0.25 deg/day)
+    asteroid_rate_deg_per_day: float = 0.25
+    asteroid_rate_scatter_dex: float = 0.2
     # host galaxies
     host_fraction_supernova: float = 0.5
     host_fraction_other: float = 0.05
@@ -75,6 +88,11 @@ class SimConfig:
             raise ValueError(f"n_per_class must be >= 1, got {self.n_per_class}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
+        if self.max_epochs is not None and self.max_epochs < self.pre_alert_epochs + 1:
+            raise ValueError(f"max_epochs must be None or >= pre_alert_epochs + 1 = {self.pre_alert_epochs + 1}, "
+                             f"got {self.max_epochs}")
+        if self.pre_alert_epochs < 0 or self.min_dates < 1:
+            raise ValueError(f"pre_alert_epochs must be >= 0 and min_dates >= 1, got {self.pre_alert_epochs}, {self.min_dates}")
         if self.shard_size < 1 or self.workers < 1:
             raise ValueError(f"shard_size and workers must be >= 1, got {self.shard_size}, {self.workers}")
 

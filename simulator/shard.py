@@ -14,12 +14,13 @@ import numpy as np
 from survey_params import make_sampler
 from survey_params.sampling import EPOCH_FIELDS
 
-from .classes import model_for
+from .classes import ALERT_CLASSES, MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
 from .flux import mag_to_adu
 from .hosts import draw_host
 from .noise import add_ccd_noise
 from .render import HostParams, Renderer, StampParams
 from .settings import SimConfig
+from .templates import resolve_templates
 
 HOST_FIELDS = ("dx_px", "dy_px", "disk_hlr_px", "bulge_hlr_px", "bulge_frac", "disk_g1", "disk_g2",
                "bulge_g1", "bulge_g2")
@@ -33,14 +34,47 @@ def object_rng(seed: int, index: int) -> np.random.Generator:
 @lru_cache(maxsize=4)
 def _setup(cfg_json: str):
     cfg = SimConfig(**json.loads(cfg_json))
-    sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec, cfg.max_epochs)
+    sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec)
     renderer = Renderer(cfg.stamp_size, cfg.fft_size, cfg.host_fft_size, cfg.psf, cfg.moffat_beta)
-    return cfg, sampler, renderer
+    depth = cfg.sn_depth_mag if cfg.sn_depth_mag is not None else survey_depth(sampler)
+    models = load_models(cfg, resolve_templates(cfg.templates), depth)
+    return cfg, sampler, renderer, models
+
+
+def survey_depth(sampler, n_objects: int = 300) -> float:
+    """The deepest 5-sigma limit among `n_objects` objects' epochs (a fixed draw: part of the survey, not
+    of a dataset's randomness); bounds the redshifts worth drawing supernovae at."""
+    rng = np.random.default_rng(0)
+    return float(max(np.max(c.limmag5[c.mask]) for c in (sampler.draw(rng) for _ in range(n_objects))))
 
 
 def n_epochs(cfg: SimConfig) -> int:
-    """Epoch axis length T of a dataset made with `cfg`."""
-    return _setup(cfg.content_json())[1].n_epochs
+    """Epoch axis length T of a dataset made with `cfg`: N_d's cap, or the survey's longest sequence."""
+    longest = _setup(cfg.content_json())[1].n_epochs
+    return longest if cfg.max_epochs is None else min(longest, cfg.max_epochs)
+
+
+def choose_window(rng: np.random.Generator, cname: str, mag: np.ndarray, cond, cfg: SimConfig, n_dates: int):
+    """(epoch indices of the object's sequence, alert position in it or -1), Carrasco-Davis et al. sec. 3.1.
+
+    Supernovae and asteroids: the alert is the first epoch brighter than the 5-sigma limit, and the
+    sequence starts `pre_alert_epochs` before it (or at the first epoch). Other classes start at a random
+    epoch that leaves at least `min_dates` epochs. At most `n_dates` epochs are kept."""
+    valid = np.flatnonzero(cond.mask)
+    alert = -1
+    if cname in ALERT_CLASSES:
+        detected = np.flatnonzero(mag[valid] < cond.limmag5[valid])
+        if not len(detected):
+            raise AssertionError(f"{cname} model returned an undetectable object")  # models guarantee detection
+        first = int(detected[0])
+        start = max(first - cfg.pre_alert_epochs, 0)
+        alert = first - start
+    else:
+        start = int(rng.integers(max(len(valid) - cfg.min_dates, 0) + 1))
+    return valid[start:start + n_dates], alert
+
+
+MAX_CONDITION_DRAWS = 100
 
 
 def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
@@ -54,17 +88,29 @@ def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
 
 def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
     """Arrays for objects start..stop-1, keyed by dataset path (see `simulator.dataset`)."""
-    cfg, sampler, renderer = _setup(cfg_json)
+    cfg, sampler, renderer, models = _setup(cfg_json)
     n_cls = len(cfg.classes)
-    T, S = sampler.n_epochs, cfg.stamp_size
+    T, S = n_epochs(cfg), cfg.stamp_size
     scale = sampler.pixel_scale_arcsec
     draws, host_rows, stamp_parts = [], [], []
     for i in range(start, stop):
         rng = object_rng(cfg.seed, i)
         label = i % n_cls
         cname = cfg.classes[label]
-        cond = sampler.draw(rng)
-        mag, truth = model_for(cname)(rng, cond, cfg)
+        for _ in range(MAX_CONDITION_DRAWS):
+            full = sampler.draw(rng)
+            drawn = MODELS[cname](rng, full, cfg, models)
+            if drawn is not None:
+                break
+        else:
+            raise RuntimeError(f"object {i}: no {cname} detectable in {MAX_CONDITION_DRAWS} draws of conditions; "
+                               "is the survey too shallow?")
+        full_mag, truth = drawn
+        window, alert = choose_window(rng, cname, full_mag, full, cfg, T)
+        cond = full.window(window, T)
+        mag = np.full(T, np.inf)
+        mag[:len(window)] = full_mag[window]
+        truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first
         frac = cfg.host_fraction_supernova if cname == "supernova" else cfg.host_fraction_other
         has_host = cname == "galaxy" or rng.random() < frac
         host = draw_host(rng, cfg, scale, centred=cname == "galaxy") if has_host else None
@@ -72,6 +118,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         psf_g1, psf_g2 = (rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else np.zeros((2, T)))
         rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))
         valid = np.flatnonzero(cond.mask)
+        trail_px = np.where(np.isfinite(mag[valid]), truth.get("trail_arcsec", 0.0) / scale, 0.0)
         host_index = -1
         if host is not None:
             host_index = len(host_rows)
@@ -81,7 +128,8 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
             dx_px=dx[valid], dy_px=dy[valid], fwhm_px=cond.seeing_arcsec[valid] * cfg.psf_fwhm_per_seeing / scale,
             psf_g1=psf_g1[valid], psf_g2=psf_g2[valid], host_index=np.full(len(valid), host_index),
             host_flux_adu=(mag_to_adu(host["mag"], cond.zero_point[valid], cond.exp_time_s[valid])
-                           if host is not None else np.zeros(len(valid)))))
+                           if host is not None else np.zeros(len(valid))),
+            trail_px=trail_px, trail_angle_rad=np.full(len(valid), truth.get("trail_angle_rad", 0.0))))
         draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid))
     hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
     noiseless = renderer.render(StampParams.concatenate(stamp_parts), hosts)
@@ -103,9 +151,13 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         "truth/dy_px": np.full((n, T), np.nan, np.float32),
         "truth/rotation": np.zeros(n, np.uint8),
         "truth/mirror": np.zeros(n, bool),
-        "truth/class_mean_mag": np.full(n, np.nan, np.float32),
-        "truth/asteroid_epoch": np.full(n, -1, np.int16),
+        "truth/alert_epoch": np.full(n, -1, np.int16),
+        "truth/window_start": np.zeros(n, np.int16),
     }
+    for k in TRUTH_FLOATS:
+        out[f"truth/{k}"] = np.full(n, np.nan)
+    for k in TRUTH_TEXT:
+        out[f"truth/{k}"] = np.full(n, "", dtype=object)
     for k in EPOCH_FIELDS:
         out[f"conditions/{k}"] = np.full((n, T), np.nan, np.float32)
     for k in ("gain", "read_noise", "saturation"):
@@ -135,8 +187,11 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out["truth/dy_px"][o, valid] = dy[valid]
         out["truth/rotation"][o] = rotation
         out["truth/mirror"][o] = mirror
-        out["truth/class_mean_mag"][o] = truth.get("mean_mag", np.nan)
-        out["truth/asteroid_epoch"][o] = truth.get("epoch", -1)
+        out["truth/alert_epoch"][o] = truth["alert_epoch"]
+        out["truth/window_start"][o] = truth["window_start"]
+        for k in TRUTH_FLOATS + TRUTH_TEXT:
+            if k in truth:
+                out[f"truth/{k}"][o] = truth[k]
         for k in EPOCH_FIELDS:
             out[f"conditions/{k}"][o] = getattr(cond, k)
         for k in ("gain", "read_noise", "saturation"):

@@ -71,3 +71,53 @@ def plot_summary(path: str | Path, png: str | Path, n_epochs: int = 8) -> Path:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_gallery(path: str | Path, png: str | Path, n_stamps: int = 10) -> Path:
+    """Per class, one object's true light curve (with the 5-sigma limits and the alert) beside its first
+    `n_stamps` sky-subtracted stamps on one colour scale (Carrasco-Davis et al. 2019, Figs. 2 and 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = class_names(path)
+    with h5py.File(path, "r") as f:
+        label = f["label"][()]
+        mask = f["mask"][()]
+        # the object of each class with the most epochs (the first such), so the panels are full
+        picks = [int(np.flatnonzero(label == c)[np.argmax(mask[label == c].sum(1))])
+                 for c in range(len(names)) if (label == c).any()]
+        rows = {i: {k: f[k][i] for k in ("stamps", "mjd", "mask", "truth/mag", "conditions/limmag5",
+                                         "conditions/sky_adu", "truth/alert_epoch", "truth/subtype")} for i in picks}
+    fig = plt.figure(figsize=(2.6 + 1.1 * n_stamps, 1.25 * len(picks) + 0.4))
+    grid = fig.add_gridspec(len(picks), n_stamps + 3, wspace=0.08, hspace=0.35)
+    for r, i in enumerate(picks):
+        d = rows[i]
+        v = d["mask"]
+        t = d["mjd"][v] - d["mjd"][v][0]
+        ax = fig.add_subplot(grid[r, :3])
+        mag = d["truth/mag"][v]
+        ax.plot(t, np.where(np.isfinite(mag), mag, np.nan), "o-", ms=3, label="true g")
+        ax.plot(t, d["conditions/limmag5"][v], "k_", ms=6, label="5-sigma limit")
+        if d["truth/alert_epoch"] >= 0:
+            ax.axvline(t[d["truth/alert_epoch"]], color="r", lw=0.8)
+        ax.invert_yaxis()
+        subtype = d["truth/subtype"].decode() if isinstance(d["truth/subtype"], bytes) else str(d["truth/subtype"])
+        ax.set_title(f"{names[label[i]]} {subtype}".strip(), fontsize=8, loc="left")
+        ax.tick_params(labelsize=6)
+        if r == len(picks) - 1:
+            ax.set_xlabel("days since first epoch", fontsize=7)
+        seq = d["stamps"][v] - d["conditions/sky_adu"][v][:, None, None]
+        lo, hi = np.percentile(seq[:n_stamps], [1, 99.7]) if len(seq) else (0, 1)
+        for k in range(n_stamps):
+            ax = fig.add_subplot(grid[r, 3 + k])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k < len(seq):
+                ax.imshow(seq[k], origin="lower", cmap="viridis", vmin=lo, vmax=hi)
+                ax.set_title(f"{t[k]:.1f} d", fontsize=6, color="r" if k == d["truth/alert_epoch"] else "k")
+    png = Path(png)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return png

@@ -5,7 +5,8 @@ Two samplers share one interface (`n_epochs`, `pixel_scale_arcsec`, `draw(rng)`)
   science band, as Carrasco-Davis et al. (2019) do;
 - `ModelSampler` draws from the compact built-in model (`hits_builtin.py`, derived from the real logs).
 Epochs with seeing above `seeing_limit_arcsec` are dropped (paper: 2"); the remaining ones are packed at
-the front of fixed-length arrays of `n_epochs`, and `mask` marks them.
+the front of fixed-length arrays of `n_epochs` (the longest sequence), and `mask` marks them. Choosing the
+window of N_d epochs an object is classified on is the simulator's job (`ObjectConditions.window`).
 """
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ class ObjectConditions:
     field: str
     ccd: int
 
+    def window(self, index: np.ndarray, n_epochs: int) -> "ObjectConditions":
+        """These conditions at epochs `index` only, packed first into arrays of length `n_epochs`."""
+        keep = np.zeros(len(self.mask), bool)
+        keep[index] = True
+        mjd, cols, mask = _pack(n_epochs, self.mjd, {k: getattr(self, k) for k in EPOCH_FIELDS}, keep)
+        return ObjectConditions(mjd=mjd, mask=mask, gain=self.gain, read_noise=self.read_noise,
+                                saturation=self.saturation, field=self.field, ccd=self.ccd, **cols)
+
 
 def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.ndarray]:
     """Keep epochs where `keep`, pack them first, pad to `n_epochs` with NaN, return (mjd, cols, mask)."""
@@ -65,7 +74,7 @@ def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.nd
 class LogSampler:
     """Conditions from a real survey log: random field, random CCD, that field's science-band epochs."""
 
-    def __init__(self, survey: Survey, seeing_limit_arcsec: float = 2.0, max_epochs: int | None = None):
+    def __init__(self, survey: Survey, seeing_limit_arcsec: float = 2.0):
         self.survey = survey
         self.pixel_scale_arcsec = survey.pixel_scale_arcsec
         self.seeing_limit_arcsec = seeing_limit_arcsec
@@ -76,8 +85,7 @@ class LogSampler:
                 self._fields.append((str(f), ep))
         if not self._fields:
             raise ConditionsError(f"{survey.source}: no {survey.band}-band epoch has seeing <= {seeing_limit_arcsec}\"")
-        longest = max(len(ep) for _, ep in self._fields)
-        self.n_epochs = min(longest, max_epochs) if max_epochs else longest
+        self.n_epochs = max(len(ep) for _, ep in self._fields)
         cam = survey.camera
         self._camera = (np.asarray(cam["ccd"]).astype(int), np.asarray(cam["gain"]),
                         np.asarray(cam["read_noise"]), np.asarray(cam["saturation"]))
@@ -100,7 +108,7 @@ class LogSampler:
 class ModelSampler:
     """Conditions from the compact built-in survey model (see `survey_params.derive_hits`)."""
 
-    def __init__(self, model: dict = HITS_MODEL, seeing_limit_arcsec: float = 2.0, max_epochs: int | None = None):
+    def __init__(self, model: dict = HITS_MODEL, seeing_limit_arcsec: float = 2.0):
         self.model = model
         self.pixel_scale_arcsec = float(model["pixel_scale_arcsec"])
         self.seeing_limit_arcsec = seeing_limit_arcsec
@@ -118,8 +126,7 @@ class ModelSampler:
         self._exp_cdf = np.cumsum(model["exp_time_s"]["probs"])
         cam = model["camera"]
         self._camera = tuple(np.asarray(cam[k]) for k in ("ccd", "gain", "read_noise", "saturation"))
-        longest = int(sum(np.flatnonzero(row > 0)[-1] for row in np.asarray(cad["visit_probs"])))
-        self.n_epochs = min(longest, max_epochs) if max_epochs else longest
+        self.n_epochs = int(sum(np.flatnonzero(row > 0)[-1] for row in np.asarray(cad["visit_probs"])))
 
     def _quantile(self, name: str, u: np.ndarray) -> np.ndarray:
         return np.interp(u, self._levels, self._quantiles[name])
@@ -133,7 +140,8 @@ class ModelSampler:
             first = np.interp(rng.random(), self._levels, self._first_q)
             gaps = np.interp(rng.random(n - 1), self._levels, self._spacing_q)
             times.append(night + first + np.concatenate([[0.0], np.cumsum(gaps)]))
-        t = self.model["cadence"]["mjd_start"] + np.concatenate(times)
+        # a long night's visits can run past the next night's first one: keep time order
+        t = self.model["cadence"]["mjd_start"] + np.sort(np.concatenate(times))
         n = len(t)
         u = ndtr(rng.standard_normal((n, len(self._variables))) @ self._chol.T)
         v = {name: self._quantile(name, u[:, i]) for i, name in enumerate(self._variables)}
@@ -161,8 +169,7 @@ def load_survey(directory: str | Path) -> Survey:
     return read_hits_logs(directory)
 
 
-def make_sampler(survey: str = "hits", conditions: str | None = None, seeing_limit_arcsec: float = 2.0,
-                 max_epochs: int | None = None):
+def make_sampler(survey: str = "hits", conditions: str | None = None, seeing_limit_arcsec: float = 2.0):
     """The conditions sampler for `survey`: real logs from `conditions` (or $STAMPSEQ_CONDITIONS) when given,
     else the built-in model."""
     if not seeing_limit_arcsec > 0:
@@ -172,7 +179,7 @@ def make_sampler(survey: str = "hits", conditions: str | None = None, seeing_lim
         logs = load_survey(conditions)
         if logs.name != survey:
             raise ConditionsError(f"{conditions}: holds survey {logs.name!r}, but --survey is {survey!r}")
-        return LogSampler(logs, seeing_limit_arcsec, max_epochs)
+        return LogSampler(logs, seeing_limit_arcsec)
     if survey != "hits":
         raise ConditionsError(f"survey {survey!r} has no built-in model; give --conditions DIR with its logs")
-    return ModelSampler(HITS_MODEL, seeing_limit_arcsec, max_epochs)
+    return ModelSampler(HITS_MODEL, seeing_limit_arcsec)

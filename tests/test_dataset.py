@@ -115,7 +115,8 @@ def test_rerun_with_other_options_is_refused(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--classes", "quasar"], "unknown class"),
-    (["--classes", "supernova"], "no light-curve model yet"),
+    (["--templates", "/nonexistent/templates"], "/nonexistent/templates not found"),
+    (["--max-epochs", "3"], "max_epochs must be None or >= pre_alert_epochs + 1"),
     (["--conditions", "/nonexistent/logs"], "/nonexistent/logs: conditions directory not found"),
     (["--set", "moffat_bta=3"], "unknown config key 'moffat_bta'"),
 ])

@@ -1,0 +1,70 @@
+"""End to end: a dataset of all seven classes, its per-class truth, windows, alerts and the gallery figure."""
+import h5py
+import numpy as np
+import pytest
+
+from simulator.run import simulate
+from simulator.settings import ALL_CLASSES, SimConfig
+from simulator.summary import plot_gallery
+
+
+def _text(a):
+    return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in a])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seq") / "all.h5"
+    simulate(SimConfig(n_per_class=8, seed=5, progress=False), out)
+    return out
+
+
+def test_all_classes_with_their_truth(dataset):
+    with h5py.File(dataset, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["label"].attrs["class_names"]]
+        assert names == list(ALL_CLASSES)
+        label, mask, mag = f["label"][()], f["mask"][()], f["truth/mag"][()]
+        lim = f["conditions/limmag5"][()]
+        t = {k: f[f"truth/{k}"][()] for k in ("period_d", "redshift", "alert_epoch", "trail_arcsec", "amplitude_mag",
+                                              "class_mean_mag", "explosion_mjd")}
+        subtype, template = _text(f["truth/subtype"][()]), _text(f["truth/template"][()])
+        assert mask.shape[1] == 20                                   # N_d capped at the paper's 20
+    c = {n: label == i for i, n in enumerate(names)}
+    assert np.isfinite(t["redshift"][c["supernova"]]).all() and np.isnan(t["redshift"][~c["supernova"]]).all()
+    assert set(subtype[c["supernova"]]) <= {"Ia", "IIP", "IIL"}
+    for n in ("rrlyrae", "cepheid", "eclipsing_binary"):
+        assert np.isfinite(t["period_d"][c[n]]).all() and (template[c[n]] != "").all()
+        assert np.isfinite(t["class_mean_mag"][c[n]]).all()
+    assert set(subtype[c["rrlyrae"]]) <= {"RRab", "RRc"}
+    assert (t["period_d"][c["rrlyrae"]] < 1.0).all()
+    assert np.isnan(t["period_d"][c["nonvariable"] | c["galaxy"] | c["asteroid"] | c["supernova"]]).all()
+    assert (t["trail_arcsec"][c["asteroid"]] > 0).all() and np.isnan(t["trail_arcsec"][~c["asteroid"]]).all()
+    # variable stars vary, non-variables do not
+    for n in ("rrlyrae", "cepheid"):
+        rows = mag[c[n]]
+        spread = [np.ptp(r[np.isfinite(r)]) for r in rows if np.isfinite(r).sum() > 3]
+        assert np.median(spread) > 0.1
+    nv = mag[c["nonvariable"]]
+    assert all(np.ptp(r[np.isfinite(r)]) == 0 for r in nv)
+    # alerts: supernovae and asteroids are first detected at alert_epoch, pre_alert_epochs into their sequence
+    for i in np.flatnonzero(c["supernova"] | c["asteroid"]):
+        a = t["alert_epoch"][i]
+        det = np.flatnonzero(mask[i] & (mag[i] < lim[i]))
+        assert a >= 0 and det[0] == a and a <= 5
+    assert (t["alert_epoch"][~(c["supernova"] | c["asteroid"])] == -1).all()
+    assert (mask.sum(1)[~(c["supernova"] | c["asteroid"])] >= 6).all()
+
+
+def test_gallery_figure(dataset, tmp_path):
+    png = plot_gallery(dataset, tmp_path / "gallery.png")
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_templates_dataset(tmp_path, templates_dir):
+    out = tmp_path / "real.h5"
+    simulate(SimConfig(n_per_class=3, seed=2, templates=str(templates_dir), progress=False), out)
+    with h5py.File(out, "r") as f:
+        template = _text(f["truth/template"][()])
+        label = f["label"][()]
+    assert all(t.startswith("sesar:") for t in template[label == 1])
+    assert all(t.startswith("yoachim") for t in template[label == 2])
