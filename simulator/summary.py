@@ -85,13 +85,23 @@ def plot_gallery(path: str | Path, png: str | Path, n_stamps: int = 10) -> Path:
     with h5py.File(path, "r") as f:
         label = f["label"][()]
         mask = f["mask"][()]
-        # the object of each class with the most epochs (the first such), so the panels are full
-        picks = [int(np.flatnonzero(label == c)[np.argmax(mask[label == c].sum(1))])
-                 for c in range(len(names)) if (label == c).any()]
+        mag = f["truth/mag"][()]
+        brightest = np.where(np.isfinite(mag), mag, np.inf).min(axis=1)
+        host_mag = f["truth/host_mag"][()]
+        brightest = np.where(np.isfinite(brightest), brightest, host_mag)  # galaxies: the host
+        picks = []
+        for c in range(len(names)):
+            members = np.flatnonzero(label == c)
+            if not len(members):
+                continue
+            # a clearly visible example (brighter than the class median) with the most epochs
+            seen = members[~(brightest[members] > np.nanmedian(brightest[members]))]
+            seen = seen if len(seen) else members
+            picks.append(int(seen[np.argmax(mask[seen].sum(1))]))
         rows = {i: {k: f[k][i] for k in ("stamps", "mjd", "mask", "truth/mag", "conditions/limmag5",
                                          "conditions/sky_adu", "truth/alert_epoch", "truth/subtype")} for i in picks}
     fig = plt.figure(figsize=(2.6 + 1.1 * n_stamps, 1.25 * len(picks) + 0.4))
-    grid = fig.add_gridspec(len(picks), n_stamps + 3, wspace=0.08, hspace=0.35)
+    grid = fig.add_gridspec(len(picks), n_stamps + 3, wspace=0.08, hspace=0.6)
     for r, i in enumerate(picks):
         d = rows[i]
         v = d["mask"]
@@ -102,6 +112,9 @@ def plot_gallery(path: str | Path, png: str | Path, n_stamps: int = 10) -> Path:
         ax.plot(t, d["conditions/limmag5"][v], "k_", ms=6, label="5-sigma limit")
         if d["truth/alert_epoch"] >= 0:
             ax.axvline(t[d["truth/alert_epoch"]], color="r", lw=0.8)
+        if not np.isfinite(mag).any() and np.isfinite(host_mag[i]):
+            ax.axhline(host_mag[i], color="C1", lw=1.0)
+            ax.text(t[0], host_mag[i], " host galaxy g", fontsize=6, va="bottom", color="C1")
         ax.invert_yaxis()
         subtype = d["truth/subtype"].decode() if isinstance(d["truth/subtype"], bytes) else str(d["truth/subtype"])
         ax.set_title(f"{names[label[i]]} {subtype}".strip(), fontsize=8, loc="left")
