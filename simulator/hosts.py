@@ -14,6 +14,8 @@ Draws (per object, so the galaxy looks the same at every epoch):
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .magnitudes import exp_erf_quantile
@@ -27,12 +29,36 @@ def _shear(q: float, angle: float) -> tuple[float, float]:
     return g * np.cos(2 * angle), g * np.sin(2 * angle)
 
 
-def draw_host(rng: np.random.Generator, cfg: SimConfig, pixel_scale_arcsec: float, centred: bool) -> dict:
-    """One host galaxy: magnitude and `HostParams` fields (pixels). `centred`: the galaxy is the target."""
-    mag = float(exp_erf_quantile(rng.random(), cfg.host_count_slope_dex, cfg.host_mag_cut,
-                                 cfg.host_mag_min, cfg.host_mag_max))
-    log_hlr = (np.log10(cfg.host_disk_hlr_arcsec_at_g20) + cfg.host_size_mag_slope_dex * (mag - 20.0)
-               + cfg.host_size_scatter_dex * rng.standard_normal())
+@lru_cache(maxsize=1)
+def _distances():
+    """(z grid, distance modulus, kpc per arcsec) in the Planck 2018 cosmology, for SN hosts."""
+    from astropy.cosmology import Planck18
+
+    z = np.linspace(0.005, 3.0, 600)
+    return z, np.asarray(Planck18.distmod(z).value), np.asarray(Planck18.kpc_proper_per_arcmin(z).value) / 60.0
+
+
+def draw_host(rng: np.random.Generator, cfg: SimConfig, pixel_scale_arcsec: float, centred: bool,
+              redshift: float | None = None) -> dict:
+    """One host galaxy: magnitude and `HostParams` fields (pixels). `centred`: the galaxy is the target.
+
+    With a `redshift` (a supernova's), the host sits at that distance: absolute g magnitude
+    ~ N(host_abs_mag_g, host_abs_mag_sigma) made apparent with the distance modulus, and a physical disk
+    half-light radius (Shen et al. 2003 late types: log R50 = -0.4 x 0.21 M + const, 0.2 dex scatter) seen
+    at the angular size the cosmology gives. No K-correction: hosts are sketched at g-band rest luminosity.
+    """
+    if redshift is None:
+        mag = float(exp_erf_quantile(rng.random(), cfg.host_count_slope_dex, cfg.host_mag_cut,
+                                     cfg.host_mag_min, cfg.host_mag_max))
+        log_hlr = (np.log10(cfg.host_disk_hlr_arcsec_at_g20) + cfg.host_size_mag_slope_dex * (mag - 20.0)
+                   + cfg.host_size_scatter_dex * rng.standard_normal())
+    else:
+        z_grid, dm, kpc_per_arcsec = _distances()
+        abs_mag = rng.normal(cfg.host_abs_mag_g, cfg.host_abs_mag_sigma)
+        mag = float(abs_mag + np.interp(redshift, z_grid, dm))
+        log_r_kpc = (np.log10(cfg.host_disk_hlr_kpc) - 0.4 * 0.21 * (abs_mag - cfg.host_abs_mag_g)
+                     + cfg.host_size_scatter_dex * rng.standard_normal())
+        log_hlr = log_r_kpc - np.log10(np.interp(redshift, z_grid, kpc_per_arcsec))
     disk_hlr_px = float(np.clip(10 ** log_hlr, 0.2, 4.0)) / pixel_scale_arcsec
     bulge_hlr_px = disk_hlr_px * rng.uniform(0.4, 1.0)
     bulge_frac = rng.beta(0.4, 0.6)

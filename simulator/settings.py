@@ -70,6 +70,10 @@ class SimConfig:
     host_size_mag_slope_dex: float = -0.1  # d log10(hlr) / d mag
     host_size_scatter_dex: float = 0.2     # Shen et al. 2003, MNRAS 343, 978 (sigma_lnR ~ 0.45)
     host_disk_thickness: float = 0.2       # intrinsic axis ratio of disks (Hubble 1926 inclination formula)
+    # supernova hosts at the supernova's redshift: SN hosts are typically ~L* star-forming galaxies
+    host_abs_mag_g: float = -20.3          # mean absolute g magnitude (SN Ia/CC hosts, e.g. Kelly & Kirshner 2012, ApJ 759, 107)
+    host_abs_mag_sigma: float = 1.0
+    host_disk_hlr_kpc: float = 3.5         # median disk half-light radius at host_abs_mag_g (Shen et al. 2003)
     # execution
     shard_size: int = 256
     workers: int = 1

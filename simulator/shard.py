@@ -113,7 +113,8 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first
         frac = cfg.host_fraction_supernova if cname == "supernova" else cfg.host_fraction_other
         has_host = cname == "galaxy" or rng.random() < frac
-        host = draw_host(rng, cfg, scale, centred=cname == "galaxy") if has_host else None
+        host = (draw_host(rng, cfg, scale, centred=cname == "galaxy", redshift=truth.get("redshift"))
+                if has_host else None)
         dx, dy = rng.uniform(-0.5, 0.5, (2, T))
         psf_g1, psf_g2 = (rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else np.zeros((2, T)))
         rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))

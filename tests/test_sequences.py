@@ -68,3 +68,19 @@ def test_real_templates_dataset(tmp_path, templates_dir):
         label = f["label"][()]
     assert all(t.startswith("sesar:") for t in template[label == 1])
     assert all(t.startswith("yoachim") for t in template[label == 2])
+
+
+def test_supernova_hosts_sit_at_the_supernova_redshift():
+    """A host at z = 0.5 is fainter by the distance-modulus difference and smaller by the angular-size ratio."""
+    from astropy.cosmology import Planck18
+
+    from simulator.hosts import draw_host
+
+    cfg, rng = SimConfig(), np.random.default_rng(0)
+    near = [draw_host(rng, cfg, 0.27, centred=False, redshift=0.1) for _ in range(400)]
+    far = [draw_host(rng, cfg, 0.27, centred=False, redshift=0.5) for _ in range(400)]
+    d_mag = np.median([h["mag"] for h in far]) - np.median([h["mag"] for h in near])
+    assert d_mag == pytest.approx(float(Planck18.distmod(0.5).value - Planck18.distmod(0.1).value), abs=0.2)
+    size_ratio = np.median([h["disk_hlr_px"] for h in near]) / np.median([h["disk_hlr_px"] for h in far])
+    scale = Planck18.kpc_proper_per_arcmin(0.5) / Planck18.kpc_proper_per_arcmin(0.1)
+    assert size_ratio == pytest.approx(float(scale), rel=0.15)
