@@ -8,7 +8,9 @@ needs no shared filesystem (but a `conditions` directory must be readable on the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -16,9 +18,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from survey_params.sampling import CONDITIONS_ENV
+
 from .dataset import FORMAT_VERSION, merge, package_version, write_arrays
 from .settings import SimConfig
 from .shard import n_epochs, simulate_shard
+from .templates import TEMPLATES_ENV
 
 
 class SimulationError(RuntimeError):
@@ -59,6 +64,9 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
     out = Path(out)
+    # record the data directories the environment selects, so the stored config says what was used
+    env = {"conditions": os.environ.get(CONDITIONS_ENV), "templates": os.environ.get(TEMPLATES_ENV)}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in env.items() if v and getattr(cfg, k) is None})
     content = cfg.content_json()
     if out.exists():
         import h5py
