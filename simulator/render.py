@@ -158,11 +158,12 @@ class Renderer:
     def _render_chunk(self, p: StampParams, hosts: HostParams | None, grid: _Grid) -> np.ndarray:
         f = grid.phase(p.dx_px, p.dy_px)
         f *= np.asarray(p.flux_adu, np.float32)[:, None, None]
-        trail = np.asarray(p.trail_px, np.float32)
-        if trail.any():
-            angle = np.asarray(p.trail_angle_rad, np.float32)[:, None, None]
+        moving = np.flatnonzero(np.asarray(p.trail_px) > 0)
+        if len(moving):
+            angle = np.asarray(p.trail_angle_rad, np.float32)[moving, None, None]
             k_along = grid.kx[None, None, :] * np.cos(angle) + grid.ky[None, :, None] * np.sin(angle)
-            f *= np.sinc(k_along * trail[:, None, None] / (2 * np.pi)).astype(np.float32)
+            trail = np.asarray(p.trail_px, np.float32)[moving, None, None]
+            f[moving] *= np.sinc(k_along * trail / (2 * np.pi)).astype(np.float32)
         with_host = np.flatnonzero(np.asarray(p.host_index) >= 0)
         if len(with_host):
             used, inverse = np.unique(np.asarray(p.host_index)[with_host], return_inverse=True)
