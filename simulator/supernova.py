@@ -79,7 +79,12 @@ def decam_g_bandpass(name: str = "decam2014-g"):
         keep = np.flatnonzero(resp > 0.01 * resp.max())
         sel = slice(max(keep[0] - 1, 0), keep[-1] + 2)
         return sncosmo.Bandpass(wave[sel], resp[sel], wave_unit=u.AA, name=name)
-    return sncosmo.get_bandpass(name)
+    try:
+        with _no_network(sncosmo):
+            return sncosmo.get_bandpass(name)
+    except Exception as exc:
+        raise FileNotFoundError(f"{sncosmo.conf.data_dir}: bandpass {name!r} is missing or unreadable there "
+                                f"(run `fetch-templates`): {exc}") from exc
 
 
 def _blackbody(wave_aa: np.ndarray, temp_k: np.ndarray) -> np.ndarray:
@@ -180,6 +185,10 @@ class SupernovaModel:
             raise ValueError(f"sn_ia_model must be 'hsiao' or 'salt2', got {ia_model!r}")
         if ia_model == "salt2" and templates_dir is None:
             raise ValueError("sn_ia_model 'salt2' needs a template directory (--templates) holding SALT2.4")
+        if bandpass not in ("decam2014-g", "desg"):
+            raise ValueError(f"bandpass must be 'decam2014-g' or 'desg', got {bandpass!r}")
+        if bandpass == "desg" and templates_dir is None:
+            raise ValueError("bandpass 'desg' needs a template directory (--templates) holding sncosmo's DES curves")
         self.source = "embedded" if templates_dir is None else "templates"
         self.band = decam_g_bandpass(bandpass)
         self.depth_mag = float(depth_mag)

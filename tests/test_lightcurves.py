@@ -168,3 +168,22 @@ def test_real_templates_mode(templates_dir):
 def test_salt2_needs_the_template_directory():
     with pytest.raises(ValueError, match="template directory"):
         supernova.SupernovaModel(None, depth_mag=25.0, ia_model="salt2")
+
+
+def test_desg_and_speclite_decam_g_agree(templates_dir):
+    """sncosmo's DES g and speclite's decam2014-g give the same Hsiao Ia magnitudes (<= 0.01 mag, z 0.05-0.5)."""
+    spec = supernova.SupernovaModel(templates_dir, depth_mag=25.0)
+    des = supernova.SupernovaModel(templates_dir, depth_mag=25.0, bandpass="desg")
+    t = np.linspace(10, 40, 7)
+    for z in (0.05, 0.2, 0.5):
+        truth = dict(NO_EFFECTS, redshift=z, abs_mag=-19.4, explosion_mjd=0.0)
+        a = spec.light_curve(spec.template("hsiao"), truth, t)
+        b = des.light_curve(des.template("hsiao"), truth, t)
+        assert np.abs(a - b).max() < 0.01
+
+
+def test_bad_bandpass_is_a_clear_error():
+    with pytest.raises(ValueError, match="bandpass"):
+        supernova.SupernovaModel(None, depth_mag=25.0, bandpass="desg")
+    with pytest.raises(ValueError, match="bandpass"):
+        supernova.SupernovaModel(None, depth_mag=25.0, bandpass="sdss-g")
