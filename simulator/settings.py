@@ -44,6 +44,10 @@ class SimConfig:
     moffat_beta: float = 4.2
     psf_fwhm_per_seeing: float = 0.81      # PSF FWHM / logged seeing
     psf_shear_rms: float = 0.0             # rms of each PSF shear component per epoch (0: round PSF)
+    # Real HiTS non-variable stars scatter ~0.02-0.03 mag epoch to epoch beyond photon noise, shared by the
+    # stars of an epoch (benchmarks/compare_lightcurves.py): a calibration error of the logged zero point.
+    # The rendered flux uses zero_point + N(0, this); the dataset keeps the logged zero point.
+    zero_point_error_mag: float = 0.02
     fft_size: int = 48                     # folding period (px) for stamps without a host
     host_fft_size: int = 64                # and for stamps with a host galaxy
     # stars (non-variables, asteroids): p(m) ~ 10^(slope m) (1 - erf(m - m_cut)) / 2 on [mag_min, mag_max]

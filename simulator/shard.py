@@ -2,7 +2,7 @@
 
 Object i has class `classes[i % C]` and its own random stream `SeedSequence(seed, spawn_key=(i,))`, so
 its stamps do not depend on which shard or worker made it. Draw order per object is fixed: conditions,
-light curve, host, per-epoch centring and PSF shear, orientation, then noise.
+light curve, window, host, per-epoch centring and PSF shear, orientation, zero-point error, then noise.
 """
 from __future__ import annotations
 
@@ -118,20 +118,22 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         dx, dy = rng.uniform(-0.5, 0.5, (2, T))
         psf_g1, psf_g2 = (rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else np.zeros((2, T)))
         rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))
+        zp_error = rng.normal(0.0, cfg.zero_point_error_mag, T) if cfg.zero_point_error_mag > 0 else np.zeros(T)
         valid = np.flatnonzero(cond.mask)
+        zp_true = cond.zero_point[valid] + zp_error[valid]
         trail_px = np.where(np.isfinite(mag[valid]), truth.get("trail_arcsec", 0.0) / scale, 0.0)
         host_index = -1
         if host is not None:
             host_index = len(host_rows)
             host_rows.append(host)
         stamp_parts.append(StampParams(
-            flux_adu=np.nan_to_num(mag_to_adu(mag[valid], cond.zero_point[valid], cond.exp_time_s[valid])),
+            flux_adu=np.nan_to_num(mag_to_adu(mag[valid], zp_true, cond.exp_time_s[valid])),
             dx_px=dx[valid], dy_px=dy[valid], fwhm_px=cond.seeing_arcsec[valid] * cfg.psf_fwhm_per_seeing / scale,
             psf_g1=psf_g1[valid], psf_g2=psf_g2[valid], host_index=np.full(len(valid), host_index),
-            host_flux_adu=(mag_to_adu(host["mag"], cond.zero_point[valid], cond.exp_time_s[valid])
+            host_flux_adu=(mag_to_adu(host["mag"], zp_true, cond.exp_time_s[valid])
                            if host is not None else np.zeros(len(valid))),
             trail_px=trail_px, trail_angle_rad=np.full(len(valid), truth.get("trail_angle_rad", 0.0))))
-        draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid))
+        draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error))
     hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
     noiseless = renderer.render(StampParams.concatenate(stamp_parts), hosts)
 
@@ -150,6 +152,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         "truth/object_index": np.arange(start, stop, dtype=np.int64),
         "truth/dx_px": np.full((n, T), np.nan, np.float32),
         "truth/dy_px": np.full((n, T), np.nan, np.float32),
+        "truth/zero_point_error_mag": np.full((n, T), np.nan, np.float32),
         "truth/rotation": np.zeros(n, np.uint8),
         "truth/mirror": np.zeros(n, bool),
         "truth/alert_epoch": np.full(n, -1, np.int16),
@@ -167,7 +170,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out[f"truth/host/{k}"] = np.full(n, np.nan, np.float32)
 
     offset = 0
-    for o, (rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid) in enumerate(draws):
+    for o, (rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error) in enumerate(draws):
         nv = len(valid)
         clean = np.zeros((T, S, S), np.float32)
         clean[valid] = noiseless[offset:offset + nv]
@@ -186,6 +189,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out["truth/ccd"][o] = cond.ccd
         out["truth/dx_px"][o, valid] = dx[valid]
         out["truth/dy_px"][o, valid] = dy[valid]
+        out["truth/zero_point_error_mag"][o, valid] = zp_error[valid]
         out["truth/rotation"][o] = rotation
         out["truth/mirror"][o] = mirror
         out["truth/alert_epoch"][o] = truth["alert_epoch"]
