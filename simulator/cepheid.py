@@ -151,15 +151,11 @@ def _builtin_model() -> Model:
 def load_model(templates_dir: str | Path | None) -> Model:
     """Yoachim et al. 2009 from `templates_dir/cepheid_yoachim2009/` (None: the embedded copy).
 
-    A `templates_dir` that does not exist raises FileNotFoundError; so does one without the Yoachim folder
-    (asking for real templates and silently getting the embedded copy would be a wrong answer).
+    A missing `templates_dir`, or one without the Yoachim folder, raises FileNotFoundError.
     """
     if templates_dir is None:
         return _builtin_model()
-    root = Path(templates_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: templates directory not found")
-    if not (root / YOACHIM_DIR).is_dir():
-        raise FileNotFoundError(f"{root / YOACHIM_DIR}: no Yoachim folder in the template directory "
-                                "(run `fetch-templates DIR`, or leave --templates unset for the embedded model)")
-    return Model(read_yoachim2009(root / YOACHIM_DIR), "yoachim2009")
+    from .templates import template_folder
+
+    folder = template_folder(templates_dir, YOACHIM_DIR)
+    return Model(read_yoachim2009(folder), "yoachim2009")

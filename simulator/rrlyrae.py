@@ -230,15 +230,11 @@ def _builtin_model() -> FourierModel:
 def load_model(templates_dir: str | Path | None) -> Model:
     """Sesar et al. 2010 from `templates_dir/rrlyrae_sesar2010/` (None: the embedded fit).
 
-    A `templates_dir` that does not exist raises FileNotFoundError; so does one without the Sesar folder
-    (asking for real templates and silently getting the embedded fit would be a wrong answer).
+    A missing `templates_dir`, or one without the Sesar folder, raises FileNotFoundError.
     """
     if templates_dir is None:
         return _builtin_model()
-    root = Path(templates_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: templates directory not found")
-    if not (root / SESAR_DIR).is_dir():
-        raise FileNotFoundError(f"{root / SESAR_DIR}: no Sesar folder in the template directory "
-                                "(run `fetch-templates DIR`, or leave --templates unset for the embedded model)")
-    return SesarModel(read_sesar2010(root / SESAR_DIR))
+    from .templates import template_folder
+
+    folder = template_folder(templates_dir, SESAR_DIR)
+    return SesarModel(read_sesar2010(folder))

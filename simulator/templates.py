@@ -51,6 +51,18 @@ def resolve_templates(directory: str | Path | None) -> Path | None:
     return path
 
 
+def template_folder(templates_dir: str | Path, folder: str) -> Path:
+    """`templates_dir/folder`, with a clear error if either is missing (asking for real templates and silently
+    getting an embedded default would be a wrong answer)."""
+    root = Path(templates_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: templates directory not found")
+    if not (root / folder).is_dir():
+        raise FileNotFoundError(f"{root / folder}: no {folder} folder in the template directory "
+                                "(run `fetch-templates DIR`, or leave --templates unset for the embedded model)")
+    return root / folder
+
+
 def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Path]:
     """Download every real template into `out` (the layout above); files already present are kept."""
     out = Path(out)
