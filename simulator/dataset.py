@@ -7,7 +7,8 @@ Datasets (N objects, T epochs, S x S stamps); names are a contract:
   saturation}` (N, T), NaN at padded epochs;
 - `truth/mag` (N, T) true point-source magnitude (inf when absent), `truth/has_host` (N,), and more under
   `truth/` (host parameters, centring offsets before rotation, orientation, field, CCD, object index).
-Root attributes: `survey`, `seed`, `version` (package), `format_version`, `config` (JSON), `class_names`.
+Root attributes: `survey`, `seed`, `version` (package), `format_version`, `config` (JSON), `class_names`,
+`pixel_scale_arcsec`. The `photometry` command adds a `photometry/` group (see `photometry.dataset`).
 
 Stamps are chunked by 64 objects (one chunk holds whole sequences), byte-shuffled and deflated at level 1:
 reading a training batch touches few chunks and decompresses fast. Deflate, not LZF: h5py's LZF leaves its

@@ -155,8 +155,11 @@ class Renderer:
         gal = (1 - bf) * self.disk_table(kd) + bf * self.bulge_table(kb)
         return gal * grid.phase(hosts.dx_px, hosts.dy_px)
 
-    def _render_chunk(self, p: StampParams, hosts: HostParams | None, grid: _Grid) -> np.ndarray:
+    def _render_chunk(self, p: StampParams, hosts: HostParams | None, grid: _Grid, box_px: float = 0.0) -> np.ndarray:
         f = grid.phase(p.dx_px, p.dy_px)
+        if box_px > 0:  # a source whose position is uniform within a box_px square: its expected image
+            f *= (np.sinc(grid.kx * box_px / (2 * np.pi))[None, :] * np.sinc(grid.ky * box_px / (2 * np.pi))[:, None]
+                  ).astype(np.float32)
         f *= np.asarray(p.flux_adu, np.float32)[:, None, None]
         moving = np.flatnonzero(np.asarray(p.trail_px) > 0)
         if len(moving):
@@ -179,8 +182,9 @@ class Renderer:
         img = np.fft.irfft2(f, s=(grid.n, grid.n))
         return img[:, grid.crop][:, :, grid.crop].astype(np.float32)
 
-    def render(self, params: StampParams, hosts: HostParams | None = None) -> np.ndarray:
-        """Noiseless stamps (B, size, size) in ADU, float32.
+    def render(self, params: StampParams, hosts: HostParams | None = None, box_px: float = 0.0) -> np.ndarray:
+        """Noiseless stamps (B, size, size) in ADU, float32. `box_px` > 0 averages each stamp over positions
+        uniform within a box_px-wide square (photometry's template for an unknown sub-pixel position).
 
         Stamps without a host use the smaller point-source grid, those with one the host grid; each
         group is computed in batches of `batch_size`. A stamp's values do not depend on the batch.
@@ -193,5 +197,5 @@ class Renderer:
                            (self._host_grid, np.flatnonzero(host_index >= 0))):
             for start in range(0, len(rows), self.batch_size):
                 sel = rows[start:start + self.batch_size]
-                out[sel] = self._render_chunk(params.take(sel), hosts, grid)
+                out[sel] = self._render_chunk(params.take(sel), hosts, grid, box_px)
         return out

@@ -22,7 +22,7 @@ from survey_params.sampling import CONDITIONS_ENV
 
 from .dataset import FORMAT_VERSION, merge, package_version, write_arrays
 from .settings import SimConfig
-from .shard import n_epochs, simulate_shard
+from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .templates import TEMPLATES_ENV
 
 
@@ -37,7 +37,8 @@ def shard_ranges(cfg: SimConfig) -> list[tuple[int, int]]:
 
 def _root_attrs(cfg: SimConfig) -> dict:
     return {"survey": cfg.survey, "seed": cfg.seed, "version": package_version(), "format_version": FORMAT_VERSION,
-            "config": cfg.content_json(), "class_names": json.dumps(list(cfg.classes))}
+            "config": cfg.content_json(), "class_names": json.dumps(list(cfg.classes)),
+            "pixel_scale_arcsec": pixel_scale_arcsec(cfg)}
 
 
 def _results(cfg: SimConfig, pending: list[tuple[int, int]]):

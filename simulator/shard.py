@@ -54,6 +54,11 @@ def n_epochs(cfg: SimConfig) -> int:
     return longest if cfg.max_epochs is None else min(longest, cfg.max_epochs)
 
 
+def pixel_scale_arcsec(cfg: SimConfig) -> float:
+    """The survey's pixel scale (stored with each dataset: photometry needs the PSF in pixels)."""
+    return float(_setup(cfg.content_json())[1].pixel_scale_arcsec)
+
+
 def choose_window(rng: np.random.Generator, cname: str, mag: np.ndarray, cond, cfg: SimConfig, n_dates: int):
     """(epoch indices of the object's sequence, alert position in it or -1), Carrasco-Davis et al. sec. 3.1.
 

@@ -1,0 +1,71 @@
+"""Photometry of real survey stamps: the HiTS `real_dev.npz` layout (see ../shared/hits2015/README.md).
+
+Real frames come with raw pixels (sentinels, saturation) and conditions that may be missing, so: only
+g-band frames with finite seeing, zero point and exposure time are measured; the sky is the logged one
+where finite, else the stamp's sigma-clipped border; the PSF FWHM is fitted per frame for bright sources
+(`fit_fwhm`) starting from `fwhm_per_seeing` x the logged seeing (0.81: the renderer's calibration on real
+HiTS stars, benchmarks/compare_real.py). Gain, read noise and saturation are per CCD in the survey's
+camera table, but a stamp does not say its CCD: the camera medians are used (saturation: the lowest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .optimal import OptimalPhotometry, fit_fwhm
+
+G_FILTER_CODE = 0
+#: Camera medians of the HiTS 2015 DECam CCDs (../shared/hits2015/camera.csv), used without a camera table.
+HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION = 4.0, 6.5, 33000.0
+
+
+@dataclass
+class RealLightCurves:
+    """Per-frame photometry of a real stamp file; frames of object k are `offsets[k]:offsets[k+1]`."""
+
+    flux_adu: np.ndarray      # NaN where the frame was not measured (non-g band, missing conditions)
+    flux_err_adu: np.ndarray
+    mag: np.ndarray           # zero_point - 2.5 log10(flux / exp_time), NaN where flux <= 0
+    fwhm_px: np.ndarray
+    measured: np.ndarray      # bool
+    offsets: np.ndarray
+    label: np.ndarray
+    class_names: list[str]
+
+
+def _required(data, name: str, path: Path):
+    if name not in data:
+        raise ValueError(f"{path}: array '{name}' is missing (expected the real_dev.npz layout)")
+    return data[name]
+
+
+def measure_real(path: str | Path, camera_csv: str | Path | None = None, pixel_scale_arcsec: float = 0.27,
+                 fwhm_per_seeing: float = 0.81, moffat_beta: float = 4.2) -> RealLightCurves:
+    """Optimal photometry of every g-band frame of a real stamp file (no pickles are loaded)."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: _required(data, k, path) for k in ("stamps", "offsets", "label", "class_names", "filter_code",
+                                                           "exp_time_s", "seeing_arcsec", "sky_adu", "zero_point")}
+    gain, rn, sat = HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
+    if camera_csv is not None:
+        cam = np.genfromtxt(camera_csv, delimiter=",", names=True)
+        gain, rn, sat = float(np.median(cam["gain"])), float(np.median(cam["read_noise"])), float(cam["saturation"].min())
+    stamps = arrays["stamps"].astype(float)
+    ok = ((arrays["filter_code"] == G_FILTER_CODE) & np.isfinite(arrays["seeing_arcsec"])
+          & np.isfinite(arrays["zero_point"]) & np.isfinite(arrays["exp_time_s"]))
+    op = OptimalPhotometry(stamps.shape[-1], "moffat", moffat_beta)
+    sky = np.where(np.isfinite(arrays["sky_adu"][ok]), arrays["sky_adu"][ok], np.nan)
+    sky_arg = None if np.isnan(sky).any() else sky
+    fwhm0 = arrays["seeing_arcsec"][ok] * fwhm_per_seeing / pixel_scale_arcsec
+    fwhm = fit_fwhm(op, stamps[ok], fwhm0, gain, rn, sky_arg, sat)
+    r = op.measure(stamps[ok], fwhm, gain, rn, sky_arg, sat)
+    n = len(stamps)
+    out = {k: np.full(n, np.nan) for k in ("flux_adu", "flux_err_adu", "mag", "fwhm_px")}
+    out["flux_adu"][ok], out["flux_err_adu"][ok], out["fwhm_px"][ok] = r.flux_adu, r.flux_err_adu, fwhm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = arrays["zero_point"][ok] - 2.5 * np.log10(r.flux_adu / arrays["exp_time_s"][ok])
+    out["mag"][ok] = np.where(r.flux_adu > 0, mag, np.nan)
+    return RealLightCurves(measured=ok, offsets=arrays["offsets"], label=arrays["label"],
+                           class_names=[str(c) for c in arrays["class_names"]], **out)
