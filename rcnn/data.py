@@ -1,0 +1,205 @@
+"""Batches for training and evaluation, streamed from a dataset's HDF5 file (never loaded whole).
+
+Inputs follow Carrasco-Davis et al. (2019), sec. 3.1: each image is sky-subtracted and scaled by eq. 4,
+(image - sky) x 10^((zp_ref - zp) / 2.5) with zp_ref the sequence's first zero point, then divided by
+`flux_scale_adu` and asinh-compressed (`input_transform`); the first `max_steps` images (N_d) are kept. The model stacks n_w consecutive images per
+step itself (step k sees images k..k+n_w-1), so a batch carries each image once. The light-curve model
+gets the photometry's eq. 4-scaled fluxes and errors (`photometry/lc_flux`, `lc_flux_err`) instead.
+
+Sampling reads whole HDF5 chunks (64 objects): a training batch is a random subset of the objects of a
+few random chunks of its split, drawn from `default_rng([seed, step])`, so any step's batch is known
+without replaying earlier ones (exact resume). A background thread reads ahead `prefetch` batches.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .config import TrainConfig
+
+REQUIRED = ("stamps", "mask", "mjd", "label", "split", "conditions/sky_adu", "conditions/zero_point")
+LC_REQUIRED = ("photometry/lc_flux", "photometry/lc_flux_err")
+SPLITS = {"train": 0, "validation": 1, "test": 2}
+
+
+class DatasetError(ValueError):
+    """A dataset the models cannot use; the message names the file, the array and the value."""
+
+
+class SequenceData:
+    """One dataset file: validated at opening, then read in batches (dict of numpy arrays)."""
+
+    def __init__(self, path: str | Path, cfg: TrainConfig, stamp_size: int = 21):
+        self.path, self.cfg = Path(path), cfg
+        if not self.path.exists():
+            raise DatasetError(f"{self.path}: dataset not found")
+        with h5py.File(self.path, "r") as f:
+            needed = REQUIRED + (LC_REQUIRED if cfg.model == "lc" else ())
+            missing = [k for k in needed if k not in f]
+            if missing:
+                hint = " (run `photometry` on it first)" if any(k.startswith("photometry/") for k in missing) else ""
+                raise DatasetError(f"{self.path}: missing dataset(s) {', '.join(missing)}{hint}")
+            shape = f["stamps"].shape
+            if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
+                raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size})")
+            n, t = shape[:2]
+            for k in ("mask", "mjd") + (LC_REQUIRED if cfg.model == "lc" else ()):
+                if f[k].shape != (n, t):
+                    raise DatasetError(f"{self.path}: '{k}' has shape {f[k].shape}; expected {(n, t)}")
+            names = f["label"].attrs.get("class_names")
+            if names is None:
+                raise DatasetError(f"{self.path}: 'label' has no 'class_names' attribute")
+            self.class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+            self.label = f["label"][()].astype(np.int32)
+            bad = (self.label < 0) | (self.label >= len(self.class_names))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"{self.path}: 'label'[{i}] = {self.label[i]} is not a class index "
+                                   f"(0..{len(self.class_names) - 1})")
+            self.split = f["split"][()]
+            self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
+        self.n_objects, self.n_epochs = n, t
+        self.n_images = min(t, cfg.max_steps)
+        if self.n_images < cfg.n_w:
+            raise DatasetError(f"{self.path}: sequences have {self.n_images} images; n_w = {cfg.n_w} needs more")
+        self.n_steps = self.n_images - cfg.n_w + 1
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == SPLITS[split])
+
+    def read(self, idx: np.ndarray) -> dict:
+        """Model inputs for objects `idx` (any order), validated: images or light curves, dt, masks, labels."""
+        idx = np.asarray(idx)
+        order = np.argsort(idx)
+        sorted_idx = idx[order]
+        t = self.n_images
+        keys = ["mask", "mjd", "conditions/sky_adu", "conditions/zero_point"]
+        keys += ["stamps"] if self.cfg.model == "rcnn" else list(LC_REQUIRED)
+        raw = {k: [] for k in keys}
+        with h5py.File(self.path, "r") as f:
+            # whole chunks, then the rows wanted: one decompression per chunk
+            for c in np.unique(sorted_idx // self.chunk):
+                lo = c * self.chunk
+                rows = sorted_idx[(sorted_idx >= lo) & (sorted_idx < lo + self.chunk)] - lo
+                for k in keys:
+                    raw[k].append(f[k][lo:lo + self.chunk, :t][rows])
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        raw = {k: np.concatenate(v)[back] for k, v in raw.items()}
+        mask = raw["mask"].astype(bool)
+        zp = raw["conditions/zero_point"].astype(np.float64)
+        scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0)  # eq. 4, zp_ref = first epoch
+        mjd = raw["mjd"]
+        dt = np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)
+        out = {"mask": mask, "dt": dt, "label": self.label[idx]}
+        if self.cfg.model == "rcnn":
+            img = (raw["stamps"] - raw["conditions/sky_adu"][..., None, None]) * scale[..., None, None]
+            self._check_finite(img, mask, idx, "stamps")
+            out["images"] = np.where(mask[..., None, None], self._transform(img), 0.0).astype(np.float32)
+        else:
+            flux = self._transform(raw["photometry/lc_flux"])
+            err = self._transform(raw["photometry/lc_flux_err"])
+            self._check_finite(np.stack([flux, err], axis=-1), mask, idx, "photometry/lc_flux")
+            out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
+            out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)
+        return out
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        x = x / self.cfg.flux_scale_adu
+        return np.arcsinh(x) if self.cfg.input_transform == "asinh" else x
+
+    def _check_finite(self, values: np.ndarray, mask: np.ndarray, idx: np.ndarray, name: str) -> None:
+        """A clear error naming the first object and epoch whose input is not finite (at a valid epoch)."""
+        bad = ~np.isfinite(values.reshape(values.shape[0], values.shape[1], -1)).all(axis=-1) & mask
+        if bad.any():
+            i, epoch = (int(v[0]) for v in np.nonzero(bad))
+            raise DatasetError(f"{self.path}: '{name}' of object {int(idx[i])} is not finite at epoch {epoch} "
+                               "(or its sky / zero point is not)")
+
+    def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
+        """Object indices of a random batch: a random subset of the objects of a few random chunks."""
+        pool = self.indices(split)
+        if not len(pool):
+            raise DatasetError(f"{self.path}: no objects in the {split} split")
+        chunks = np.unique(pool // self.chunk)
+        chosen = []
+        for c in rng.permutation(chunks):
+            chosen.append(pool[pool // self.chunk == c])
+            if sum(len(x) for x in chosen) >= 2 * batch_size:
+                break
+        objects = np.concatenate(chosen)
+        return rng.choice(objects, size=batch_size, replace=len(objects) < batch_size)
+
+    def batches(self, split: str, batch_size: int, limit: int | None = None):
+        """Consecutive batches covering a split in index order (evaluation), at most `limit`."""
+        pool = self.indices(split)
+        for k, start in enumerate(range(0, len(pool), batch_size)):
+            if limit is not None and k >= limit:
+                return
+            yield self.read(pool[start:start + batch_size])
+
+
+def augment(batch: dict, rng: np.random.Generator) -> dict:
+    """Random 90-degree rotation and mirror per sequence (the same for all its images)."""
+    if "images" not in batch:
+        return batch
+    img = batch["images"].copy()
+    k = rng.integers(4, size=len(img))
+    flip = rng.integers(2, size=len(img)).astype(bool)
+    for r in range(1, 4):
+        sel = k == r
+        img[sel] = np.rot90(img[sel], r, axes=(2, 3))
+    img[flip] = img[flip][..., ::-1]
+    return {**batch, "images": img}
+
+
+def train_batch(data: SequenceData, cfg: TrainConfig, step: int) -> dict:
+    """The training batch of `step`: a pure function of (seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    batch = data.read(data.sample(rng, "train", cfg.batch_size))
+    return augment(batch, rng) if cfg.augment else batch
+
+
+class Prefetcher:
+    """Reads the batches of steps start..stop-1 ahead in a background thread (h5py releases the GIL while
+    decompressing); iterate to get them in order."""
+
+    def __init__(self, data: SequenceData, cfg: TrainConfig, start: int, stop: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(cfg.prefetch, 1))
+        self._stop = threading.Event()
+
+        def work():
+            for step in range(start, stop):
+                if self._stop.is_set():
+                    return
+                try:
+                    item = (step, train_batch(data, cfg, step))
+                except Exception as exc:  # handed to the consumer, raised there
+                    item = (step, exc)
+                self._queue.put(item)
+                if isinstance(item[1], Exception):
+                    return
+            self._queue.put((None, None))  # end of the steps
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        step, item = self._queue.get()
+        if step is None:
+            raise StopIteration
+        if isinstance(item, Exception):
+            raise item
+        return step, item
+
+    def close(self) -> None:
+        self._stop.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()

@@ -1,0 +1,31 @@
+"""Sequence losses: the sum over valid steps of a per-step classification loss, averaged over sequences.
+
+`ce`: cross-entropy (Carrasco-Davis et al. 2019: loss = sum_t loss(t)); `weighted_ce`: each class weighted
+by N / (C N_c) of the training set (RAPID, Muthukrishna et al. 2019; GOTO, Killestein et al. 2021);
+`focal`: (1 - p)^gamma x cross-entropy (Lin et al. 2017, as GOTO uses), which is `ce` at gamma = 0.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """N / (C N_c) per class (absent classes get weight 0)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0).astype(np.float32)
+
+
+def sequence_loss(logits, labels, step_mask, kind: str = "ce", weights=None, gamma: float = 2.0, seq_weight=None):
+    """Mean over sequences of the summed per-step loss at valid steps. `seq_weight` (B,) excludes padding rows."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    lp = jnp.take_along_axis(logp, labels[:, None, None], axis=-1)[..., 0]  # (B, steps)
+    loss = -lp
+    if kind == "focal":
+        loss = (1.0 - jnp.exp(lp)) ** gamma * loss
+    if kind == "weighted_ce":
+        loss = loss * weights[labels][:, None]
+    per_seq = jnp.sum(jnp.where(step_mask, loss, 0.0), axis=1)
+    w = jnp.ones_like(per_seq) if seq_weight is None else seq_weight
+    return jnp.sum(per_seq * w) / jnp.maximum(jnp.sum(w), 1.0)

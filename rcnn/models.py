@@ -1,0 +1,122 @@
+"""The image-sequence classifier (RCNN, Carrasco-Davis et al. 2019, Table 3) and the light-curve classifier.
+
+RCNN, per step k (images k..k+n_w-1 stacked as channels, 21 x 21 x n_w): BN; conv_blocks x (conv 3x3 x 64 +
+BN + ReLU); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
+(2304); dense 1024 + ReLU + dropout; concatenate the n_w time differences (each image's MJD minus the
+sequence's first); LSTM 512 (or GRU, as TAO-Net) from a zero state; dense to class logits at every step.
+The light-curve classifier keeps the dense + recurrent + output part, on (n_w fluxes, n_w errors, n_w time
+differences) per step. Batch-norm statistics use valid steps only (padding is masked). Padding sits at the
+end of each sequence (valid epochs are packed first), and the recurrence is causal, so valid steps never
+see it.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def _windows(x: jnp.ndarray, n_w: int) -> jnp.ndarray:
+    """(B, T, ...) -> (B, T - n_w + 1, ..., n_w): item k stacks entries k..k+n_w-1 on a new last axis."""
+    steps = x.shape[1] - n_w + 1
+    return jnp.stack([x[:, j:j + steps] for j in range(n_w)], axis=-1)
+
+
+def _cell(kind: str, units: int, dtype):
+    if kind == "gru":
+        return nn.GRUCell(units, dtype=dtype, param_dtype=jnp.float32)
+    return nn.OptimizedLSTMCell(units, dtype=dtype, param_dtype=jnp.float32)
+
+
+class _Head(nn.Module):
+    """Dense + dropout, time differences, recurrent layer, per-step logits (shared by both models)."""
+
+    n_classes: int
+    dense_units: int = 1024
+    dropout: float = 0.5
+    rnn_units: int = 512
+    cell: str = "lstm"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, dt, train: bool):
+        x = nn.relu(nn.Dense(self.dense_units, dtype=self.dtype, param_dtype=jnp.float32)(features))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = jnp.concatenate([x, dt.astype(x.dtype)], axis=-1)
+        h = nn.RNN(_cell(self.cell, self.rnn_units, self.dtype))(x)
+        return nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32)(h).astype(jnp.float32)
+
+
+class RCNN(nn.Module):
+    """Image sequences (B, T, S, S) -> logits (B, T - n_w + 1, n_classes), step mask."""
+
+    n_classes: int
+    n_w: int = 3
+    conv_filters: int = 64
+    conv_blocks: int = 3
+    dense_units: int = 1024
+    dropout: float = 0.5
+    rnn_units: int = 512
+    cell: str = "lstm"
+    bn_momentum: float = 0.99
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, dt, mask, train: bool = False):
+        b, t, s, _ = images.shape
+        steps = t - self.n_w + 1
+        step_mask = mask[:, self.n_w - 1:]
+        x = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w).astype(self.dtype)
+        m = step_mask.reshape(b * steps, 1, 1, 1)
+        norm = dict(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)
+        x = nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape))
+        for _ in range(2):
+            for _ in range(self.conv_blocks):
+                x = nn.Conv(self.conv_filters, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)(x)
+                x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape(b, steps, -1)
+        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.dtype)(
+            x, _windows(dt, self.n_w), train)
+        return logits, step_mask
+
+
+class LightCurveClassifier(nn.Module):
+    """Light curves: flux, flux_err, dt (B, T) -> logits (B, T - n_w + 1, n_classes), step mask."""
+
+    n_classes: int
+    n_w: int = 3
+    dense_units: int = 1024
+    dropout: float = 0.5
+    rnn_units: int = 512
+    cell: str = "lstm"
+    bn_momentum: float = 0.99
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, flux, flux_err, dt, mask, train: bool = False):
+        step_mask = mask[:, self.n_w - 1:]
+        x = jnp.concatenate([_windows(flux, self.n_w), _windows(flux_err, self.n_w)], axis=-1).astype(self.dtype)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)(
+            x, mask=jnp.broadcast_to(step_mask[..., None], x.shape))
+        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.dtype)(
+            x, _windows(dt, self.n_w), train)
+        return logits, step_mask
+
+
+def build_model(cfg, n_classes: int) -> nn.Module:
+    """The model a `TrainConfig` describes."""
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    common = dict(n_classes=n_classes, n_w=cfg.n_w, dense_units=cfg.dense_units, dropout=cfg.dropout,
+                  rnn_units=cfg.rnn_units, cell=cfg.cell, bn_momentum=cfg.bn_momentum, dtype=dtype)
+    if cfg.model == "rcnn":
+        return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, **common)
+    return LightCurveClassifier(**common)
+
+
+def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False):
+    """Run either model on a batch dict (see `rcnn.data`)."""
+    if isinstance(model, RCNN):
+        args = (batch["images"], batch["dt"], batch["mask"])
+    else:
+        args = (batch["flux"], batch["flux_err"], batch["dt"], batch["mask"])
+    return model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable)

@@ -1,0 +1,226 @@
+"""`rcnn train`: Adam on the summed per-step loss, validation every `eval_every`, best checkpoint kept.
+
+A run directory holds `config.yaml`, `metrics.jsonl` (one JSON object per evaluation: step, train_loss,
+val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_s) and `checkpoints/last`,
+`checkpoints/best` (orbax). Rerunning the same command after a kill resumes from `last`; batches and dropout
+keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A larger
+`iterations` extends a finished run.
+
+Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
+replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
+`jax.distributed.initialize()` so the mesh spans every host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import Prefetcher, SequenceData
+
+STATE_KEYS = ("params", "batch_stats", "opt_state", "step", "best_val_loss")
+
+
+class RunError(ValueError):
+    """A run directory that does not match the request (names the file and the difference)."""
+
+
+def _mesh():
+    import jax
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def make_functions(model, tx, cfg: TrainConfig, weights):
+    """jit-compiled train and eval steps."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from .losses import sequence_loss
+    from .models import apply_model
+
+    w = jnp.asarray(weights)
+
+    def loss_fn(params, batch_stats, batch, key):
+        (logits, step_mask), updates = apply_model(model, {"params": params, "batch_stats": batch_stats}, batch,
+                                                   train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+        loss = sequence_loss(logits, batch["label"], step_mask, cfg.loss, w, cfg.focal_gamma)
+        return loss, updates["batch_stats"]
+
+    @partial(jax.jit, donate_argnums=(0,))
+    def train_step(state, batch, key):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["batch_stats"],
+                                                                               batch, key)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                "step": state["step"] + 1}, loss
+
+    @jax.jit
+    def eval_step(state, batch):
+        logits, step_mask = apply_model(model, {"params": state["params"], "batch_stats": state["batch_stats"]},
+                                        batch, train=False)
+        loss = sequence_loss(logits, batch["label"], step_mask, cfg.loss, w, cfg.focal_gamma, batch["weight"])
+        last = jnp.maximum(jnp.sum(step_mask, axis=1) - 1, 0)
+        pred = jnp.argmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], axis=-1)
+        correct = jnp.sum((pred == batch["label"]) * batch["weight"])
+        return loss * jnp.sum(batch["weight"]), correct, jnp.sum(batch["weight"])
+
+    return train_step, eval_step
+
+
+def init_state(model, tx, cfg: TrainConfig, example: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.PRNGKey(cfg.seed)
+    variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, *_args(model, example), train=False))(key)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+            "opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32),
+            "best_val_loss": jnp.full((), jnp.inf, jnp.float32)}
+
+
+def _args(model, batch):
+    from .models import RCNN
+
+    if isinstance(model, RCNN):
+        return batch["images"], batch["dt"], batch["mask"]
+    return batch["flux"], batch["flux_err"], batch["dt"], batch["mask"]
+
+
+def _pad(batch: dict, size: int) -> dict:
+    """Pad an evaluation batch to `size` rows (repeating row 0) with weight 0 on the padding."""
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) if n < size else v for k, v in batch.items()}
+    out["weight"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
+    """True if `run_dir` holds a run to resume; error if it holds a different one."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists():
+        return False
+    import yaml
+
+    saved = yaml.safe_load(cfg_file.read_text()) or {}
+    mine = dataclasses.asdict(cfg)
+    diff = {k: (saved.get(k), v) for k, v in mine.items() if k not in ("iterations", "prefetch") and saved.get(k) != v}
+    if saved.get("_data") not in (None, str(data_path.resolve())):
+        diff["data"] = (saved.get("_data"), str(data_path.resolve()))
+    if diff:
+        raise RunError(f"{cfg_file}: this run was made with other options {diff} (saved, requested); "
+                       "use another --out or remove the directory")
+    return True
+
+
+def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) a model; returns the last evaluation's metrics."""
+    import jax
+    import optax
+    import orbax.checkpoint as ocp
+    import yaml
+    from jax.sharding import NamedSharding, PartitionSpec
+    from tqdm.auto import tqdm
+
+    from .losses import class_weights
+    from .models import build_model
+
+    if cfg.distributed:
+        jax.distributed.initialize()
+    data_path, run_dir = Path(data_path), Path(run_dir)
+    data = SequenceData(data_path, cfg)  # validates before anything compiles
+    n_dev = jax.device_count()
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {n_dev} devices")
+    resume = _check_run_dir(run_dir, cfg, data_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**dataclasses.asdict(cfg), "_data": str(data_path.resolve()),
+                                                         "_class_names": data.class_names}, sort_keys=True))
+    n_classes = len(data.class_names)
+    model = build_model(cfg, n_classes)
+    tx = optax.adam(cfg.learning_rate)
+    weights = class_weights(data.label[data.indices("train")], n_classes)
+    train_step, eval_step = make_functions(model, tx, cfg, weights)
+    mesh = _mesh()
+    shard = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    example = {k: v[: cfg.batch_size] for k, v in data.read(data.indices("train")[:1].repeat(n_dev)).items()}
+    state = jax.device_put(init_state(model, tx, cfg, example), replicated)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    last = ocp.CheckpointManager((run_dir / "checkpoints" / "last").resolve(), options=options)
+    best = ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options)
+    metrics_file = run_dir / "metrics.jsonl"
+    start = 0
+    if resume and last.latest_step() is not None:
+        start = int(last.latest_step())
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+        state = last.restore(start, args=ocp.args.StandardRestore(abstract))
+        state = jax.device_put(state, replicated)
+        if metrics_file.exists():  # drop evaluations logged after the checkpoint (a kill between the two)
+            lines = [ln for ln in metrics_file.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            metrics_file.write_text("".join(ln + "\n" for ln in lines))
+    elif metrics_file.exists():
+        metrics_file.unlink()
+    base_key = jax.random.PRNGKey(cfg.seed)
+    result: dict = {}
+    if start >= cfg.iterations:
+        return _last_metrics(metrics_file)
+    prefetch = Prefetcher(data, cfg, start, cfg.iterations)
+    bar = tqdm(total=cfg.iterations, initial=start, unit="it", desc=f"train {cfg.model}", disable=not progress)
+    losses, t_start, seqs = [], time.perf_counter(), 0
+    try:
+        for step, batch in prefetch:
+            batch = jax.device_put({k: v for k, v in batch.items()}, shard)
+            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step))
+            losses.append(loss)
+            seqs += cfg.batch_size
+            bar.update(1)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.iterations:
+                train_loss = float(np.mean(jax.device_get(losses)))
+                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard)
+                elapsed = time.perf_counter() - t_start
+                result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
+                          "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
+                if val_loss < float(state["best_val_loss"]):
+                    state = {**state, "best_val_loss": jax.numpy.asarray(val_loss, jax.numpy.float32)}
+                    best.save(done, args=ocp.args.StandardSave(state), force=True)
+                    best.wait_until_finished()
+                last.save(done, args=ocp.args.StandardSave(state), force=True)
+                last.wait_until_finished()
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(result) + "\n")
+                bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.2f}")
+                losses, seqs, t_start = [], 0, time.perf_counter()
+    finally:
+        prefetch.close()
+        bar.close()
+        last.close()
+        best.close()
+    return result
+
+
+def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard) -> tuple[float, float]:
+    import jax
+
+    total, correct, n = 0.0, 0.0, 0.0
+    for batch in data.batches("validation", cfg.batch_size, cfg.eval_batches):
+        out = eval_step(state, jax.device_put(_pad(batch, cfg.batch_size), shard))
+        loss_sum, c, w = (float(x) for x in jax.device_get(out))
+        total, correct, n = total + loss_sum, correct + c, n + w
+    if n == 0:
+        raise ValueError(f"{data.path}: the validation split is empty")
+    return total / n, correct / n
+
+
+def _last_metrics(metrics_file: Path) -> dict:
+    lines = [ln for ln in metrics_file.read_text().splitlines() if ln] if metrics_file.exists() else []
+    return json.loads(lines[-1]) if lines else {}
