@@ -1,0 +1,182 @@
+"""RCNN and light-curve classifier: shapes, masking, jit parity, losses, training, exact resume, bad data."""
+import json
+import subprocess
+import sys
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from photometry.dataset import run_photometry
+from rcnn.config import TrainConfig
+from rcnn.data import DatasetError, SequenceData
+from rcnn.losses import class_weights, sequence_loss
+from rcnn.models import LightCurveClassifier, RCNN, build_model
+from rcnn.train import train
+from simulator.run import simulate
+from simulator.settings import SimConfig
+
+TINY = dict(conv_filters=8, dense_units=32, rnn_units=16, bn_momentum=0.9, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Non-variable stars and asteroids (easy to tell apart), with photometry for the light-curve model."""
+    path = tmp_path_factory.mktemp("rcnn") / "two.h5"
+    simulate(SimConfig(classes=("nonvariable", "asteroid"), n_per_class=60, seed=1, progress=False), path)
+    run_photometry(path, progress=False)
+    return path
+
+
+def _init(model, *args):
+    return model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, *args, train=False)
+
+
+def test_shapes():
+    b, t = 3, 20
+    rcnn = RCNN(n_classes=7, conv_filters=8, dense_units=16, rnn_units=8)
+    args = (jnp.zeros((b, t, 21, 21)), jnp.zeros((b, t)), jnp.ones((b, t), bool))
+    logits, step_mask = rcnn.apply(_init(rcnn, *args), *args)
+    assert logits.shape == (b, t - 2, 7) and step_mask.shape == (b, t - 2)
+    params = _init(rcnn, *args)["params"]
+    assert params["_Head_0"]["Dense_0"]["kernel"].shape == (6 * 6 * 8, 16)  # 21 -> 11 -> 6 after two pools
+    lc = LightCurveClassifier(n_classes=4, dense_units=16, rnn_units=8, cell="gru")
+    args = (jnp.zeros((b, t)), jnp.ones((b, t)), jnp.zeros((b, t)), jnp.ones((b, t), bool))
+    logits, _ = lc.apply(_init(lc, *args), *args)
+    assert logits.shape == (b, t - 2, 4)
+
+
+def test_full_size_rcnn_matches_table_3():
+    """Default sizes: 2304 features after flattening, dense 1024, LSTM 512."""
+    model = build_model(TrainConfig(), 7)
+    args = (jnp.zeros((1, 20, 21, 21)), jnp.zeros((1, 20)), jnp.ones((1, 20), bool))
+    shapes = jax.eval_shape(lambda: _init(model, *args))["params"]
+    head = shapes["_Head_0"]
+    assert head["Dense_0"]["kernel"].shape == (2304, 1024)
+    lstm = head["OptimizedLSTMCell_0"]
+    assert lstm["hi"]["kernel"].shape == (512, 512) and lstm["ii"]["kernel"].shape == (1024 + 3, 512)  # + 3 time differences
+    assert head["Dense_1"]["kernel"].shape == (512, 7)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_padding_does_not_change_valid_steps(train_mode):
+    rng = np.random.default_rng(0)
+    model = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8, dropout=0.0)
+    images = rng.normal(size=(4, 12, 21, 21)).astype(np.float32)
+    dt = np.cumsum(rng.uniform(0, 1, (4, 12)), axis=1).astype(np.float32)
+    mask = np.arange(12)[None, :] < np.array([12, 9, 7, 5])[:, None]
+    other = np.where(mask[..., None, None], images, rng.normal(size=images.shape) * 100).astype(np.float32)
+    variables = _init(model, images, dt, mask)
+
+    def run(x):
+        out = model.apply(variables, x, dt, mask, train=train_mode, mutable=["batch_stats"] if train_mode else False)
+        return (out[0] if train_mode else out)[0]
+
+    a, b = run(images), run(other)
+    step_mask = mask[:, 2:]
+    assert np.allclose(np.asarray(a)[step_mask], np.asarray(b)[step_mask], atol=1e-5)
+
+
+def test_jit_parity():
+    rng = np.random.default_rng(1)
+    model = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8)
+    args = (rng.normal(size=(2, 8, 21, 21)).astype(np.float32), np.zeros((2, 8), np.float32), np.ones((2, 8), bool))
+    variables = _init(model, *args)
+    eager = model.apply(variables, *args)[0]
+    jitted = jax.jit(lambda v, *a: model.apply(v, *a)[0])(variables, *args)
+    assert np.allclose(eager, jitted, atol=1e-5)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy_and_weights():
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray(rng.normal(size=(5, 6, 4)))
+    labels = jnp.asarray(rng.integers(0, 4, 5))
+    mask = jnp.asarray(rng.random((5, 6)) > 0.3)
+    ce = sequence_loss(logits, labels, mask, "ce")
+    assert float(sequence_loss(logits, labels, mask, "focal", gamma=0.0)) == pytest.approx(float(ce), rel=1e-6)
+    assert float(sequence_loss(logits, labels, mask, "focal", gamma=2.0)) < float(ce)
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+    ones = jnp.ones(4)
+    assert float(sequence_loss(logits, labels, mask, "weighted_ce", weights=ones)) == pytest.approx(float(ce), rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["rcnn", "lc"])
+def test_training_separates_two_classes(dataset, tmp_path, model):
+    cfg = TrainConfig(model=model, iterations=100, eval_every=50, **TINY)
+    result = train(dataset, tmp_path / "run", cfg, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [50, 100]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert result["val_accuracy"] >= 0.8, result  # chance is 0.5
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert any((tmp_path / "run" / "checkpoints" / "best").iterdir())
+
+
+def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
+    cfg = TrainConfig(iterations=12, eval_every=4, cell="gru", loss="focal", **TINY)
+    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    import rcnn.train as rt
+
+    real = rt.make_functions
+
+    def dying(*a, **k):
+        train_step, eval_step = real(*a, **k)
+
+        def step(state, batch, key):
+            if int(state["step"]) == 6:
+                raise KeyboardInterrupt  # killed between checkpoints (saved at 4)
+            return train_step(state, batch, key)
+        return step, eval_step
+
+    monkeypatch.setattr(rt, "make_functions", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    monkeypatch.setattr(rt, "make_functions", real)
+    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
+    for k in ("train_loss", "val_loss", "val_accuracy"):
+        assert resumed[k] == ref[k], k
+    a = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    b = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["val_loss"] for x in a] == [json.loads(x)["val_loss"] for x in b]
+
+
+def _copy_with(src, dst, edit):
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def test_bad_datasets_get_clear_errors(dataset, tmp_path):
+    cfg = TrainConfig(**TINY)
+    no_mask = _copy_with(dataset, tmp_path / "a.h5", lambda f: f.__delitem__("mask"))
+    with pytest.raises(DatasetError, match="a.h5: missing dataset.*mask"):
+        SequenceData(no_mask, cfg)
+    with pytest.raises(DatasetError, match="run `photometry`"):
+        _copy_with(dataset, tmp_path / "b.h5", lambda f: f.__delitem__("photometry"))
+        SequenceData(tmp_path / "b.h5", TrainConfig(model="lc", **TINY))
+    with pytest.raises(DatasetError, match=r"expected \(N, T, 25, 25\)"):
+        SequenceData(dataset, cfg, stamp_size=25)
+
+    def poison(f):
+        s = f["stamps"][3]
+        s[1, 5, 5] = np.nan
+        f["stamps"][3] = s
+    bad = _copy_with(dataset, tmp_path / "c.h5", poison)
+    data = SequenceData(bad, cfg)
+    with pytest.raises(DatasetError, match="'stamps' of object 3 is not finite at epoch 1"):
+        data.read(np.array([2, 3]))
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "train", str(no_mask), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing dataset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
+    train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
+    from rcnn.train import RunError
+
+    with pytest.raises(RunError, match="other options"):
+        train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, learning_rate=0.1, **TINY), progress=False)
