@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from rcnn.cli import use_fast_cpu_flags
+
+use_fast_cpu_flags()  # as the `rcnn` command does: XLA reads its flags once, before jax is first used
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,102 @@
+"""RCNN training and inference throughput (Table 3 sizes, T = 20, n_w = 3) against the machine's matmul peak.
+
+Prints one line: matmul peak GFLOP/s (f32 2048^2, jit), training sequences/s (one jit train step: forward,
+backward, Adam), inference sequences/s, XLA's FLOP count per training sequence and the achieved GFLOP/s
+as a fraction of the peak, for XLA's default CPU flags and with `--xla_cpu_experimental_ynn_fusion_type=`
+(each in its own process: XLA reads its flags once). Synthetic inputs: this measures the model, not I/O.
+Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def child(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from rcnn.config import TrainConfig
+    from rcnn.models import build_model
+    from rcnn.train import init_state, make_functions
+
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    peak = 2 * 2048 ** 3 / _timed(lambda: mm(a).block_until_ready(), 5) / 1e9
+    cfg = TrainConfig(model=args.model, batch_size=args.batch, dtype=args.dtype)
+    rng = np.random.default_rng(0)
+    b, t = args.batch, 20
+    batch = {"mask": np.ones((b, t), bool), "dt": np.cumsum(rng.uniform(0, 1, (b, t)), 1).astype(np.float32),
+             "label": rng.integers(0, 7, b).astype(np.int32), "weight": np.ones(b, np.float32)}
+    if args.model == "rcnn":
+        batch["images"] = rng.normal(size=(b, t, 21, 21)).astype(np.float32)
+    else:
+        batch["flux"], batch["flux_err"] = rng.normal(size=(2, b, t)).astype(np.float32)
+    batch = jax.device_put(batch)
+    model = build_model(cfg, 7)
+    tx = optax.adam(cfg.learning_rate)
+    train_step, eval_step = make_functions(model, tx, cfg, np.ones(7, np.float32))
+    state = init_state(model, tx, cfg, batch)
+    key = jax.random.PRNGKey(0)
+    flops = train_step.lower(state, batch, key).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    holder = {"state": state}
+
+    def step():
+        holder["state"], loss = train_step(holder["state"], batch, key)
+        loss.block_until_ready()
+
+    t_train = _timed(step, args.steps)
+    t_infer = _timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), args.steps)
+    return {"peak_gflops": peak, "train_seq_s": b / t_train, "infer_seq_s": b / t_infer,
+            "gflop_per_seq": flops / b / 1e9, "achieved_gflops": flops / t_train / 1e9,
+            "device": str(jax.devices()[0].platform)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--model", default="rcnn", choices=("rcnn", "lc"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    parts = []
+    for label, flags in (("default flags", os.environ.get("XLA_FLAGS", "")),
+                         ("ynn fusion off", (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip())):
+        env = {**os.environ, "XLA_FLAGS": flags}
+        cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
+               "--model", args.model, "--dtype", args.dtype]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            parts.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode})")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | train {r['train_seq_s']:.1f} seq/s "
+                     f"({r['gflop_per_seq']:.2f} GFLOP/seq, {r['achieved_gflops']:.0f} GFLOP/s = "
+                     f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak) | inference {r['infer_seq_s']:.1f} seq/s")
+    print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}): " + " || ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
