@@ -16,8 +16,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for name in ("evaluate", "classify"):
-        sub.add_parser(name, help="arrives with the evaluation issue")
+    e = sub.add_parser("evaluate", help="metrics and figures on a simulated test split or real labelled stamps")
+    e.add_argument("run", nargs="+", help="run directories (several: drawn side by side, e.g. rcnn and lc)")
+    e.add_argument("--data", help="simulated dataset (its test split is evaluated)")
+    e.add_argument("--real", help="real labelled dataset from `rcnn import-real` (every object is evaluated)")
+    e.add_argument("--class-map", help="real label -> model class, e.g. SN=supernova,NV=nonvariable "
+                                       "(default: the HiTS labels SN, RRLyrae, EB, NV)")
+    e.add_argument("--out", required=True, help="report directory: metrics.json and PNG figures")
+    c = sub.add_parser("classify", help="class probabilities after every step of every object")
+    c.add_argument("run", help="run directory")
+    c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`)")
+    c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
+    c.add_argument("--figures", type=int, default=0, help="Appendix B figures for the first N objects")
+    r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
+    r.add_argument("source", help="real stamp file (see ../shared/hits2015/README.md)")
+    r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
+    r.add_argument("--out", required=True, help="output HDF5 dataset")
     return p
 
 
@@ -36,8 +50,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     use_fast_cpu_flags()
     if args.command != "train":
-        print(f"rcnn {args.command}: not implemented yet; it arrives with the evaluation issue", file=sys.stderr)
-        return 2
+        return _other(args)
     from .config import load_config
     from .data import DatasetError
     from .train import RunError, train
@@ -49,6 +62,36 @@ def main(argv=None) -> int:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def _other(args) -> int:
+    """evaluate, classify, import-real."""
+    from .data import DatasetError
+    from .evaluate import ClassMapError, evaluate, parse_class_map
+    from .real import ImportError_, import_real
+    from .train import RunError
+
+    try:
+        if args.command == "evaluate":
+            if bool(args.data) == bool(args.real):
+                raise ValueError("give exactly one of --data (simulated) or --real (real labelled)")
+            report = evaluate(args.run, args.real or args.data, args.out, real=bool(args.real),
+                              class_map=parse_class_map(args.class_map))
+            for name, e in report["runs"].items():
+                recall = ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items())
+                print(f"{name}: step {e['step']} accuracy {e['accuracy']:.3f} balanced recall "
+                      f"{e['balanced_recall']:.3f} | recall {recall}")
+            print(f"report: {args.out}")
+        elif args.command == "classify":
+            from .classify import classify
+
+            print(f"probabilities: {classify(args.run, args.data, args.out, args.figures)}")
+        else:
+            print(f"dataset: {import_real(args.source, args.out, args.camera)}")
+    except (DatasetError, RunError, ClassMapError, ImportError_, ValueError, OSError, KeyError) as exc:
+        print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from photometry.optimal import BAD_HIGH, BAD_LOW
+
 from .config import TrainConfig
 
 REQUIRED = ("stamps", "mask", "mjd", "label", "split", "conditions/sky_adu", "conditions/zero_point")
@@ -90,35 +92,15 @@ class SequenceData:
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
         raw = {k: np.concatenate(v)[back] for k, v in raw.items()}
-        mask = raw["mask"].astype(bool)
-        zp = raw["conditions/zero_point"].astype(np.float64)
-        scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0)  # eq. 4, zp_ref = first epoch
-        mjd = raw["mjd"]
-        dt = np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)
-        out = {"mask": mask, "dt": dt, "label": self.label[idx]}
-        if self.cfg.model == "rcnn":
-            img = (raw["stamps"] - raw["conditions/sky_adu"][..., None, None]) * scale[..., None, None]
-            self._check_finite(img, mask, idx, "stamps")
-            out["images"] = np.where(mask[..., None, None], self._transform(img), 0.0).astype(np.float32)
-        else:
-            flux = self._transform(raw["photometry/lc_flux"])
-            err = self._transform(raw["photometry/lc_flux_err"])
-            self._check_finite(np.stack([flux, err], axis=-1), mask, idx, "photometry/lc_flux")
-            out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
-            out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)
+        try:
+            out = prepare_inputs(self.cfg, raw["mask"], raw["mjd"], raw["conditions/sky_adu"],
+                                 raw["conditions/zero_point"], raw.get("stamps"), raw.get("photometry/lc_flux"),
+                                 raw.get("photometry/lc_flux_err"))
+        except NonFinite as exc:
+            raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
+                               f"{exc.epoch} (or its sky / zero point is not)") from None
+        out["label"] = self.label[idx]
         return out
-
-    def _transform(self, x: np.ndarray) -> np.ndarray:
-        x = x / self.cfg.flux_scale_adu
-        return np.arcsinh(x) if self.cfg.input_transform == "asinh" else x
-
-    def _check_finite(self, values: np.ndarray, mask: np.ndarray, idx: np.ndarray, name: str) -> None:
-        """A clear error naming the first object and epoch whose input is not finite (at a valid epoch)."""
-        bad = ~np.isfinite(values.reshape(values.shape[0], values.shape[1], -1)).all(axis=-1) & mask
-        if bad.any():
-            i, epoch = (int(v[0]) for v in np.nonzero(bad))
-            raise DatasetError(f"{self.path}: '{name}' of object {int(idx[i])} is not finite at epoch {epoch} "
-                               "(or its sky / zero point is not)")
 
     def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
         """Object indices of a random batch: a random subset of the objects of a few random chunks."""
@@ -141,6 +123,47 @@ class SequenceData:
             if limit is not None and k >= limit:
                 return
             yield self.read(pool[start:start + batch_size])
+
+
+class NonFinite(ValueError):
+    def __init__(self, name: str, row: int, epoch: int):
+        super().__init__(f"{name}: not finite at row {row}, epoch {epoch}")
+        self.name, self.row, self.epoch = name, row, epoch
+
+
+def _transform(cfg: TrainConfig, x: np.ndarray) -> np.ndarray:
+    x = x / cfg.flux_scale_adu
+    return np.arcsinh(x) if cfg.input_transform == "asinh" else x
+
+
+def _check_finite(values: np.ndarray, mask: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(values.reshape(values.shape[0], values.shape[1], -1)).all(axis=-1) & mask
+    if bad.any():
+        row, epoch = (int(v[0]) for v in np.nonzero(bad))
+        raise NonFinite(name, row, epoch)
+
+
+def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None) -> dict:
+    """Model inputs from raw arrays (N, T[, S, S]) of the first `max_steps` epochs: eq. 4 scaling (zp_ref the
+    first epoch), `_transform`, time differences from the first image, zeros at padded epochs."""
+    mask = np.asarray(mask, dtype=bool)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0)  # eq. 4
+    mjd = np.asarray(mjd, dtype=np.float64)
+    out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
+    if stamps is not None:
+        stamps = np.asarray(stamps, dtype=np.float64)
+        img = (stamps - np.asarray(sky_adu)[..., None, None]) * scale[..., None, None]
+        # sentinel (real HiTS -9999) and absurd pixels carry no signal: the sky level (0) instead
+        img = np.where((stamps <= BAD_LOW) | (stamps >= BAD_HIGH), 0.0, img)
+        _check_finite(img, mask, "stamps")
+        out["images"] = np.where(mask[..., None, None], _transform(cfg, img), 0.0).astype(np.float32)
+    if lc_flux is not None:
+        flux, err = _transform(cfg, np.asarray(lc_flux)), _transform(cfg, np.asarray(lc_flux_err))
+        _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
+        out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
+        out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)
+    return out
 
 
 def augment(batch: dict, rng: np.random.Generator) -> dict:

@@ -1,0 +1,185 @@
+"""`rcnn evaluate`: metrics and figures of trained runs on a simulated test split or on real labelled stamps.
+
+Simulated (`DATA.h5`, its test split): accuracy vs number of inputs, recall per class vs step, accuracy vs
+magnitude at steps 1/5/10/20 (Carrasco-Davis et al. 2019, Fig. 5), normalised confusion matrices at the last
+step (Figs. 6-9), F1 per class (TAO-Net) and one-vs-rest ROC AUC (GOTO). Several runs (the RCNN and the
+light-curve classifier) are drawn side by side.
+
+Real (`--real REAL.h5` from `rcnn import-real`): the dataset's labels are mapped to model classes
+(`DEFAULT_CLASS_MAP`, or `--class-map SN=supernova,...`); recall per real class at the last step (at most
+20) and vs step, balanced recall, confusion matrix (real classes x model classes): the domain-transfer
+figure of merit. Everything goes to `REPORT_DIR/metrics.json` and PNG figures.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import metrics as M
+from .inference import Classifier, Predictions, predict
+
+#: HiTS real labels -> model classes.
+DEFAULT_CLASS_MAP = {"SN": "supernova", "RRLyrae": "rrlyrae", "EB": "eclipsing_binary", "NV": "nonvariable",
+                     "Ceph": "cepheid", "Gal": "galaxy", "Ast": "asteroid"}
+MAG_BINS = np.arange(14.0, 26.01, 1.0)
+
+
+class ClassMapError(ValueError):
+    """A label that cannot be mapped to the model's classes."""
+
+
+def parse_class_map(text: str | None) -> dict:
+    """'SN=supernova,NV=nonvariable' -> dict (merged over the default)."""
+    out = dict(DEFAULT_CLASS_MAP)
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ClassMapError(f"--class-map expects LABEL=model_class pairs, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: dict | None, path) -> np.ndarray:
+    """Index of each dataset class among the model's classes (same names map to themselves)."""
+    out = []
+    for name in dataset_classes:
+        target = name if name in model_classes else (class_map or {}).get(name)
+        if target is None:
+            raise ClassMapError(f"{path}: class {name!r} has no mapping to the model's classes {model_classes}; "
+                                f"give --class-map {name}=<model class>")
+        if target not in model_classes:
+            raise ClassMapError(f"{path}: class {name!r} maps to {target!r}, which the model does not have "
+                                f"(its classes: {model_classes})")
+        out.append(model_classes.index(target))
+    return np.array(out)
+
+
+def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
+    """Per object: brightest true point-source magnitude (host magnitude for galaxies), or for real data the
+    median photometric magnitude."""
+    with h5py.File(path, "r") as f:
+        if "truth/mag" in f:
+            mag = f["truth/mag"][()][index]
+            best = np.where(np.isfinite(mag), mag, np.inf).min(axis=1)
+            host = f["truth/host_mag"][()][index] if "truth/host_mag" in f else np.full(len(index), np.nan)
+            return np.where(np.isfinite(best), best, host)
+        if "photometry/flux_adu" in f:
+            flux = f["photometry/flux_adu"][()][index]
+            zp, t = f["conditions/zero_point"][()][index], f["conditions/exp_time_s"][()][index]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m = np.where(flux > 0, zp - 2.5 * np.log10(flux / t), np.nan)
+            return np.nanmedian(m, axis=1)
+    return np.full(len(index), np.nan)
+
+
+def _dataset_classes(path: Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in f["label"].attrs["class_names"]]
+
+
+def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, real: bool = False,
+             class_map: dict | None = None, last_step: int = 20) -> dict:
+    """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = Path(data)
+    report: dict = {"data": str(data), "real": real, "runs": {}}
+    results = {}
+    for run_dir in run_dirs:
+        clf = Classifier(run_dir)
+        pred = predict(clf, data, split=None if real else "test")
+        ds_classes = _dataset_classes(data)
+        mapping = map_labels(ds_classes, clf.class_names, class_map if real else None, data)
+        labels = mapping[pred.labels]
+        name = f"{Path(run_dir).name} ({clf.cfg.model})"
+        results[name] = (pred, labels, ds_classes, mapping)
+        summary = M.summary(pred.probs, pred.step_mask, labels, clf.class_names, last_step)
+        entry = {"run": str(run_dir), "model": clf.cfg.model, "checkpoint_step": clf.step, **summary,
+                 "accuracy_vs_step": M.accuracy_vs_step(pred.probs, pred.step_mask, labels).tolist(),
+                 "recall_vs_step": {clf.class_names[c]: M.recall_vs_step(pred.probs, pred.step_mask, labels,
+                                                                         len(clf.class_names))[:, c].tolist()
+                                    for c in np.unique(labels)}}
+        if real:  # recall keyed by the real labels too
+            entry["recall_real_labels"] = {ds_classes[i]: summary["recall"][clf.class_names[mapping[i]]]
+                                           for i in np.unique(pred.labels)}
+        else:
+            mags = _magnitudes(data, pred.index)
+            entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
+                str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS).items()}}
+        report["runs"][name] = entry
+    first = next(iter(report["runs"].values()))
+    report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    _figures(report, results, out_dir, real)
+    return report
+
+
+def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.5 * (1 + len(runs)), 3.6))
+    ax = axes[0]
+    for name, e in runs.items():
+        ax.plot(np.arange(1, len(e["accuracy_vs_step"]) + 1), e["accuracy_vs_step"], marker="o", ms=3, label=name)
+    ax.set_xlabel("number of inputs (steps)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    for ax, (name, e) in zip(axes[1:], runs.items()):
+        for cls, r in e["recall_vs_step"].items():
+            ax.plot(np.arange(1, len(r) + 1), r, label=cls)
+        ax.set_title(f"recall vs step: {name}", fontsize=8)
+        ax.set_xlabel("steps")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_step.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    for ax, (name, e) in zip(axes[0], runs.items()):
+        pred, labels, ds_classes, mapping = results[name]
+        cm = np.array(e["confusion"])
+        model_classes = pred.class_names
+        rows = np.unique(labels) if real else np.arange(len(model_classes))
+        sub = cm[rows]
+        ax.imshow(sub, vmin=0, vmax=1, cmap="Blues")
+        for i in range(sub.shape[0]):
+            for j in range(sub.shape[1]):
+                ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if sub[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(model_classes)), model_classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), [model_classes[r] for r in rows], fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name}, step {e['step']}, balanced recall {e['balanced_recall']:.2f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion.png", dpi=110)
+    plt.close(fig)
+
+    if not real:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        centres = 0.5 * (MAG_BINS[1:] + MAG_BINS[:-1])
+        for name, e in runs.items():
+            for k in ("1", "5", "20"):
+                if k in e["accuracy_vs_magnitude"]:
+                    ax.plot(centres, e["accuracy_vs_magnitude"][k], marker="o", ms=3, label=f"{name}, step {k}")
+        ax.set_xlabel("g magnitude (brightest)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy_vs_magnitude.png", dpi=110)
+        plt.close(fig)
+
+
+__all__ = ["DEFAULT_CLASS_MAP", "Predictions", "evaluate", "map_labels", "parse_class_map"]

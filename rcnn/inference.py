@@ -1,0 +1,94 @@
+"""A trained run as a classifier: load `RUN_DIR` (config + best checkpoint) and predict class probabilities
+after every step, for datasets (`predict`) or raw arrays (`Classifier.classify_arrays`, for brokers)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import SequenceData, prepare_inputs
+from .train import RunError
+
+
+@dataclass
+class Predictions:
+    """Per-step class probabilities of a set of objects."""
+
+    probs: np.ndarray       # (N, S, C)
+    step_mask: np.ndarray   # (N, S)
+    labels: np.ndarray      # (N,) dataset labels (in the dataset's own classes)
+    index: np.ndarray       # (N,) object indices in the dataset
+    class_names: list[str]  # the model's classes
+
+
+class Classifier:
+    """The best checkpoint of a run, ready to predict."""
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best"):
+        import jax
+        import optax
+        import orbax.checkpoint as ocp
+        import yaml
+
+        from .models import build_model
+        from .train import init_state
+
+        run_dir = Path(run_dir)
+        cfg_file = run_dir / "config.yaml"
+        if not cfg_file.exists():
+            raise RunError(f"{cfg_file}: not found; is {run_dir} a run directory from `rcnn train`?")
+        saved = yaml.safe_load(cfg_file.read_text())
+        self.class_names = list(saved.pop("_class_names"))
+        saved.pop("_data", None)
+        self.cfg = TrainConfig(**saved)
+        ckpt = run_dir / "checkpoints" / checkpoint
+        manager = ocp.CheckpointManager(ckpt.resolve()) if ckpt.exists() else None
+        step = manager.latest_step() if manager else None
+        if step is None:
+            raise RunError(f"{ckpt}: no checkpoint (has the run reached its first evaluation?)")
+        self.model = build_model(self.cfg, len(self.class_names))
+        tx = optax.adam(self.cfg.learning_rate)
+        t = 2 * self.cfg.n_w
+        example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
+                   "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
+                   "flux_err": np.ones((1, t), np.float32)}
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, init_state(self.model, tx, self.cfg, example))
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        manager.close()
+        self.step = int(step)
+        self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        from .models import apply_model
+
+        self._forward = jax.jit(lambda v, b: jax.nn.softmax(apply_model(self.model, v, b, train=False)[0], axis=-1))
+
+    def predict_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (B, S, C), step mask (B, S)) for a batch of prepared inputs (`rcnn.data`)."""
+        keys = ("images",) if self.cfg.model == "rcnn" else ("flux", "flux_err")
+        inputs = {k: batch[k] for k in ("mask", "dt") + keys}
+        probs = np.asarray(self._forward(self.variables, inputs))
+        return probs, np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
+
+    def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None):
+        """Probabilities after every step for raw arrays (N, T[, 21, 21]): stamps in ADU with sky (RCNN) or
+        photometry's eq. 4 scaled fluxes (light-curve model). Returns (probs (N, S, C), step mask (N, S))."""
+        t = min(np.shape(mask)[1], self.cfg.max_steps)
+        cut = lambda a: None if a is None else np.asarray(a)[:, :t]  # noqa: E731
+        batch = prepare_inputs(self.cfg, cut(mask), cut(mjd), cut(sky_adu), cut(zero_point), cut(stamps),
+                               cut(lc_flux), cut(lc_flux_err))
+        return self.predict_batch(batch)
+
+
+def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256) -> Predictions:
+    """Predictions for the objects of a split of a dataset (all objects if `split` is None)."""
+    data = SequenceData(data_path, classifier.cfg)
+    index = np.arange(data.n_objects) if split is None else data.indices(split)
+    if not len(index):
+        raise RunError(f"{data_path}: no objects in the {split} split")
+    probs, masks = [], []
+    for start in range(0, len(index), batch_size):
+        p, m = classifier.predict_batch(data.read(index[start:start + batch_size]))
+        probs.append(p)
+        masks.append(m)
+    return Predictions(np.concatenate(probs), np.concatenate(masks), data.label[index], index, classifier.class_names)

@@ -1,0 +1,158 @@
+"""Metrics by hand, the real-data importer, class mapping, evaluation reports and `classify` output."""
+import csv
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from rcnn import metrics as M
+from rcnn.config import TrainConfig
+from rcnn.evaluate import ClassMapError, evaluate, map_labels, parse_class_map
+from rcnn.train import train
+from simulator.run import simulate
+from simulator.settings import SimConfig
+
+
+def test_metrics_on_hand_made_predictions():
+    # 4 objects, 3 steps, 2 classes; object 3 has only 2 valid steps
+    p = np.zeros((4, 3, 2))
+    p[:, :, 0] = [[0.9, 0.8, 0.7], [0.6, 0.4, 0.2], [0.3, 0.3, 0.6], [0.2, 0.9, 0.5]]
+    p[:, :, 1] = 1 - p[:, :, 0]
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]], bool)
+    labels = np.array([0, 1, 1, 0])
+    # step 1: predictions 0, 0, 1, 1 -> 2 of 4 right; step 2: 0, 1, 1, 0 -> 4 of 4;
+    # step 3 (object 3 keeps its step 2): 0, 1, 0, 0 -> 3 of 4
+    assert M.accuracy_vs_step(p, mask, labels).tolist() == [0.5, 1.0, 0.75]
+    pred = M.at_step(p, mask, 3).argmax(1)
+    assert pred.tolist() == [0, 1, 0, 0]
+    assert M.recall_per_class(labels, pred, 2).tolist() == [1.0, 0.5]
+    assert M.confusion(labels, pred, 2).tolist() == [[1.0, 0.0], [0.5, 0.5]]
+    # class 0: TP 2, FP 1, FN 0 -> F1 = 4 / 5; class 1: TP 1, FP 0, FN 1 -> 2 / 3
+    assert M.f1_per_class(labels, pred, 2) == pytest.approx([0.8, 2 / 3])
+    # AUC for class 1 with scores p1 at the last step [0.3, 0.8, 0.4, 0.1]: positives {0.8, 0.4} vs {0.3, 0.1}: 1.0
+    assert M.roc_auc_ovr(labels, M.at_step(p, mask, 3))[1] == pytest.approx(1.0)
+    s = M.summary(p, mask, labels, ["a", "b"])
+    assert s["balanced_recall"] == pytest.approx(0.75) and s["recall"] == {"a": 1.0, "b": 0.5}
+    assert M.accuracy_vs_magnitude(p, mask, labels, np.array([15.5, 15.7, 20.1, 22.0]), np.array([15, 16, 21, 23]),
+                                   steps=(3,))[3] == [1.0, 0.0, 1.0]
+
+
+def test_class_mapping():
+    model = ["supernova", "rrlyrae", "nonvariable"]
+    assert map_labels(["SN", "NV", "rrlyrae"], model, parse_class_map(None), "x").tolist() == [0, 2, 1]
+    with pytest.raises(ClassMapError, match="'EB' maps to 'eclipsing_binary', which the model does not have"):
+        map_labels(["EB"], model, parse_class_map(None), "x")
+    with pytest.raises(ClassMapError, match="'QSO' has no mapping"):
+        map_labels(["QSO"], model, parse_class_map(None), "x")
+    assert map_labels(["EB"], model, parse_class_map("EB=rrlyrae"), "x").tolist() == [1]
+    with pytest.raises(ClassMapError, match="LABEL=model_class"):
+        parse_class_map("EB")
+
+
+@pytest.fixture(scope="module")
+def real_h5(tmp_path_factory, hits_dir):
+    """real_dev.npz imported, with some conditions blanked to exercise the estimates."""
+    d = dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False))
+    g = np.flatnonzero(d["filter_code"] == 0)
+    blank = g[[3, 40, 200]]
+    for k in ("sky_adu", "zero_point", "seeing_arcsec", "limmag5"):
+        d[k] = d[k].copy()
+        d[k][blank] = np.nan
+    src = tmp_path_factory.mktemp("real") / "real_nan.npz"
+    np.savez(src, **d)
+    from rcnn.real import import_real
+
+    out = import_real(src, src.with_suffix(".h5"), hits_dir / "camera.csv")
+    return out, d, blank
+
+
+def test_importer_estimates_missing_conditions(real_h5):
+    out, d, blank = real_h5
+    with h5py.File(out, "r") as f:
+        mask, est = f["mask"][()], f["conditions/estimated"][()]
+        names = [c.decode() if isinstance(c, bytes) else c for c in f["label"].attrs["class_names"]]
+        assert names == ["SN", "RRLyrae", "EB", "NV"] and f["stamps"].shape[2:] == (21, 21)
+        for k in ("sky_adu", "zero_point", "seeing_arcsec", "limmag5"):
+            assert np.isfinite(f[f"conditions/{k}"][()][mask]).all()
+        assert est.sum() == len(blank)  # exactly the blanked frames are flagged
+        zp = f["conditions/zero_point"][()][est]
+        assert np.all(np.abs(zp - 25.0) < 0.5)  # estimated from the same field's epochs
+        fd, label = f["photometry/first_detection"][()], f["label"][()]
+        assert (f["split"][()] == 2).all()
+        # supernova sequences start at most 5 images before the first 5-sigma detection
+        assert all(0 <= x <= 5 for x in fd[label == 0] if x >= 0)
+        assert f["photometry/lc_flux"].shape == mask.shape
+
+
+@pytest.fixture(scope="module")
+def run_4class(tmp_path_factory):
+    path = tmp_path_factory.mktemp("r4") / "four.h5"
+    simulate(SimConfig(classes=("supernova", "rrlyrae", "eclipsing_binary", "nonvariable"), n_per_class=16, seed=2,
+                       progress=False), path)
+    run = path.parent / "run"
+    train(path, run, TrainConfig(iterations=20, eval_every=10, conv_filters=8, dense_units=16, rnn_units=8,
+                                 batch_size=16, bn_momentum=0.9), progress=False)
+    return run, path
+
+
+def test_evaluate_simulated_writes_report(run_4class, tmp_path):
+    run, data = run_4class
+    report = evaluate([run], data, tmp_path / "rep")
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert set(m["recall"]) <= {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"}
+    e = next(iter(m["runs"].values()))
+    assert len(e["accuracy_vs_step"]) == e["step"] and 0 <= e["balanced_recall"] <= 1
+    assert "accuracy_vs_magnitude" in e and set(e["roc_auc"]) <= set(m["recall"]) | {"supernova"}
+    for png in ("accuracy_vs_step.png", "confusion.png", "accuracy_vs_magnitude.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 10_000
+    assert report["balanced_recall"] == m["balanced_recall"]
+
+
+def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
+    run, _ = run_4class
+    real, _, _ = real_h5
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(real),
+                           "--out", str(tmp_path / "rep")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert set(m["recall"]) == {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"}
+    e = next(iter(m["runs"].values()))
+    assert set(e["recall_real_labels"]) == {"SN", "RRLyrae", "EB", "NV"} and e["step"] <= 20
+    assert m["balanced_recall"] == pytest.approx(np.mean(list(m["recall"].values())))
+    # classify: the output schema
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(real), "--out",
+                           str(tmp_path / "cls"), "--figures", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "cls" / "probabilities.csv").open()))
+    classes = ["supernova", "rrlyrae", "eclipsing_binary", "nonvariable"]
+    assert list(rows[0]) == ["object", "step", "mjd", "predicted"] + [f"p_{c}" for c in classes]
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in classes) - 1) < 1e-4 for r in rows[:50])
+    js = json.loads((tmp_path / "cls" / "probabilities.json").read_text())
+    assert js["classes"] == classes and len(js["objects"]) == 40 and js["objects"][0]["predicted"] in classes
+    assert (tmp_path / "cls" / "object_000000.png").exists()
+
+
+def test_classify_arrays_for_brokers(run_4class):
+    from rcnn.inference import Classifier
+
+    run, data = run_4class
+    clf = Classifier(run)
+    with h5py.File(data, "r") as f:
+        sl = slice(0, 3)
+        probs, step_mask = clf.classify_arrays(f["mjd"][sl], f["mask"][sl], f["conditions/sky_adu"][sl],
+                                               f["conditions/zero_point"][sl], stamps=f["stamps"][sl])
+    assert probs.shape == (3, 18, 4) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+    assert step_mask.shape == (3, 18)
+
+
+def test_evaluate_bad_inputs(run_4class, tmp_path):
+    run, data = run_4class
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "exactly one of --data" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(tmp_path / "norun"), "--data", str(data),
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "config.yaml: not found" in proc.stderr and "Traceback" not in proc.stderr
