@@ -28,6 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`)")
     c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
     c.add_argument("--figures", type=int, default=0, help="Appendix B figures for the first N objects")
+    ft = sub.add_parser("finetune", help="continue training on a few real labelled objects, evaluate on the rest")
+    ft.add_argument("run", help="run directory to start from (its best checkpoint)")
+    ft.add_argument("real", help="real labelled dataset from `rcnn import-real`")
+    ft.add_argument("--out", required=True, help="output: finetune_data.h5, run/, report/")
+    ft.add_argument("--per-class", type=int, default=5, help="real objects per class to train on (default 5)")
+    ft.add_argument("--iterations", type=int, default=300)
+    ft.add_argument("--learning-rate", type=float, default=1e-4)
+    ft.add_argument("--freeze", choices=("none", "conv"), default="conv", help="freeze the convolutional stack")
+    ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
+    ft.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
     r.add_argument("source", help="real stamp file (see ../shared/hits2015/README.md)")
     r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
@@ -66,7 +76,7 @@ def main(argv=None) -> int:
 
 
 def _other(args) -> int:
-    """evaluate, classify, import-real."""
+    """evaluate, classify, finetune, import-real."""
     from .data import DatasetError
     from .evaluate import ClassMapError, evaluate, parse_class_map
     from .real import ImportError_, import_real
@@ -87,6 +97,14 @@ def _other(args) -> int:
             from .classify import classify
 
             print(f"probabilities: {classify(args.run, args.data, args.out, args.figures)}")
+        elif args.command == "finetune":
+            from .finetune import finetune
+
+            report = finetune(args.run, args.real, args.out, args.per_class, args.iterations, args.learning_rate,
+                              args.freeze, parse_class_map(args.class_map), args.seed)
+            for name, e in report["runs"].items():
+                print(f"{name}: held-out balanced recall {e['balanced_recall']:.3f} | "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items()))
         else:
             print(f"dataset: {import_real(args.source, args.out, args.camera)}")
     except (DatasetError, RunError, ClassMapError, ImportError_, ValueError, OSError, KeyError) as exc:

@@ -49,6 +49,11 @@ class TrainConfig:
     dtype: str = "float32"           # compute dtype; bfloat16 keeps float32 master weights (GPU/TPU)
     prefetch: int = 4                # batches read ahead in a background thread
     distributed: bool = False        # call jax.distributed.initialize() (multi-host)
+    # fine-tuning (`rcnn finetune`): start from another run's best checkpoint, optionally with the
+    # convolutional layers frozen (their batch-norm statistics still adapt to the new data)
+    init_from: str | None = None
+    freeze: str = "none"             # none | conv
+    validation_split: str = "validation"  # split used for validation and the best checkpoint
 
     def __post_init__(self) -> None:
         checks = [(self.model in MODELS, f"model must be one of {MODELS}"), (self.cell in CELLS, f"cell must be one of {CELLS}"),
@@ -56,7 +61,9 @@ class TrainConfig:
                   (self.iterations >= 1 and self.batch_size >= 1 and self.eval_every >= 1, "iterations, batch_size, eval_every must be >= 1"),
                   (self.n_w >= 1 and self.max_steps >= self.n_w, "need 1 <= n_w <= max_steps"),
                   (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-                  (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear"), (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
+                  (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear"),
+                  (self.freeze in ("none", "conv"), "freeze must be none or conv"),
+                  (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{message}; got {dataclasses.asdict(self)}")

@@ -97,6 +97,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         mapping = map_labels(ds_classes, clf.class_names, class_map if real else None, data)
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"
+        if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
+            name = f"{Path(run_dir).parent.name}/{name}"
         results[name] = (pred, labels, ds_classes, mapping)
         summary = M.summary(pred.probs, pred.step_mask, labels, clf.class_names, last_step)
         entry = {"run": str(run_dir), "model": clf.cfg.model, "checkpoint_step": clf.step, **summary,

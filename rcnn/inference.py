@@ -28,12 +28,11 @@ class Classifier:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best"):
         import jax
-        import optax
         import orbax.checkpoint as ocp
         import yaml
 
         from .models import build_model
-        from .train import init_state
+        from .train import _optimizer, init_state
 
         run_dir = Path(run_dir)
         cfg_file = run_dir / "config.yaml"
@@ -49,7 +48,7 @@ class Classifier:
         if step is None:
             raise RunError(f"{ckpt}: no checkpoint (has the run reached its first evaluation?)")
         self.model = build_model(self.cfg, len(self.class_names))
-        tx = optax.adam(self.cfg.learning_rate)
+        tx = _optimizer(self.cfg)  # the run's own optimizer: its state is part of the checkpoint
         t = 2 * self.cfg.n_w
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
                    "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),

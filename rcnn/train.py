@@ -146,14 +146,24 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
                                                          "_class_names": data.class_names}, sort_keys=True))
     n_classes = len(data.class_names)
     model = build_model(cfg, n_classes)
-    tx = optax.adam(cfg.learning_rate)
+    tx = _optimizer(cfg)
     weights = class_weights(data.label[data.indices("train")], n_classes)
     train_step, eval_step = make_functions(model, tx, cfg, weights)
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     example = {k: v[: cfg.batch_size] for k, v in data.read(data.indices("train")[:1].repeat(n_dev)).items()}
-    state = jax.device_put(init_state(model, tx, cfg, example), replicated)
+    state = init_state(model, tx, cfg, example)
+    if cfg.init_from:
+        from .inference import Classifier
+
+        source = Classifier(cfg.init_from)
+        if source.class_names != data.class_names or source.cfg.model != cfg.model:
+            raise RunError(f"{cfg.init_from}: its classes {source.class_names} ({source.cfg.model}) differ from "
+                           f"{data_path}'s {data.class_names} ({cfg.model})")
+        state = {**state, "params": source.variables["params"], "batch_stats": source.variables["batch_stats"],
+                 "opt_state": tx.init(source.variables["params"])}
+    state = jax.device_put(state, replicated)
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     last = ocp.CheckpointManager((run_dir / "checkpoints" / "last").resolve(), options=options)
     best = ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options)
@@ -208,16 +218,32 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     return result
 
 
+def _optimizer(cfg: TrainConfig):
+    """Adam; with `freeze: conv`, zero updates for the convolutional stack (top-level Conv/BatchNorm)."""
+    import optax
+    from flax import traverse_util
+
+    adam = optax.adam(cfg.learning_rate)
+    if cfg.freeze == "none":
+        return adam
+
+    def labels(params):
+        flat = traverse_util.flatten_dict(params)
+        return traverse_util.unflatten_dict({k: "frozen" if k[0].startswith(("Conv_", "BatchNorm_")) else "train"
+                                             for k in flat})
+    return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
+
+
 def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard) -> tuple[float, float]:
     import jax
 
     total, correct, n = 0.0, 0.0, 0.0
-    for batch in data.batches("validation", cfg.batch_size, cfg.eval_batches):
+    for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
         out = eval_step(state, jax.device_put(_pad(batch, cfg.batch_size), shard))
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:
-        raise ValueError(f"{data.path}: the validation split is empty")
+        raise ValueError(f"{data.path}: the {cfg.validation_split} split is empty")
     return total / n, correct / n
 
 

@@ -156,3 +156,24 @@ def test_evaluate_bad_inputs(run_4class, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(tmp_path / "norun"), "--data", str(data),
                            "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 2 and "config.yaml: not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
+    """Fine-tuning trains on per_class real objects of each class and reports on the others only."""
+    from rcnn.finetune import finetune
+
+    run, _ = run_4class
+    real, _, _ = real_h5
+    report = finetune(run, real, tmp_path / "ft", per_class=3, iterations=6, freeze="conv", progress=False)
+    assert len(report["runs"]) == 2  # the original run and the fine-tuned one, on the same held-out objects
+    for e in report["runs"].values():
+        assert e["n_objects"] == 40 - 4 * 3
+    with h5py.File(tmp_path / "ft" / "finetune_data.h5", "r") as f:
+        split, label = f["split"][()], f["label"][()]
+        assert [(split[label == c] == 0).sum() for c in np.unique(label)] == [3, 3, 3, 3]
+    # frozen convolutions: the fine-tuned run's conv kernels are the original's
+    from rcnn.inference import Classifier
+
+    a, b = Classifier(run).variables["params"], Classifier(tmp_path / "ft" / "run").variables["params"]
+    assert np.array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
+    assert not np.array_equal(a["_Head_0"]["Dense_1"]["kernel"], b["_Head_0"]["Dense_1"]["kernel"])
