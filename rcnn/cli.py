@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
     ft.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
-    r.add_argument("source", help="real stamp file (see ../shared/hits2015/README.md)")
+    r.add_argument("source", help="real stamps: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
+                                   "directory of FITS files, one per object (rcnn/real.py: FITS layout)")
     r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
     r.add_argument("--out", required=True, help="output HDF5 dataset")
     return p

@@ -1,7 +1,8 @@
 """`rcnn import-real`: real labelled stamp sequences -> the simulator's HDF5 layout, so every tool works on both.
 
 Input: the interchange layout of `../shared/hits2015/README.md` (`real_dev.npz`: frames of object k at
-`offsets[k]:offsets[k+1]`, per-frame conditions, NaN where no log record matched). Per object:
+`offsets[k]:offsets[k+1]`, per-frame conditions, NaN where no log record matched), or a directory of FITS
+files, one per object (`FITS layout` below). Per object:
 - g-band frames only (`filter_code` 0), in time order;
 - missing conditions are estimated and flagged (`conditions/estimated`): sky from the stamp's sigma-clipped
   border; zero point, seeing, airmass, exposure time from the other objects' frames of the same field and
@@ -44,16 +45,82 @@ def _fill(values: np.ndarray, field: np.ndarray, epoch: np.ndarray, owner: np.nd
     return out, missing & np.isfinite(out)
 
 
-def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
-                pixel_scale_arcsec: float = 0.27, fwhm_per_seeing: float = 0.81) -> Path:
-    """Convert a real stamp file to a dataset (see the module docstring); returns `out`."""
-    path = Path(path)
+NEEDED = ("stamps", "offsets", "mjd", "label", "class_names", "field", "hits_epoch", "filter_code") + CONDITIONS
+#: FITS layout: one file per object; primary HDU the stamp cube (T, S, S) in ADU; a binary table HDU named
+#: EPOCHS with columns MJD, FILTER ('g', ...), HITS_EPOCH and the CONDITIONS; header keywords LABEL, FIELD, NAME.
+FITS_FILTERS = {"g": 0, "r": 1, "i": 2, "u": 3}
+
+
+def load_npz(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as d:
-        need = ("stamps", "offsets", "mjd", "label", "class_names", "field", "hits_epoch", "filter_code") + CONDITIONS
-        missing = [k for k in need if k not in d]
+        missing = [k for k in NEEDED if k not in d]
         if missing:
             raise ImportError_(f"{path}: missing array(s) {', '.join(missing)} (expected the real_dev.npz layout)")
-        a = {k: d[k] for k in need + tuple(k for k in ("name",) if k in d)}
+        return {k: d[k] for k in NEEDED + tuple(k for k in ("name",) if k in d)}
+
+
+def load_fits_dir(path: Path) -> dict:
+    """The `FITS layout` files of a directory, as the arrays of the npz layout (objects sorted by file name)."""
+    from astropy.io import fits
+
+    files = sorted(path.glob("*.fits"))
+    if not files:
+        raise ImportError_(f"{path}: no *.fits files")
+    cubes, tables, labels, fields, names = [], [], [], [], []
+    for f in files:
+        with fits.open(f) as hdul:
+            if hdul[0].data is None or hdul[0].data.ndim != 3 or "EPOCHS" not in hdul:
+                raise ImportError_(f"{f}: expected a (T, S, S) cube in the primary HDU and an EPOCHS table")
+            cube, table, header = np.asarray(hdul[0].data, dtype=np.float32), hdul["EPOCHS"].data, hdul[0].header
+            cols = {c.upper() for c in table.columns.names}
+            missing = [c for c in ("MJD", "FILTER") + tuple(k.upper() for k in CONDITIONS) if c not in cols]
+            if missing or len(table) != len(cube) or "LABEL" not in header:
+                raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
+                                   f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing}); header needs LABEL")
+            cubes.append(cube)
+            tables.append({k: np.asarray(table[k]) for k in table.columns.names})
+            labels.append(str(header["LABEL"]))
+            fields.append(int(header.get("FIELD", -1)))
+            names.append(str(header.get("NAME", f.stem)))
+    class_names = sorted(set(labels))
+    a = {"stamps": np.concatenate(cubes), "offsets": np.concatenate([[0], np.cumsum([len(c) for c in cubes])]),
+         "label": np.array([class_names.index(x) for x in labels]), "class_names": np.array(class_names),
+         "field": np.array(fields), "name": np.array(names)}
+    col = lambda key: np.concatenate([np.asarray(t[key.upper()], dtype=float) for t in tables])  # noqa: E731
+    a["mjd"] = col("mjd")
+    a["hits_epoch"] = np.concatenate([np.asarray(t.get("HITS_EPOCH", np.arange(len(t["MJD"]))), dtype=float)
+                                      for t in tables])
+    filters = np.concatenate([np.char.strip(np.asarray(t["FILTER"]).astype(str)) for t in tables])
+    unknown = sorted(str(x) for x in set(filters) - set(FITS_FILTERS) - {""})
+    if unknown:
+        raise ImportError_(f"{path}: unknown FILTER value(s) {unknown}; known: {sorted(FITS_FILTERS)} ('' unknown)")
+    a["filter_code"] = np.array([FITS_FILTERS.get(x, np.nan) for x in filters], dtype=float)  # '': not g
+    for k in CONDITIONS:
+        a[k] = col(k)
+    return a
+
+
+def write_fits_object(path: str | Path, stamps: np.ndarray, epochs: dict, label: str, field: int = -1,
+                      name: str = "") -> Path:
+    """Write one object in the FITS layout (for users bringing their own data, and for tests)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    primary = fits.PrimaryHDU(np.asarray(stamps, dtype=np.float32))
+    primary.header["LABEL"], primary.header["FIELD"], primary.header["NAME"] = label, field, name
+    table = fits.BinTableHDU(Table({k.upper(): v for k, v in epochs.items()}), name="EPOCHS")
+    fits.HDUList([primary, table]).writeto(path, overwrite=True)
+    return Path(path)
+
+
+def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
+                pixel_scale_arcsec: float = 0.27, fwhm_per_seeing: float = 0.81) -> Path:
+    """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
+    to a dataset (see the module docstring); returns `out`."""
+    path = Path(path)
+    if not path.exists():
+        raise ImportError_(f"{path}: not found")
+    a = load_fits_dir(path) if path.is_dir() else load_npz(path)
     offsets = a["offsets"]
     n_obj = len(a["label"])
     if len(offsets) != n_obj + 1 or offsets[-1] != len(a["stamps"]):

@@ -177,3 +177,42 @@ def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
     a, b = Classifier(run).variables["params"], Classifier(tmp_path / "ft" / "run").variables["params"]
     assert np.array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
     assert not np.array_equal(a["_Head_0"]["Dense_1"]["kernel"], b["_Head_0"]["Dense_1"]["kernel"])
+
+
+def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
+    """Objects written in the FITS layout import to the same dataset as the npz they came from."""
+    from rcnn.real import FITS_FILTERS, CONDITIONS, import_real, write_fits_object
+
+    d = dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False))
+    code_to_filter = {v: k for k, v in FITS_FILTERS.items()}
+    fdir = tmp_path / "fits"
+    fdir.mkdir()
+    keep = [0, 10, 20, 30]  # one object per class
+    for k in keep:
+        s = slice(d["offsets"][k], d["offsets"][k + 1])
+        epochs = {"mjd": d["mjd"][s], "filter": [code_to_filter[int(c)] if np.isfinite(c) else ""
+                                                 for c in d["filter_code"][s]],
+                  "hits_epoch": d["hits_epoch"][s], **{c: d[c][s] for c in CONDITIONS}}
+        write_fits_object(fdir / f"obj{k:02d}.fits", d["stamps"][s], epochs, str(d["class_names"][d["label"][k]]),
+                          int(d["field"][k]), str(d["name"][k]))
+    out = import_real(fdir, tmp_path / "fits.h5", hits_dir / "camera.csv")
+    npz_out = import_real(hits_dir / "real_dev.npz", tmp_path / "npz.h5", hits_dir / "camera.csv")
+    with h5py.File(out, "r") as f, h5py.File(npz_out, "r") as g:
+        names_f = [c.decode() if isinstance(c, bytes) else c for c in f["label"].attrs["class_names"]]
+        names_g = [c.decode() if isinstance(c, bytes) else c for c in g["label"].attrs["class_names"]]
+        assert [names_f[x] for x in f["label"][()]] == [names_g[g["label"][k]] for k in keep]
+        t = f["mask"].shape[1]
+        for i, k in enumerate(keep):
+            n = int(f["mask"][i].sum())
+            assert n == int(g["mask"][k].sum())
+            assert np.array_equal(f["stamps"][i][:n], g["stamps"][k][:n])
+            assert np.allclose(f["photometry/flux_adu"][i][:n], g["photometry/flux_adu"][k][:n], rtol=1e-5)
+        assert t <= g["mask"].shape[1]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_fits_object(bad / "x.fits", np.zeros((2, 21, 21)), {"mjd": [1.0, 2.0], "filter": ["g", "z"],
+                                                               **{c: [1.0, 1.0] for c in CONDITIONS}}, "NV")
+    from rcnn.real import ImportError_
+
+    with pytest.raises(ImportError_, match=r"unknown FILTER value\(s\) \['z'\]"):
+        import_real(bad, tmp_path / "bad.h5")
