@@ -180,3 +180,20 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
 
     with pytest.raises(RunError, match="other options"):
         train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, learning_rate=0.1, **TINY), progress=False)
+
+
+def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
+    """The batch sharded over 2 (virtual CPU) devices gives the same training as 1 device (global BN, all-reduce)."""
+    code = ("import json, sys; from rcnn.config import TrainConfig; from rcnn.train import train; import jax; "
+            "r = train(sys.argv[1], sys.argv[2], TrainConfig(iterations=4, eval_every=4, batch_size=16, conv_filters=8, "
+            "dense_units=16, rnn_units=8), progress=False); print(json.dumps({**r, 'devices': jax.device_count()}))")
+    out = {}
+    for n in (1, 2):
+        env = {**__import__("os").environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        proc = subprocess.run([sys.executable, "-c", code, str(dataset), str(tmp_path / f"run{n}")], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out[2]["devices"] == 2
+    assert out[2]["train_loss"] == pytest.approx(out[1]["train_loss"], rel=1e-4)
+    assert out[2]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-4)
