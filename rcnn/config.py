@@ -14,7 +14,7 @@ import yaml
 
 MODELS = ("rcnn", "lc")
 CELLS = ("lstm", "gru")
-LOSSES = ("ce", "weighted_ce", "focal")
+LOSSES = ("ce", "weighted_ce", "focal", "weighted_focal")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -38,7 +38,7 @@ class TrainConfig:
     bn_momentum: float = 0.99        # batch-norm running averages (lower for short runs)
     rnn_units: int = 512
     cell: str = "lstm"               # lstm | gru (TAO-Net)
-    loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal (GOTO)
+    loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal | weighted_focal (GOTO)
     focal_gamma: float = 2.0
     augment: bool = True             # random 90-degree rotation and mirroring per sequence
     # Inputs (eq. 4 scaled ADU) are divided by flux_scale_adu, then (asinh) compressed: raw star fluxes span

@@ -2,7 +2,8 @@
 
 `ce`: cross-entropy (Carrasco-Davis et al. 2019: loss = sum_t loss(t)); `weighted_ce`: each class weighted
 by N / (C N_c) of the training set (RAPID, Muthukrishna et al. 2019; GOTO, Killestein et al. 2021);
-`focal`: (1 - p)^gamma x cross-entropy (Lin et al. 2017, as GOTO uses), which is `ce` at gamma = 0.
+`focal`: (1 - p)^gamma x cross-entropy (Lin et al. 2017), which is `ce` at gamma = 0; `weighted_focal`: the
+focal loss with GOTO's alpha_j = N / (n N_j) class weights (Killestein et al. 2021).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ def sequence_loss(logits, labels, step_mask, kind: str = "ce", weights=None, gam
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     lp = jnp.take_along_axis(logp, labels[:, None, None], axis=-1)[..., 0]  # (B, steps)
     loss = -lp
-    if kind == "focal":
+    if kind in ("focal", "weighted_focal"):
         loss = (1.0 - jnp.exp(lp)) ** gamma * loss
-    if kind == "weighted_ce":
+    if kind in ("weighted_ce", "weighted_focal"):
         loss = loss * weights[labels][:, None]
     per_seq = jnp.sum(jnp.where(step_mask, loss, 0.0), axis=1)
     w = jnp.ones_like(per_seq) if seq_weight is None else seq_weight

@@ -55,6 +55,26 @@ def roc_auc_ovr(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def hand_till_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Multi-class AUC of Hand & Till (2001, Mach. Learn. 45, 171), as GOTO reports it: the mean over class
+    pairs (i, j) of (A(i|j) + A(j|i)) / 2, A(i|j) the AUC of score i separating class i from class j."""
+    from scipy.stats import rankdata
+
+    present = [c for c in range(scores.shape[1]) if (labels == c).any()]
+    pairs = []
+    for a_i, i in enumerate(present):
+        for j in present[a_i + 1:]:
+            sel = (labels == i) | (labels == j)
+            a = []
+            for pos, s in ((i, scores[sel, i]), (j, scores[sel, j])):
+                is_pos = labels[sel] == pos
+                n1, n0 = is_pos.sum(), (~is_pos).sum()
+                ranks = rankdata(s)
+                a.append((ranks[is_pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+            pairs.append(0.5 * (a[0] + a[1]))
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
 def accuracy_vs_step(probs: np.ndarray, step_mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Accuracy after k = 1..S steps."""
     return np.array([(at_step(probs, step_mask, k).argmax(1) == labels).mean() for k in range(1, probs.shape[1] + 1)])
@@ -90,4 +110,5 @@ def summary(probs: np.ndarray, step_mask: np.ndarray, labels: np.ndarray, class_
             "balanced_recall": float(np.nanmean(recall)) if present.any() else float("nan"),
             "f1": {c: float(f) for c, f in zip(class_names, f1_per_class(labels, pred, n_classes)) if not np.isnan(f)},
             "roc_auc": {c: float(a) for c, a in zip(class_names, roc_auc_ovr(labels, p)) if not np.isnan(a)},
+            "auc_hand_till": hand_till_auc(labels, p),
             "confusion": confusion(labels, pred, n_classes).tolist()}

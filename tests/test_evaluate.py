@@ -34,6 +34,12 @@ def test_metrics_on_hand_made_predictions():
     assert M.f1_per_class(labels, pred, 2) == pytest.approx([0.8, 2 / 3])
     # AUC for class 1 with scores p1 at the last step [0.3, 0.8, 0.4, 0.1]: positives {0.8, 0.4} vs {0.3, 0.1}: 1.0
     assert M.roc_auc_ovr(labels, M.at_step(p, mask, 3))[1] == pytest.approx(1.0)
+    # Hand & Till on 3 classes, 6 objects: pairs (0,1): A(0|1) = 1, A(1|0) = 3/4 -> 0.875; (0,2): 1, 1 -> 1;
+    # (1,2): A(1|2) = 3/4, A(2|1) = 3.5/4 (one tie) -> 0.8125
+    sc = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.2, 0.2, 0.6], [0.1, 0.3, 0.6],
+                   [0.1, 0.1, 0.8]])
+    lab = np.array([0, 0, 1, 1, 2, 2])
+    assert M.hand_till_auc(lab, sc) == pytest.approx((0.875 + 1.0 + 0.8125) / 3)
     s = M.summary(p, mask, labels, ["a", "b"])
     assert s["balanced_recall"] == pytest.approx(0.75) and s["recall"] == {"a": 1.0, "b": 0.5}
     assert M.accuracy_vs_magnitude(p, mask, labels, np.array([15.5, 15.7, 20.1, 22.0]), np.array([15, 16, 21, 23]),

@@ -99,6 +99,8 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights():
     assert float(sequence_loss(logits, labels, mask, "focal", gamma=2.0)) < float(ce)
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+    wf = sequence_loss(logits, labels, mask, "weighted_focal", weights=jnp.ones(4), gamma=2.0)
+    assert float(wf) == pytest.approx(float(sequence_loss(logits, labels, mask, "focal", gamma=2.0)), rel=1e-6)
     ones = jnp.ones(4)
     assert float(sequence_loss(logits, labels, mask, "weighted_ce", weights=ones)) == pytest.approx(float(ce), rel=1e-6)
 
