@@ -11,7 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model on a dataset (resumes an interrupted run in --out)")
     t.add_argument("data", help="HDF5 dataset from `simulate` (for --model lc, after `photometry`)")
-    t.add_argument("--model", choices=("rcnn", "lc"), help="image-sequence RCNN (default) or light-curve classifier")
+    t.add_argument("--model", choices=("rcnn", "lc", "dmdt"),
+                   help="image-sequence RCNN (default), light-curve classifier, or dm-dt CNN (Mahabal et al. 2017)")
     t.add_argument("--config", help="YAML file of TrainConfig keys (rcnn/config.py)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-MODELS = ("rcnn", "lc")
+MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
 LOSSES = ("ce", "weighted_ce", "focal", "weighted_focal")
 DTYPES = ("float32", "bfloat16")
@@ -22,7 +22,7 @@ DTYPES = ("float32", "bfloat16")
 class TrainConfig:
     """What to train and how."""
 
-    model: str = "rcnn"              # rcnn (image sequences) | lc (light curves from `photometry`)
+    model: str = "rcnn"              # rcnn (image sequences) | lc (light curves from `photometry`) | dmdt (Mahabal+2017)
     iterations: int = 30_000         # paper: 30,000
     batch_size: int = 256            # paper: 256
     learning_rate: float = 1e-3      # Adam

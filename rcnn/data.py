@@ -40,7 +40,7 @@ class SequenceData:
         if not self.path.exists():
             raise DatasetError(f"{self.path}: dataset not found")
         with h5py.File(self.path, "r") as f:
-            needed = REQUIRED + (LC_REQUIRED if cfg.model == "lc" else ())
+            needed = REQUIRED + (LC_REQUIRED if cfg.model != "rcnn" else ())
             missing = [k for k in needed if k not in f]
             if missing:
                 hint = " (run `photometry` on it first)" if any(k.startswith("photometry/") for k in missing) else ""
@@ -49,7 +49,7 @@ class SequenceData:
             if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
                 raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size})")
             n, t = shape[:2]
-            for k in ("mask", "mjd") + (LC_REQUIRED if cfg.model == "lc" else ()):
+            for k in ("mask", "mjd") + (LC_REQUIRED if cfg.model != "rcnn" else ()):
                 if f[k].shape != (n, t):
                     raise DatasetError(f"{self.path}: '{k}' has shape {f[k].shape}; expected {(n, t)}")
             names = f["label"].attrs.get("class_names")
@@ -158,7 +158,13 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
         img = np.where((stamps <= BAD_LOW) | (stamps >= BAD_HIGH), 0.0, img)
         _check_finite(img, mask, "stamps")
         out["images"] = np.where(mask[..., None, None], _transform(cfg, img), 0.0).astype(np.float32)
-    if lc_flux is not None:
+    if lc_flux is not None and cfg.model == "dmdt":
+        from .dmdt import asinh_mag, dmdt_images
+
+        flux, err = np.asarray(lc_flux, dtype=np.float64), np.asarray(lc_flux_err, dtype=np.float64)
+        _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
+        out["dmdt"] = dmdt_images(np.where(mask, asinh_mag(flux, err), np.nan), mjd, mask, cfg.n_w)
+    elif lc_flux is not None:
         flux, err = _transform(cfg, np.asarray(lc_flux)), _transform(cfg, np.asarray(lc_flux_err))
         _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
         out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)

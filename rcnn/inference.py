@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import SequenceData, prepare_inputs
+from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
 
@@ -52,7 +53,7 @@ class Classifier:
         t = 2 * self.cfg.n_w
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
                    "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
-                   "flux_err": np.ones((1, t), np.float32)}
+                   "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32)}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, init_state(self.model, tx, self.cfg, example))
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
         manager.close()
@@ -64,8 +65,9 @@ class Classifier:
 
     def predict_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, S, C), step mask (B, S)) for a batch of prepared inputs (`rcnn.data`)."""
-        keys = ("images",) if self.cfg.model == "rcnn" else ("flux", "flux_err")
-        inputs = {k: batch[k] for k in ("mask", "dt") + keys}
+        from .models import model_inputs
+
+        inputs = {k: batch[k] for k in model_inputs(self.model)}
         probs = np.asarray(self._forward(self.variables, inputs))
         return probs, np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 

@@ -1,4 +1,5 @@
-"""The image-sequence classifier (RCNN, Carrasco-Davis et al. 2019, Table 3) and the light-curve classifier.
+"""The image-sequence classifier (RCNN, Carrasco-Davis et al. 2019, Table 3), the light-curve classifier and
+the dm-dt CNN baseline (Mahabal et al. 2017).
 
 RCNN, per step k (images k..k+n_w-1 stacked as channels, 21 x 21 x n_w): BN; conv_blocks x (conv 3x3 x 64 +
 BN + ReLU); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
@@ -103,6 +104,37 @@ class LightCurveClassifier(nn.Module):
         return logits, step_mask
 
 
+class DmdtCNN(nn.Module):
+    """dm-dt images (B, S, n_dm, n_dt), one per prefix -> logits (B, S, n_classes): the small CNN of Mahabal
+    et al. (2017) behind a masked batch norm of the input: conv 3x3 x 32, conv 3x3 x 64, max-pool 2x2, dropout,
+    dense + ReLU + dropout, dense."""
+
+    n_classes: int
+    n_w: int = 3
+    conv_filters: int = 64
+    dense_units: int = 128
+    dropout: float = 0.5
+    bn_momentum: float = 0.99
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, dmdt, mask, train: bool = False):
+        b, s, h, w = dmdt.shape
+        x = dmdt.reshape(b * s, h, w, 1).astype(self.dtype)
+        m = mask[:, self.n_w - 1:].reshape(b * s, 1, 1, 1)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
+                         param_dtype=jnp.float32)(x, mask=jnp.broadcast_to(m, x.shape))  # padded steps left out
+        conv = dict(padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)
+        x = nn.relu(nn.Conv(max(self.conv_filters // 2, 1), (3, 3), **conv)(x))
+        x = nn.relu(nn.Conv(self.conv_filters, (3, 3), **conv)(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = nn.Dropout(min(self.dropout, 0.25), deterministic=not train)(x)
+        x = nn.relu(nn.Dense(self.dense_units, dtype=self.dtype, param_dtype=jnp.float32)(x.reshape(b * s, -1)))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        logits = nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        return logits.reshape(b, s, self.n_classes).astype(jnp.float32), mask[:, self.n_w - 1:]
+
+
 def build_model(cfg, n_classes: int) -> nn.Module:
     """The model a `TrainConfig` describes."""
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
@@ -110,13 +142,22 @@ def build_model(cfg, n_classes: int) -> nn.Module:
                   rnn_units=cfg.rnn_units, cell=cfg.cell, bn_momentum=cfg.bn_momentum, dtype=dtype)
     if cfg.model == "rcnn":
         return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, **common)
+    if cfg.model == "dmdt":
+        return DmdtCNN(n_classes=n_classes, n_w=cfg.n_w, conv_filters=cfg.conv_filters, dense_units=cfg.dense_units,
+                       dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype=dtype)
     return LightCurveClassifier(**common)
+
+
+def model_inputs(model: nn.Module) -> tuple[str, ...]:
+    """Batch keys a model takes, in order."""
+    if isinstance(model, RCNN):
+        return ("images", "dt", "mask")
+    if isinstance(model, DmdtCNN):
+        return ("dmdt", "mask")
+    return ("flux", "flux_err", "dt", "mask")
 
 
 def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False):
     """Run either model on a batch dict (see `rcnn.data`)."""
-    if isinstance(model, RCNN):
-        args = (batch["images"], batch["dt"], batch["mask"])
-    else:
-        args = (batch["flux"], batch["flux_err"], batch["dt"], batch["mask"])
+    args = tuple(batch[k] for k in model_inputs(model))
     return model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable)

@@ -88,11 +88,9 @@ def init_state(model, tx, cfg: TrainConfig, example: dict) -> dict:
 
 
 def _args(model, batch):
-    from .models import RCNN
+    from .models import model_inputs
 
-    if isinstance(model, RCNN):
-        return batch["images"], batch["dt"], batch["mask"]
-    return batch["flux"], batch["flux_err"], batch["dt"], batch["mask"]
+    return tuple(batch[k] for k in model_inputs(model))
 
 
 def _pad(batch: dict, size: int) -> dict:

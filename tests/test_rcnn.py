@@ -105,7 +105,7 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights():
     assert float(sequence_loss(logits, labels, mask, "weighted_ce", weights=ones)) == pytest.approx(float(ce), rel=1e-6)
 
 
-@pytest.mark.parametrize("model", ["rcnn", "lc"])
+@pytest.mark.parametrize("model", ["rcnn", "lc", "dmdt"])
 def test_training_separates_two_classes(dataset, tmp_path, model):
     cfg = TrainConfig(model=model, iterations=100, eval_every=50, **TINY)
     result = train(dataset, tmp_path / "run", cfg, progress=False)
