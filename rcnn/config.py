@@ -38,6 +38,10 @@ class TrainConfig:
     bn_momentum: float = 0.99        # batch-norm running averages (lower for short runs)
     rnn_units: int = 512
     cell: str = "lstm"               # lstm | gru (TAO-Net)
+    output: str = "last"             # last | add (TAO-Net: per-step outputs summed over time)
+    fusion: str = "early"            # early (stacked channels, the paper) | late (per-image CNN, TAO-Net)
+    aux_loss_weight: float = 0.0     # > 0: double supervision (TAO-Net), per-step loss on the CNN features alone
+    pre_detection_label: bool = False  # RAPID: steps before a transient's alert are labelled "pre_detection"
     loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal | weighted_focal (GOTO)
     focal_gamma: float = 2.0
     augment: bool = True             # random 90-degree rotation and mirroring per sequence
@@ -63,6 +67,8 @@ class TrainConfig:
                   (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
                   (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear"),
                   (self.freeze in ("none", "conv"), "freeze must be none or conv"),
+                  (self.output in ("last", "add") and self.fusion in ("early", "late"), "output: last|add, fusion: early|late"),
+                  (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0"),
                   (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
         for ok, message in checks:
             if not ok:

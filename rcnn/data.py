@@ -63,6 +63,13 @@ class SequenceData:
                 raise DatasetError(f"{self.path}: 'label'[{i}] = {self.label[i]} is not a class index "
                                    f"(0..{len(self.class_names) - 1})")
             self.split = f["split"][()]
+            self.alert = None
+            if cfg.pre_detection_label:  # RAPID: the epoch of the alert, from the simulator's truth or photometry
+                key = next((k for k in ("truth/alert_epoch", "photometry/first_detection") if k in f), None)
+                if key is None:
+                    raise DatasetError(f"{self.path}: pre_detection_label needs 'truth/alert_epoch' or "
+                                       "'photometry/first_detection' (run `photometry` first)")
+                self.alert = f[key][()].astype(np.int64)
             self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
         self.n_objects, self.n_epochs = n, t
         self.n_images = min(t, cfg.max_steps)
@@ -100,6 +107,9 @@ class SequenceData:
             raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
                                f"{exc.epoch} (or its sky / zero point is not)") from None
         out["label"] = self.label[idx]
+        if self.alert is not None:
+            out["step_label"] = step_labels(out["label"], self.alert[idx], self.n_images, self.cfg.n_w,
+                                            len(self.class_names))
         return out
 
     def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
@@ -170,6 +180,14 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
         out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
         out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)
     return out
+
+
+def step_labels(label: np.ndarray, alert: np.ndarray, n_images: int, n_w: int, pre_class: int) -> np.ndarray:
+    """(N, steps) labels: `pre_class` at steps whose last image comes before the object's alert epoch (RAPID's
+    pre-detection label), the object's class elsewhere; alert -1 (no alert) keeps the class everywhere."""
+    last_image = np.arange(n_images - n_w + 1) + n_w - 1
+    before = (alert[:, None] >= 0) & (last_image[None, :] < alert[:, None])
+    return np.where(before, pre_class, label[:, None]).astype(np.int32)
 
 
 def augment(batch: dict, rng: np.random.Generator) -> dict:

@@ -19,14 +19,16 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def sequence_loss(logits, labels, step_mask, kind: str = "ce", weights=None, gamma: float = 2.0, seq_weight=None):
-    """Mean over sequences of the summed per-step loss at valid steps. `seq_weight` (B,) excludes padding rows."""
+    """Mean over sequences of the summed per-step loss at valid steps. `labels` (B,) or per step (B, steps);
+    `seq_weight` (B,) excludes padding rows."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    lp = jnp.take_along_axis(logp, labels[:, None, None], axis=-1)[..., 0]  # (B, steps)
+    per_step = labels if labels.ndim == 2 else jnp.broadcast_to(labels[:, None], logits.shape[:2])  # (B, steps)
+    lp = jnp.take_along_axis(logp, per_step[..., None], axis=-1)[..., 0]
     loss = -lp
     if kind in ("focal", "weighted_focal"):
         loss = (1.0 - jnp.exp(lp)) ** gamma * loss
     if kind in ("weighted_ce", "weighted_focal"):
-        loss = loss * weights[labels][:, None]
+        loss = loss * weights[per_step]
     per_seq = jnp.sum(jnp.where(step_mask, loss, 0.0), axis=1)
     w = jnp.ones_like(per_seq) if seq_weight is None else seq_weight
     return jnp.sum(per_seq * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -36,15 +36,23 @@ class _Head(nn.Module):
     dropout: float = 0.5
     rnn_units: int = 512
     cell: str = "lstm"
+    output: str = "last"     # last: each step's own output; add: outputs summed over the steps so far (TAO-Net)
+    aux_head: bool = False   # double supervision (TAO-Net): per-step logits from the features alone, sown
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, features, dt, train: bool):
+    def __call__(self, features, dt, step_mask, train: bool):
         x = nn.relu(nn.Dense(self.dense_units, dtype=self.dtype, param_dtype=jnp.float32)(features))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if self.aux_head:
+            aux = nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32, name="aux_dense")(x)
+            self.sow("intermediates", "aux_logits", aux.astype(jnp.float32))
         x = jnp.concatenate([x, dt.astype(x.dtype)], axis=-1)
         h = nn.RNN(_cell(self.cell, self.rnn_units, self.dtype))(x)
-        return nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32)(h).astype(jnp.float32)
+        logits = nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32)(h).astype(jnp.float32)
+        if self.output == "add":
+            logits = jnp.cumsum(jnp.where(step_mask[..., None], logits, 0.0), axis=1)
+        return logits
 
 
 class RCNN(nn.Module):
@@ -59,6 +67,10 @@ class RCNN(nn.Module):
     rnn_units: int = 512
     cell: str = "lstm"
     bn_momentum: float = 0.99
+    fusion: str = "early"    # early: the n_w images stacked as channels (the paper); late: each image through
+                             # the CNN alone, features concatenated over the n_w (TAO-Net's comparison)
+    output: str = "last"
+    aux_head: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -66,8 +78,11 @@ class RCNN(nn.Module):
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
-        x = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w).astype(self.dtype)
-        m = step_mask.reshape(b * steps, 1, 1, 1)
+        if self.fusion == "early":
+            x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps, 1, 1, 1)
+        else:
+            x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t, 1, 1, 1)
+        x = x.astype(self.dtype)
         norm = dict(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)
         x = nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape))
         for _ in range(2):
@@ -75,9 +90,13 @@ class RCNN(nn.Module):
                 x = nn.Conv(self.conv_filters, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)(x)
                 x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = x.reshape(b, steps, -1)
-        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.dtype)(
-            x, _windows(dt, self.n_w), train)
+        if self.fusion == "early":
+            x = x.reshape(b, steps, -1)
+        else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
+            f = x.reshape(b, t, -1)
+            x = _windows(f, self.n_w).reshape(b, steps, -1)
+        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
+                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train)
         return logits, step_mask
 
 
@@ -91,6 +110,8 @@ class LightCurveClassifier(nn.Module):
     rnn_units: int = 512
     cell: str = "lstm"
     bn_momentum: float = 0.99
+    output: str = "last"
+    aux_head: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -99,8 +120,8 @@ class LightCurveClassifier(nn.Module):
         x = jnp.concatenate([_windows(flux, self.n_w), _windows(flux_err, self.n_w)], axis=-1).astype(self.dtype)
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)(
             x, mask=jnp.broadcast_to(step_mask[..., None], x.shape))
-        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.dtype)(
-            x, _windows(dt, self.n_w), train)
+        logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
+                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train)
         return logits, step_mask
 
 
@@ -140,12 +161,13 @@ def build_model(cfg, n_classes: int) -> nn.Module:
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     common = dict(n_classes=n_classes, n_w=cfg.n_w, dense_units=cfg.dense_units, dropout=cfg.dropout,
                   rnn_units=cfg.rnn_units, cell=cfg.cell, bn_momentum=cfg.bn_momentum, dtype=dtype)
+    recurrent = dict(output=cfg.output, aux_head=cfg.aux_loss_weight > 0)
     if cfg.model == "rcnn":
-        return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, **common)
+        return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, fusion=cfg.fusion, **common, **recurrent)
     if cfg.model == "dmdt":
         return DmdtCNN(n_classes=n_classes, n_w=cfg.n_w, conv_filters=cfg.conv_filters, dense_units=cfg.dense_units,
                        dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype=dtype)
-    return LightCurveClassifier(**common)
+    return LightCurveClassifier(**common, **recurrent)
 
 
 def model_inputs(model: nn.Module) -> tuple[str, ...]:

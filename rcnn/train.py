@@ -50,8 +50,13 @@ def make_functions(model, tx, cfg: TrainConfig, weights):
 
     def loss_fn(params, batch_stats, batch, key):
         (logits, step_mask), updates = apply_model(model, {"params": params, "batch_stats": batch_stats}, batch,
-                                                   train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-        loss = sequence_loss(logits, batch["label"], step_mask, cfg.loss, w, cfg.focal_gamma)
+                                                   train=True, rngs={"dropout": key},
+                                                   mutable=["batch_stats", "intermediates"])
+        labels = batch.get("step_label", batch["label"])
+        loss = sequence_loss(logits, labels, step_mask, cfg.loss, w, cfg.focal_gamma)
+        if cfg.aux_loss_weight > 0:  # double supervision: the features alone must classify each step too
+            (aux,) = jax.tree_util.tree_leaves(updates["intermediates"])
+            loss = loss + cfg.aux_loss_weight * sequence_loss(aux, labels, step_mask, cfg.loss, w, cfg.focal_gamma)
         return loss, updates["batch_stats"]
 
     @partial(jax.jit, donate_argnums=(0,))
@@ -139,13 +144,16 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {n_dev} devices")
     resume = _check_run_dir(run_dir, cfg, data_path)
+    class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**dataclasses.asdict(cfg), "_data": str(data_path.resolve()),
-                                                         "_class_names": data.class_names}, sort_keys=True))
-    n_classes = len(data.class_names)
+                                                         "_class_names": class_names}, sort_keys=True))
+    n_classes = len(class_names)
     model = build_model(cfg, n_classes)
     tx = _optimizer(cfg)
     weights = class_weights(data.label[data.indices("train")], n_classes)
+    if cfg.pre_detection_label:
+        weights[-1] = 1.0
     train_step, eval_step = make_functions(model, tx, cfg, weights)
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("data"))
@@ -156,9 +164,9 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
         from .inference import Classifier
 
         source = Classifier(cfg.init_from)
-        if source.class_names != data.class_names or source.cfg.model != cfg.model:
+        if source.class_names != class_names or source.cfg.model != cfg.model:
             raise RunError(f"{cfg.init_from}: its classes {source.class_names} ({source.cfg.model}) differ from "
-                           f"{data_path}'s {data.class_names} ({cfg.model})")
+                           f"{data_path}'s {class_names} ({cfg.model})")
         state = {**state, "params": source.variables["params"], "batch_stats": source.variables["batch_stats"],
                  "opt_state": tx.init(source.variables["params"])}
     state = jax.device_put(state, replicated)

@@ -199,3 +199,50 @@ def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
     assert out[2]["devices"] == 2
     assert out[2]["train_loss"] == pytest.approx(out[1]["train_loss"], rel=1e-4)
     assert out[2]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-4)
+
+
+def test_tao_net_options():
+    """late fusion keeps shapes; 'add' outputs are the running sum of the per-step outputs; the auxiliary
+    per-step head is sown for double supervision."""
+    rng = np.random.default_rng(3)
+    args = (rng.normal(size=(2, 9, 21, 21)).astype(np.float32), np.zeros((2, 9), np.float32),
+            np.arange(9)[None, :] < np.array([[9], [6]]))
+    late = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8, fusion="late")
+    assert late.apply(_init(late, *args), *args)[0].shape == (2, 7, 3)
+    last = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8)
+    add = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8, output="add")
+    v = _init(last, *args)
+    per_step, step_mask = last.apply(v, *args)
+    summed, _ = add.apply(v, *args)  # same parameters: 'add' only changes the output
+    expected = np.cumsum(np.where(np.asarray(step_mask)[..., None], np.asarray(per_step), 0.0), axis=1)
+    assert np.allclose(summed, expected, atol=1e-5)
+    aux = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8, aux_head=True)
+    va = _init(aux, *args)
+    _, inter = aux.apply(va, *args, mutable=["intermediates"])
+    (aux_logits,) = jax.tree_util.tree_leaves(inter["intermediates"])
+    assert aux_logits.shape == (2, 7, 3)
+
+
+def test_double_supervision_and_add_train(dataset, tmp_path):
+    cfg = TrainConfig(iterations=30, eval_every=15, output="add", aux_loss_weight=0.5, fusion="late", loss="weighted_focal",
+                      **TINY)
+    train(dataset, tmp_path / "run", cfg, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+
+
+def test_rapid_pre_detection_label(tmp_path):
+    """Steps before an alert get the extra 'pre_detection' class; the run has it as its last class."""
+    from rcnn.data import step_labels
+
+    lab = step_labels(np.array([0, 1, 2]), np.array([5, -1, 0]), n_images=8, n_w=3, pre_class=7)
+    # steps end at images 2..7: object 0 is pre-detection while its last image < 5 (steps 0-2)
+    assert lab.tolist() == [[7, 7, 7, 0, 0, 0], [1] * 6, [2] * 6]
+    path = tmp_path / "sn.h5"
+    simulate(SimConfig(classes=("supernova", "nonvariable"), n_per_class=20, seed=4, progress=False), path)
+    cfg = TrainConfig(iterations=6, eval_every=3, pre_detection_label=True, **TINY)
+    train(path, tmp_path / "run", cfg, progress=False)
+    from rcnn.inference import Classifier
+
+    clf = Classifier(tmp_path / "run")
+    assert clf.class_names == ["supernova", "nonvariable", "pre_detection"]
