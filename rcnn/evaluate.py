@@ -94,7 +94,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         clf = Classifier(run_dir)
         pred = predict(clf, data, split=None if real else "test")
         ds_classes = _dataset_classes(data)
-        mapping = map_labels(ds_classes, clf.class_names, class_map if real else None, data)
+        mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"
         if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
