@@ -127,7 +127,6 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) a model; returns the last evaluation's metrics."""
     import jax
-    import optax
     import orbax.checkpoint as ocp
     import yaml
     from jax.sharding import NamedSharding, PartitionSpec
