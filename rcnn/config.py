@@ -41,6 +41,7 @@ class TrainConfig:
     output: str = "last"             # last | add (TAO-Net: per-step outputs summed over time)
     fusion: str = "early"            # early (stacked channels, the paper) | late (per-image CNN, TAO-Net)
     aux_loss_weight: float = 0.0     # > 0: double supervision (TAO-Net), per-step loss on the CNN features alone
+    context: bool = False            # GOTO: host presence and distance (truth/has_host, truth/host/*) after the RNN
     pre_detection_label: bool = False  # RAPID: steps before a transient's alert are labelled "pre_detection"
     loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal | weighted_focal (GOTO)
     focal_gamma: float = 2.0
@@ -69,6 +70,7 @@ class TrainConfig:
                   (self.freeze in ("none", "conv"), "freeze must be none or conv"),
                   (self.output in ("last", "add") and self.fusion in ("early", "late"), "output: last|add, fusion: early|late"),
                   (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0"),
+                  (not (self.context and self.model == "dmdt"), "context inputs are for the rcnn and lc models"),
                   (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
         for ok, message in checks:
             if not ok:

@@ -63,6 +63,14 @@ class SequenceData:
                 raise DatasetError(f"{self.path}: 'label'[{i}] = {self.label[i]} is not a class index "
                                    f"(0..{len(self.class_names) - 1})")
             self.split = f["split"][()]
+            self.context = None
+            if cfg.context:  # GOTO's contextual inputs: [host present, host distance / 10 px]
+                keys = ("truth/has_host", "truth/host/dx_px", "truth/host/dy_px")
+                if any(k not in f for k in keys):
+                    raise DatasetError(f"{self.path}: context inputs need {', '.join(keys)} (simulated datasets)")
+                has = f["truth/has_host"][()].astype(np.float32)
+                dist = np.hypot(f["truth/host/dx_px"][()], f["truth/host/dy_px"][()])
+                self.context = np.stack([has, np.where(has > 0, np.nan_to_num(dist) / 10.0, 0.0)], 1).astype(np.float32)
             self.alert = None
             if cfg.pre_detection_label:  # RAPID: the epoch of the alert, from the simulator's truth or photometry
                 key = next((k for k in ("truth/alert_epoch", "photometry/first_detection") if k in f), None)
@@ -107,6 +115,8 @@ class SequenceData:
             raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
                                f"{exc.epoch} (or its sky / zero point is not)") from None
         out["label"] = self.label[idx]
+        if self.context is not None:
+            out["context"] = self.context[idx]
         if self.alert is not None:
             out["step_label"] = step_labels(out["label"], self.alert[idx], self.n_images, self.cfg.n_w,
                                             len(self.class_names))

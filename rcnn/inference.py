@@ -53,7 +53,8 @@ class Classifier:
         t = 2 * self.cfg.n_w
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
                    "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
-                   "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32)}
+                   "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
+                   "context": np.zeros((1, 2), np.float32)}
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, init_state(self.model, tx, self.cfg, example))
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
         manager.close()

@@ -41,7 +41,7 @@ class _Head(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, features, dt, step_mask, train: bool):
+    def __call__(self, features, dt, step_mask, train: bool, context=None):
         x = nn.relu(nn.Dense(self.dense_units, dtype=self.dtype, param_dtype=jnp.float32)(features))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if self.aux_head:
@@ -49,6 +49,9 @@ class _Head(nn.Module):
             self.sow("intermediates", "aux_logits", aux.astype(jnp.float32))
         x = jnp.concatenate([x, dt.astype(x.dtype)], axis=-1)
         h = nn.RNN(_cell(self.cell, self.rnn_units, self.dtype))(x)
+        if context is not None:  # GOTO: contextual inputs joined after the recurrent layer, at every step
+            ctx = jnp.broadcast_to(context[:, None, :].astype(h.dtype), h.shape[:2] + context.shape[-1:])
+            h = jnp.concatenate([h, ctx], axis=-1)
         logits = nn.Dense(self.n_classes, dtype=self.dtype, param_dtype=jnp.float32)(h).astype(jnp.float32)
         if self.output == "add":
             logits = jnp.cumsum(jnp.where(step_mask[..., None], logits, 0.0), axis=1)
@@ -71,10 +74,11 @@ class RCNN(nn.Module):
                              # the CNN alone, features concatenated over the n_w (TAO-Net's comparison)
     output: str = "last"
     aux_head: bool = False
+    context: bool = False    # takes a (B, 2) context input (GOTO)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images, dt, mask, train: bool = False):
+    def __call__(self, images, dt, mask, context=None, train: bool = False):
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
@@ -96,7 +100,7 @@ class RCNN(nn.Module):
             f = x.reshape(b, t, -1)
             x = _windows(f, self.n_w).reshape(b, steps, -1)
         logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
-                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train)
+                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train, context)
         return logits, step_mask
 
 
@@ -112,16 +116,17 @@ class LightCurveClassifier(nn.Module):
     bn_momentum: float = 0.99
     output: str = "last"
     aux_head: bool = False
+    context: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, flux, flux_err, dt, mask, train: bool = False):
+    def __call__(self, flux, flux_err, dt, mask, context=None, train: bool = False):
         step_mask = mask[:, self.n_w - 1:]
         x = jnp.concatenate([_windows(flux, self.n_w), _windows(flux_err, self.n_w)], axis=-1).astype(self.dtype)
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)(
             x, mask=jnp.broadcast_to(step_mask[..., None], x.shape))
         logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
-                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train)
+                       self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train, context)
         return logits, step_mask
 
 
@@ -161,7 +166,7 @@ def build_model(cfg, n_classes: int) -> nn.Module:
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     common = dict(n_classes=n_classes, n_w=cfg.n_w, dense_units=cfg.dense_units, dropout=cfg.dropout,
                   rnn_units=cfg.rnn_units, cell=cfg.cell, bn_momentum=cfg.bn_momentum, dtype=dtype)
-    recurrent = dict(output=cfg.output, aux_head=cfg.aux_loss_weight > 0)
+    recurrent = dict(output=cfg.output, aux_head=cfg.aux_loss_weight > 0, context=cfg.context)
     if cfg.model == "rcnn":
         return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, fusion=cfg.fusion, **common, **recurrent)
     if cfg.model == "dmdt":
@@ -172,11 +177,10 @@ def build_model(cfg, n_classes: int) -> nn.Module:
 
 def model_inputs(model: nn.Module) -> tuple[str, ...]:
     """Batch keys a model takes, in order."""
-    if isinstance(model, RCNN):
-        return ("images", "dt", "mask")
     if isinstance(model, DmdtCNN):
         return ("dmdt", "mask")
-    return ("flux", "flux_err", "dt", "mask")
+    keys = ("images", "dt", "mask") if isinstance(model, RCNN) else ("flux", "flux_err", "dt", "mask")
+    return keys + (("context",) if model.context else ())
 
 
 def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False):

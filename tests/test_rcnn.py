@@ -246,3 +246,14 @@ def test_rapid_pre_detection_label(tmp_path):
 
     clf = Classifier(tmp_path / "run")
     assert clf.class_names == ["supernova", "nonvariable", "pre_detection"]
+
+
+def test_goto_context_inputs(dataset, tmp_path):
+    """Host presence and distance join after the recurrent layer: they change the outputs, and a run trains."""
+    model = RCNN(n_classes=2, conv_filters=8, dense_units=16, rnn_units=8, context=True)
+    args = (np.zeros((2, 6, 21, 21), np.float32), np.zeros((2, 6), np.float32), np.ones((2, 6), bool))
+    ctx0, ctx1 = np.zeros((2, 2), np.float32), np.array([[1.0, 0.3], [1.0, 0.3]], np.float32)
+    v = _init(model, *args, ctx0)
+    assert not np.allclose(model.apply(v, *args, ctx0)[0], model.apply(v, *args, ctx1)[0])
+    result = train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, context=True, **TINY), progress=False)
+    assert np.isfinite(result["val_loss"])
