@@ -41,6 +41,25 @@ def _required(data, name: str, path: Path):
     return data[name]
 
 
+def camera_medians(camera_csv: str | Path | None) -> tuple[float, float, float]:
+    """(gain, read noise, saturation) for stamps of unknown CCD: the camera table's medians and its lowest
+    saturation, or the HiTS 2015 values without a table."""
+    if camera_csv is None:
+        return HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
+    cam = np.genfromtxt(camera_csv, delimiter=",", names=True)
+    return float(np.median(cam["gain"])), float(np.median(cam["read_noise"])), float(cam["saturation"].min())
+
+
+def measure_frames(stamps: np.ndarray, seeing_arcsec: np.ndarray, sky_adu: np.ndarray | None, gain: float,
+                   read_noise: float, saturation: float, pixel_scale_arcsec: float = 0.27,
+                   fwhm_per_seeing: float = 0.81, moffat_beta: float = 4.2):
+    """(Photometry, fitted FWHM px) of real frames: FWHM fitted from fwhm_per_seeing x seeing, then measured."""
+    op = OptimalPhotometry(stamps.shape[-1], "moffat", moffat_beta)
+    fwhm = fit_fwhm(op, stamps, seeing_arcsec * fwhm_per_seeing / pixel_scale_arcsec, gain, read_noise, sky_adu,
+                    saturation)
+    return op.measure(stamps, fwhm, gain, read_noise, sky_adu, saturation), fwhm
+
+
 def measure_real(path: str | Path, camera_csv: str | Path | None = None, pixel_scale_arcsec: float = 0.27,
                  fwhm_per_seeing: float = 0.81, moffat_beta: float = 4.2) -> RealLightCurves:
     """Optimal photometry of every g-band frame of a real stamp file (no pickles are loaded)."""
@@ -48,19 +67,13 @@ def measure_real(path: str | Path, camera_csv: str | Path | None = None, pixel_s
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: _required(data, k, path) for k in ("stamps", "offsets", "label", "class_names", "filter_code",
                                                            "exp_time_s", "seeing_arcsec", "sky_adu", "zero_point")}
-    gain, rn, sat = HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
-    if camera_csv is not None:
-        cam = np.genfromtxt(camera_csv, delimiter=",", names=True)
-        gain, rn, sat = float(np.median(cam["gain"])), float(np.median(cam["read_noise"])), float(cam["saturation"].min())
+    gain, rn, sat = camera_medians(camera_csv)
     stamps = arrays["stamps"].astype(float)
     ok = ((arrays["filter_code"] == G_FILTER_CODE) & np.isfinite(arrays["seeing_arcsec"])
           & np.isfinite(arrays["zero_point"]) & np.isfinite(arrays["exp_time_s"]))
-    op = OptimalPhotometry(stamps.shape[-1], "moffat", moffat_beta)
-    sky = np.where(np.isfinite(arrays["sky_adu"][ok]), arrays["sky_adu"][ok], np.nan)
-    sky_arg = None if np.isnan(sky).any() else sky
-    fwhm0 = arrays["seeing_arcsec"][ok] * fwhm_per_seeing / pixel_scale_arcsec
-    fwhm = fit_fwhm(op, stamps[ok], fwhm0, gain, rn, sky_arg, sat)
-    r = op.measure(stamps[ok], fwhm, gain, rn, sky_arg, sat)
+    sky = arrays["sky_adu"][ok]
+    r, fwhm = measure_frames(stamps[ok], arrays["seeing_arcsec"][ok], None if np.isnan(sky).any() else sky, gain, rn,
+                             sat, pixel_scale_arcsec, fwhm_per_seeing, moffat_beta)
     n = len(stamps)
     out = {k: np.full(n, np.nan) for k in ("flux_adu", "flux_err_adu", "mag", "fwhm_px")}
     out["flux_adu"][ok], out["flux_err_adu"][ok], out["fwhm_px"][ok] = r.flux_adu, r.flux_err_adu, fwhm

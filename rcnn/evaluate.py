@@ -18,6 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from simulator.dataset import class_names
+
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
 
@@ -77,11 +79,6 @@ def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
     return np.full(len(index), np.nan)
 
 
-def _dataset_classes(path: Path) -> list[str]:
-    with h5py.File(path, "r") as f:
-        return [c.decode() if isinstance(c, bytes) else str(c) for c in f["label"].attrs["class_names"]]
-
-
 def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, real: bool = False,
              class_map: dict | None = None, last_step: int = 20) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
@@ -90,27 +87,27 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     data = Path(data)
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}
+    ds_classes = class_names(data)
+    mags = None
     for run_dir in run_dirs:
         clf = Classifier(run_dir)
         pred = predict(clf, data, split=None if real else "test")
-        ds_classes = _dataset_classes(data)
         mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"
         if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
             name = f"{Path(run_dir).parent.name}/{name}"
-        results[name] = (pred, labels, ds_classes, mapping)
+        results[name] = (pred, labels)
         summary = M.summary(pred.probs, pred.step_mask, labels, clf.class_names, last_step)
+        recall_steps = M.recall_vs_step(pred.probs, pred.step_mask, labels, len(clf.class_names))
         entry = {"run": str(run_dir), "model": clf.cfg.model, "checkpoint_step": clf.step, **summary,
                  "accuracy_vs_step": M.accuracy_vs_step(pred.probs, pred.step_mask, labels).tolist(),
-                 "recall_vs_step": {clf.class_names[c]: M.recall_vs_step(pred.probs, pred.step_mask, labels,
-                                                                         len(clf.class_names))[:, c].tolist()
-                                    for c in np.unique(labels)}}
+                 "recall_vs_step": {clf.class_names[c]: recall_steps[:, c].tolist() for c in np.unique(labels)}}
         if real:  # recall keyed by the real labels too
             entry["recall_real_labels"] = {ds_classes[i]: summary["recall"][clf.class_names[mapping[i]]]
                                            for i in np.unique(pred.labels)}
         else:
-            mags = _magnitudes(data, pred.index)
+            mags = _magnitudes(data, pred.index) if mags is None else mags  # same test split for every run
             entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
                 str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS).items()}}
         report["runs"][name] = entry
@@ -149,7 +146,7 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
     for ax, (name, e) in zip(axes[0], runs.items()):
-        pred, labels, ds_classes, mapping = results[name]
+        pred, labels = results[name]
         cm = np.array(e["confusion"])
         model_classes = pred.class_names
         rows = np.unique(labels) if real else np.arange(len(model_classes))

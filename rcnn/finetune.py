@@ -17,6 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from simulator.dataset import class_names
+
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
 from .inference import Classifier
 from .train import train
@@ -29,8 +31,8 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     base = Classifier(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "finetune_data.h5"
+    names = class_names(real)
     with h5py.File(real, "r") as f:
-        names = [c.decode() if isinstance(c, bytes) else str(c) for c in f["label"].attrs["class_names"]]
         label = f["label"][()]
     mapping = map_labels(names, base.class_names, class_map or DEFAULT_CLASS_MAP, real)
     rng = np.random.default_rng(seed)

@@ -55,7 +55,7 @@ class Classifier:
                    "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
                    "context": np.zeros((1, 2), np.float32)}
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, init_state(self.model, tx, self.cfg, example))
+        abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
         manager.close()
         self.step = int(step)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from photometry.optimal import OptimalPhotometry, bad_pixels, border_sky, first_detection, fit_fwhm, zero_point_scaling
-from photometry.real import G_FILTER_CODE, HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
+from photometry.optimal import bad_pixels, border_sky, first_detection, zero_point_scaling
+from photometry.real import G_FILTER_CODE, camera_medians, measure_frames
 from simulator.dataset import write_arrays
 from survey_params.limits import limiting_magnitude
 
@@ -128,10 +128,7 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
                            f"{n_obj + 1} ending at {len(a['stamps'])}")
     if a["stamps"].ndim != 3:
         raise ImportError_(f"{path}: 'stamps' has shape {a['stamps'].shape}; expected (frames, S, S)")
-    gain, rn, sat = HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
-    if camera_csv is not None:
-        cam = np.genfromtxt(camera_csv, delimiter=",", names=True)
-        gain, rn, sat = float(np.median(cam["gain"])), float(np.median(cam["read_noise"])), float(cam["saturation"].min())
+    gain, rn, sat = camera_medians(camera_csv)
     owner = np.repeat(np.arange(n_obj), np.diff(offsets))
     field = a["field"][owner]
     g = a["filter_code"] == G_FILTER_CODE
@@ -150,11 +147,9 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     estimated |= ~np.isfinite(a["limmag5"])
     usable = g & np.all([np.isfinite(cond[k]) for k in CONDITIONS], axis=0)
     # photometry of every usable frame
-    op = OptimalPhotometry(stamps.shape[-1], "moffat", 4.2)
     u = np.flatnonzero(usable)
-    fwhm = fit_fwhm(op, stamps[u], cond["seeing_arcsec"][u] * fwhm_per_seeing / pixel_scale_arcsec, gain, rn,
-                    cond["sky_adu"][u], sat)
-    phot = op.measure(stamps[u], fwhm, gain, rn, cond["sky_adu"][u], sat)
+    phot, _ = measure_frames(stamps[u], cond["seeing_arcsec"][u], cond["sky_adu"][u], gain, rn, sat,
+                             pixel_scale_arcsec, fwhm_per_seeing)
     flux = np.full(len(stamps), np.nan)
     err = np.full(len(stamps), np.nan)
     flux[u], err[u] = phot.flux_adu, phot.flux_err_adu

@@ -23,8 +23,6 @@ import numpy as np
 from .config import TrainConfig
 from .data import Prefetcher, SequenceData
 
-STATE_KEYS = ("params", "batch_stats", "opt_state", "step", "best_val_loss")
-
 
 class RunError(ValueError):
     """A run directory that does not match the request (names the file and the difference)."""

@@ -104,8 +104,9 @@ MODELS: dict[str, Callable] = {
 }
 
 
-def load_models(cfg: SimConfig, templates_dir, depth_mag: float) -> dict:
-    """The template models the configured classes need (embedded defaults when `templates_dir` is None)."""
+def load_models(cfg: SimConfig, templates_dir, depth_mag: float | None) -> dict:
+    """The template models the configured classes need (embedded defaults when `templates_dir` is None);
+    `depth_mag` (the survey's depth) is needed when supernovae are simulated."""
     import importlib
 
     models = {}

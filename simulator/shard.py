@@ -36,7 +36,9 @@ def _setup(cfg_json: str):
     cfg = SimConfig(**json.loads(cfg_json))
     sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec)
     renderer = Renderer(cfg.stamp_size, cfg.fft_size, cfg.host_fft_size, cfg.psf, cfg.moffat_beta)
-    depth = cfg.sn_depth_mag if cfg.sn_depth_mag is not None else survey_depth(sampler)
+    depth = cfg.sn_depth_mag
+    if depth is None and "supernova" in cfg.classes:  # only supernovae need it: 300 condition draws
+        depth = survey_depth(sampler)
     models = load_models(cfg, resolve_templates(cfg.templates), depth)
     return cfg, sampler, renderer, models
 
