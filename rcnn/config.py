@@ -16,6 +16,12 @@ MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
 LOSSES = ("ce", "weighted_ce", "focal", "weighted_focal")
 DTYPES = ("float32", "bfloat16")
+#: GOTO's contextual inputs (Killestein et al. 2021): name -> (dataset, scale to order unity). Simulated
+#: datasets have them all; real ones get the galactic latitude from the field and host data from a catalogue
+#: cross-match given to `rcnn import-real --context`.
+CONTEXT_INPUTS = {"has_host": ("context/has_host", 1.0),
+                  "host_distance": ("context/host_distance_arcsec", 1.0 / 3.0),
+                  "galactic_latitude": ("context/galactic_latitude_deg", 1.0 / 90.0)}  # |b| / 90 deg
 
 
 @dataclass
@@ -41,7 +47,9 @@ class TrainConfig:
     output: str = "last"             # last | add (TAO-Net: per-step outputs summed over time)
     fusion: str = "early"            # early (stacked channels, the paper) | late (per-image CNN, TAO-Net)
     aux_loss_weight: float = 0.0     # > 0: double supervision (TAO-Net), per-step loss on the CNN features alone
-    context: bool = False            # GOTO: host presence and distance (truth/has_host, truth/host/*) after the RNN
+    # GOTO: contextual inputs joined after the RNN, names from CONTEXT_INPUTS ("a,b" or a list; true = the
+    # host pair has_host,host_distance; "all" = all three)
+    context: list = dataclasses.field(default_factory=list)
     pre_detection_label: bool = False  # RAPID: steps before a transient's alert are labelled "pre_detection"
     loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal | weighted_focal (GOTO)
     focal_gamma: float = 2.0
@@ -61,6 +69,7 @@ class TrainConfig:
     validation_split: str = "validation"  # split used for validation and the best checkpoint
 
     def __post_init__(self) -> None:
+        self.context = _context_names(self.context)
         checks = [(self.model in MODELS, f"model must be one of {MODELS}"), (self.cell in CELLS, f"cell must be one of {CELLS}"),
                   (self.loss in LOSSES, f"loss must be one of {LOSSES}"), (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
                   (self.iterations >= 1 and self.batch_size >= 1 and self.eval_every >= 1, "iterations, batch_size, eval_every must be >= 1"),
@@ -76,8 +85,28 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{message}; got {dataclasses.asdict(self)}")
 
+    @property
+    def n_context(self) -> int:
+        return len(self.context)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=True)
+
+
+def _context_names(value) -> list[str]:
+    """The `context` key as a list of CONTEXT_INPUTS names (true = the host pair, as GOTO's catalogue inputs)."""
+    if value is True:
+        return ["has_host", "host_distance"]
+    if value in (False, None, "", "none"):
+        return []
+    if value == "all":
+        return list(CONTEXT_INPUTS)
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v) for v in value]
+    unknown = [v for v in names if v not in CONTEXT_INPUTS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"context: {value!r} must name distinct inputs among {', '.join(CONTEXT_INPUTS)} "
+                         "(or be true, all, none)")
+    return names
 
 
 def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = None, overrides: dict | None = None) -> TrainConfig:

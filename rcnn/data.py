@@ -21,7 +21,7 @@ import numpy as np
 
 from photometry.optimal import BAD_HIGH, BAD_LOW
 
-from .config import TrainConfig
+from .config import CONTEXT_INPUTS, TrainConfig
 
 REQUIRED = ("stamps", "mask", "mjd", "label", "split", "conditions/sky_adu", "conditions/zero_point")
 LC_REQUIRED = ("photometry/lc_flux", "photometry/lc_flux_err")
@@ -64,13 +64,8 @@ class SequenceData:
                                    f"(0..{len(self.class_names) - 1})")
             self.split = f["split"][()]
             self.context = None
-            if cfg.context:  # GOTO's contextual inputs: [host present, host distance / 10 px]
-                keys = ("truth/has_host", "truth/host/dx_px", "truth/host/dy_px")
-                if any(k not in f for k in keys):
-                    raise DatasetError(f"{self.path}: context inputs need {', '.join(keys)} (simulated datasets)")
-                has = f["truth/has_host"][()].astype(np.float32)
-                dist = np.hypot(f["truth/host/dx_px"][()], f["truth/host/dy_px"][()])
-                self.context = np.stack([has, np.where(has > 0, np.nan_to_num(dist) / 10.0, 0.0)], 1).astype(np.float32)
+            if cfg.context:  # GOTO's contextual inputs, scaled to order unity (CONTEXT_INPUTS)
+                self.context = read_context(f, cfg.context, self.path)
             self.alert = None
             if cfg.pre_detection_label:  # RAPID: the epoch of the alert, from the simulator's truth or photometry
                 key = next((k for k in ("truth/alert_epoch", "photometry/first_detection") if k in f), None)
@@ -143,6 +138,40 @@ class SequenceData:
             if limit is not None and k >= limit:
                 return
             yield self.read(pool[start:start + batch_size])
+
+
+def read_context(f: h5py.File, names: list[str], path) -> np.ndarray:
+    """(N, len(names)) float32 contextual inputs from the `context/*` datasets of an open dataset."""
+    raw = {}
+    for name in names:
+        key = CONTEXT_INPUTS[name][0]
+        if key not in f:
+            raise DatasetError(f"{path}: context input {name!r} needs dataset '{key}' (simulated datasets have it; "
+                               "for real data give `rcnn import-real --context CSV`)")
+        raw[name] = f[key][()]
+    return context_array(raw, names, str(path))
+
+
+def context_array(raw: dict, names: list[str], where: str) -> np.ndarray:
+    """Scale raw contextual values (name -> (N,) in CONTEXT_INPUTS units) into the model's (N, k) input.
+
+    A missing host distance (no host) becomes 0; an unknown galactic latitude is an error, since the model
+    would read it as the Galactic plane."""
+    columns = []
+    for name in names:
+        if name not in raw:
+            raise DatasetError(f"{where}: context input {name!r} missing (the model was trained with {names})")
+        key, scale = CONTEXT_INPUTS[name]
+        values = np.asarray(raw[name], np.float64)
+        if name == "galactic_latitude":
+            bad = ~np.isfinite(values)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"{where}: '{key}'[{i}] is {values[i]}: the field's position is unknown "
+                                   f"({int(bad.sum())} objects); give the survey field centres (fields.ecsv)")
+            values = np.abs(values)
+        columns.append(np.nan_to_num(values, nan=0.0) * scale)
+    return np.stack(columns, 1).astype(np.float32)
 
 
 class NonFinite(ValueError):

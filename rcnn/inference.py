@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .data import SequenceData, prepare_inputs
+from .data import SequenceData, context_array, prepare_inputs
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
@@ -54,7 +54,7 @@ class Classifier:
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
                    "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
-                   "context": np.zeros((1, 2), np.float32)}
+                   "context": np.zeros((1, max(self.cfg.n_context, 1)), np.float32)}
         abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
         manager.close()
@@ -72,13 +72,18 @@ class Classifier:
         probs = np.asarray(self._forward(self.variables, inputs))
         return probs, np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 
-    def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None):
+    def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
+                        context: dict | None = None):
         """Probabilities after every step for raw arrays (N, T[, 21, 21]): stamps in ADU with sky (RCNN) or
-        photometry's eq. 4 scaled fluxes (light-curve model). Returns (probs (N, S, C), step mask (N, S))."""
+        photometry's eq. 4 scaled fluxes (light-curve model); `context` maps the run's context inputs
+        (`rcnn.config.CONTEXT_INPUTS` names) to (N,) values in their units (0/1, arcsec, degrees).
+        Returns (probs (N, S, C), step mask (N, S))."""
         t = min(np.shape(mask)[1], self.cfg.max_steps)
         cut = lambda a: None if a is None else np.asarray(a)[:, :t]  # noqa: E731
         batch = prepare_inputs(self.cfg, cut(mask), cut(mjd), cut(sky_adu), cut(zero_point), cut(stamps),
                                cut(lc_flux), cut(lc_flux_err))
+        if self.cfg.context:
+            batch["context"] = context_array(context or {}, self.cfg.context, "classify_arrays(context=...)")
         return self.predict_batch(batch)
 
 

@@ -74,7 +74,7 @@ class RCNN(nn.Module):
                              # the CNN alone, features concatenated over the n_w (TAO-Net's comparison)
     output: str = "last"
     aux_head: bool = False
-    context: bool = False    # takes a (B, 2) context input (GOTO)
+    context: bool = False    # takes a (B, n_context) context input (GOTO)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -166,7 +166,7 @@ def build_model(cfg, n_classes: int) -> nn.Module:
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     common = dict(n_classes=n_classes, n_w=cfg.n_w, dense_units=cfg.dense_units, dropout=cfg.dropout,
                   rnn_units=cfg.rnn_units, cell=cfg.cell, bn_momentum=cfg.bn_momentum, dtype=dtype)
-    recurrent = dict(output=cfg.output, aux_head=cfg.aux_loss_weight > 0, context=cfg.context)
+    recurrent = dict(output=cfg.output, aux_head=cfg.aux_loss_weight > 0, context=bool(cfg.context))
     if cfg.model == "rcnn":
         return RCNN(conv_filters=cfg.conv_filters, conv_blocks=cfg.conv_blocks, fusion=cfg.fusion, **common, **recurrent)
     if cfg.model == "dmdt":

@@ -11,7 +11,11 @@ files, one per object (`FITS layout` below). Per object:
 - gain, read noise, saturation: the camera table's medians (lowest saturation): a stamp does not say its CCD;
 - optimal photometry of every frame (`photometry/` group as `photometry DATASET.h5` writes it);
 - supernova sequences start 5 images before the first 5-sigma detection, other classes at their first
-  epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects.
+  epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects;
+- contextual inputs (GOTO): `context/galactic_latitude_deg` from the field's centre (the HiTS field table,
+  `survey_params.hits_fields`, or `fields`: a table of field, ra_deg, dec_deg); `context/has_host` and
+  `context/host_distance_arcsec` from a catalogue cross-match `context` (CSV: name, has_host,
+  host_distance_arcsec), since the stamps alone do not say which galaxy is a host.
 """
 from __future__ import annotations
 
@@ -113,8 +117,53 @@ def write_fits_object(path: str | Path, stamps: np.ndarray, epochs: dict, label:
     return Path(path)
 
 
+def _field_latitudes(fields: np.ndarray, fields_file: str | Path | None) -> np.ndarray:
+    """Galactic latitude (deg) of each object's field centre; NaN for fields without a known centre."""
+    from astropy.table import Table
+
+    from survey_params.fields import galactic_latitude_deg
+    from survey_params.hits_logs import hits_fields_table
+
+    table = hits_fields_table() if fields_file is None else Table.read(fields_file)
+    for col in ("field", "ra_deg", "dec_deg"):
+        if col not in table.colnames:
+            raise ImportError_(f"{fields_file}: field table lacks column '{col}' (needs field, ra_deg, dec_deg)")
+    b = dict(zip((str(f) for f in table["field"]), galactic_latitude_deg(table["ra_deg"], table["dec_deg"])))
+    return np.array([b.get(str(f), np.nan) for f in fields], np.float32)
+
+
+def _host_context(path: str | Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(has_host, host_distance_arcsec) per object from a cross-match CSV (name, has_host, host_distance_arcsec)."""
+    from astropy.table import Table
+
+    try:
+        table = Table.read(path, format="ascii.csv")
+    except Exception as exc:  # astropy raises several types for malformed CSV
+        raise ImportError_(f"{path}: cannot be read as CSV ({exc})") from exc
+    for col in ("name", "has_host", "host_distance_arcsec"):
+        if col not in table.colnames:
+            raise ImportError_(f"{path}: lacks column '{col}' (needs name, has_host, host_distance_arcsec)")
+    rows = {str(n): i for i, n in enumerate(table["name"])}
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise ImportError_(f"{path}: no row for object(s) {missing[:5]} ({len(missing)} in all)")
+    has, dist = np.zeros(len(names), np.uint8), np.full(len(names), np.nan, np.float32)
+    for k, n in enumerate(names):
+        i = rows[n]
+        h = table["has_host"][i]
+        if str(h).strip().lower() not in ("0", "1", "true", "false"):
+            raise ImportError_(f"{path}: data row {i + 1}, column 'has_host': {h!r} is not 0/1")
+        has[k] = str(h).strip().lower() in ("1", "true")
+        d = float(table["host_distance_arcsec"][i]) if has[k] else np.nan
+        if has[k] and not (np.isfinite(d) and d >= 0):
+            raise ImportError_(f"{path}: data row {i + 1}, column 'host_distance_arcsec': {d!r} is not a distance")
+        dist[k] = d
+    return has, dist
+
+
 def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
-                pixel_scale_arcsec: float = 0.27, fwhm_per_seeing: float = 0.81) -> Path:
+                pixel_scale_arcsec: float = 0.27, fwhm_per_seeing: float = 0.81,
+                fields_file: str | Path | None = None, context_csv: str | Path | None = None) -> Path:
     """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
     to a dataset (see the module docstring); returns `out`."""
     path = Path(path)
@@ -175,6 +224,10 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
               "truth/object_index": np.arange(n_obj, dtype=np.int64)}
     if "name" in a:
         arrays["truth/name"] = np.array([str(x) for x in a["name"]], dtype=object)
+    arrays["context/galactic_latitude_deg"] = _field_latitudes(a["field"], fields_file)
+    if context_csv is not None:
+        names = [str(x) for x in a.get("name", np.arange(n_obj))]
+        arrays["context/has_host"], arrays["context/host_distance_arcsec"] = _host_context(context_csv, names)
     for key in CONDITIONS + ("gain", "read_noise", "saturation"):
         arrays[f"conditions/{key}"] = np.full((n_obj, t), np.nan, np.float32)
     for k, frames in enumerate(rows):

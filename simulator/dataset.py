@@ -7,6 +7,8 @@ Datasets (N objects, T epochs, S x S stamps); names are a contract:
   saturation}` (N, T), NaN at padded epochs;
 - `truth/mag` (N, T) true point-source magnitude (inf when absent), `truth/has_host` (N,), and more under
   `truth/` (host parameters, centring offsets before rotation, orientation, field, CCD, object index).
+- `context/has_host`, `context/host_distance_arcsec`, `context/galactic_latitude_deg` (N,): what a broker
+  knows beside the stamps (catalogue cross-match, pointing), GOTO's contextual inputs.
 Root attributes: `survey`, `seed`, `version` (package), `format_version`, `config` (JSON), `class_names`,
 `pixel_scale_arcsec`. The `photometry` command adds a `photometry/` group (see `photometry.dataset`).
 

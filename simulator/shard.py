@@ -164,6 +164,10 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         "truth/mirror": np.zeros(n, bool),
         "truth/alert_epoch": np.full(n, -1, np.int16),
         "truth/window_start": np.zeros(n, np.int16),
+        # contextual inputs (GOTO): what a broker knows beside the stamps, from catalogues and the pointing
+        "context/has_host": np.zeros(n, np.uint8),
+        "context/host_distance_arcsec": np.full(n, np.nan, np.float32),
+        "context/galactic_latitude_deg": np.full(n, np.nan, np.float32),
     }
     for k in TRUTH_FLOATS:
         out[f"truth/{k}"] = np.full(n, np.nan)
@@ -198,6 +202,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out["truth/dy_px"][o, valid] = dy[valid]
         out["truth/zero_point_error_mag"][o, valid] = zp_error[valid]
         out["truth/rotation"][o] = rotation
+        out["context/galactic_latitude_deg"][o] = cond.galactic_latitude_deg
         out["truth/mirror"][o] = mirror
         out["truth/alert_epoch"][o] = truth["alert_epoch"]
         out["truth/window_start"][o] = truth["window_start"]
@@ -209,6 +214,8 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         for k in ("gain", "read_noise", "saturation"):
             out[f"conditions/{k}"][o, valid] = getattr(cond, k)
         if host is not None:
+            out["context/has_host"][o] = 1
+            out["context/host_distance_arcsec"][o] = np.hypot(host["dx_px"], host["dy_px"]) * scale
             out["truth/host_mag"][o] = host["mag"]
             for k in HOST_FIELDS:
                 out[f"truth/host/{k}"][o] = host[k]

@@ -34,6 +34,13 @@ def _read_csv(path: Path, columns: dict[str, str]) -> Table:
     return out
 
 
+def hits_fields_table() -> Table:
+    """The HiTS 2015 field centres (`survey_params.hits_fields`, fitted to the logged airmasses)."""
+    from .hits_fields import HITS_FIELDS
+
+    return Table({k: HITS_FIELDS[k] for k in ("field", "ra_deg", "dec_deg")})
+
+
 def read_hits_logs(directory: str | Path) -> Survey:
     """Load the real HiTS 2015 logs from `directory` as a `Survey` (g band, 0.27"/px)."""
     directory = Path(directory)
@@ -57,6 +64,6 @@ def read_hits_logs(directory: str | Path) -> Survey:
     else:
         raise ConditionsError(f"{directory}: neither field_epochs.csv nor blind15a_epochs.csv found")
     return Survey(name="hits", band=HITS_BAND, pixel_scale_arcsec=HITS_PIXEL_SCALE_ARCSEC,
-                  camera=camera, epochs=epochs, source=str(directory),
+                  camera=camera, epochs=epochs, source=str(directory), fields_table=hits_fields_table(),
                   meta={"reference": "Förster et al. 2016, ApJ 832, 155 (HiTS)"},
                   camera_file=str(cam_path), epochs_file=str(ep_path))

@@ -10,6 +10,7 @@ window of N_d epochs an object is classified on is the simulator's job (`ObjectC
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
+from .fields import galactic_latitude_deg
 from .hits_builtin import HITS_MODEL
+from .hits_fields import HITS_FIELDS
 from .hits_logs import read_hits_logs
 from .limits import limiting_magnitude
 from .schema import ConditionsError, Survey
@@ -46,6 +49,7 @@ class ObjectConditions:
     saturation: float
     field: str
     ccd: int
+    galactic_latitude_deg: float = math.nan  # of the field's centre; NaN when the survey has no position
 
     def window(self, index: np.ndarray, n_epochs: int) -> "ObjectConditions":
         """These conditions at epochs `index` only, packed first into arrays of length `n_epochs`."""
@@ -53,7 +57,8 @@ class ObjectConditions:
         keep[index] = True
         mjd, cols, mask = _pack(n_epochs, self.mjd, {k: getattr(self, k) for k in EPOCH_FIELDS}, keep)
         return ObjectConditions(mjd=mjd, mask=mask, gain=self.gain, read_noise=self.read_noise,
-                                saturation=self.saturation, field=self.field, ccd=self.ccd, **cols)
+                                saturation=self.saturation, field=self.field, ccd=self.ccd,
+                                galactic_latitude_deg=self.galactic_latitude_deg, **cols)
 
 
 def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -82,16 +87,16 @@ class LogSampler:
         for f in survey.fields():
             ep = survey.field_epochs(f, seeing_limit_arcsec)
             if len(ep):
-                self._fields.append((str(f), ep))
+                self._fields.append((str(f), ep, survey.galactic_latitude_deg(f)))
         if not self._fields:
             raise ConditionsError(f"{survey.source}: no {survey.band}-band epoch has seeing <= {seeing_limit_arcsec}\"")
-        self.n_epochs = max(len(ep) for _, ep in self._fields)
+        self.n_epochs = max(len(ep) for _, ep, _ in self._fields)
         cam = survey.camera
         self._camera = (np.asarray(cam["ccd"]).astype(int), np.asarray(cam["gain"]),
                         np.asarray(cam["read_noise"]), np.asarray(cam["saturation"]))
 
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
-        field, ep = self._fields[rng.integers(len(self._fields))]
+        field, ep, latitude = self._fields[rng.integers(len(self._fields))]
         k = rng.integers(len(self._camera[0]))
         ccd, gain, rn, sat = (c[k] for c in self._camera)
         cols = {name: np.asarray(ep[name], dtype=float) for name in EPOCH_FIELDS}
@@ -102,14 +107,19 @@ class LogSampler:
                 cols["exp_time_s"][missing], gain, rn, self.pixel_scale_arcsec)
         mjd, cols, mask = _pack(self.n_epochs, ep["mjd"], cols, np.ones(len(ep), bool))
         return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn),
-                                saturation=float(sat), field=field, ccd=int(ccd), **cols)
+                                saturation=float(sat), field=field, ccd=int(ccd), galactic_latitude_deg=latitude, **cols)
 
 
 class ModelSampler:
-    """Conditions from the compact built-in survey model (see `survey_params.derive_hits`)."""
+    """Conditions from the compact built-in survey model (see `survey_params.derive_hits`).
 
-    def __init__(self, model: dict = HITS_MODEL, seeing_limit_arcsec: float = 2.0):
+    The model's conditions are not tied to a field; the field (and so the galactic latitude) is drawn
+    uniformly from the survey's field centres `fields` (`survey_params.hits_fields`)."""
+
+    def __init__(self, model: dict = HITS_MODEL, seeing_limit_arcsec: float = 2.0, fields: dict = HITS_FIELDS):
         self.model = model
+        self._field_ids = [str(f) for f in fields["field"]]
+        self._field_b = galactic_latitude_deg(fields["ra_deg"], fields["dec_deg"])
         self.pixel_scale_arcsec = float(model["pixel_scale_arcsec"])
         self.seeing_limit_arcsec = seeing_limit_arcsec
         cad = model["cadence"]
@@ -155,8 +165,9 @@ class ModelSampler:
         cols = {"exp_time_s": exp_time, "seeing_arcsec": v["seeing_arcsec"], "airmass": v["airmass"],
                 "sky_adu": v["sky_adu"], "zero_point": v["zero_point"], "limmag5": limmag5}
         mjd, cols, mask = _pack(self.n_epochs, t, cols, v["seeing_arcsec"] <= self.seeing_limit_arcsec)
-        return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn),
-                                saturation=float(sat), field="model", ccd=int(ccd), **cols)
+        f = rng.integers(len(self._field_ids))
+        return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn), saturation=float(sat),
+                                field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=float(self._field_b[f]), **cols)
 
 
 def load_survey(directory: str | Path) -> Survey:

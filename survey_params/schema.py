@@ -69,6 +69,7 @@ class Survey:
     meta: dict = field(default_factory=dict)
     camera_file: str | None = None
     epochs_file: str | None = None
+    fields_table: Table | None = None  # optional `fields.FIELD_COLUMNS`: field centres (for galactic latitude)
 
     def __post_init__(self) -> None:
         if not (self.pixel_scale_arcsec > 0):
@@ -77,6 +78,18 @@ class Survey:
             raise ConditionsError(f"{self.source}: band {self.band!r} is not one of {KNOWN_FILTERS}")
         self.camera = validate_camera(self.camera, self.camera_file or self.source)
         self.epochs = validate_epochs(self.epochs, self.epochs_file or self.source)
+        self._latitude = {}
+        if self.fields_table is not None:
+            from .fields import FIELD_COLUMNS, galactic_latitude_deg
+
+            src = f"{self.source} (fields table)"
+            _require_columns(self.fields_table, FIELD_COLUMNS, src)
+            ra, dec = (np.asarray(self.fields_table[c], float) for c in ("ra_deg", "dec_deg"))
+            bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ConditionsError(f"{_where(src, row, 'dec_deg')}: position ({ra[row]!r}, {dec[row]!r}) is not a sky position")
+            self._latitude = {str(f): float(b) for f, b in zip(self.fields_table["field"], galactic_latitude_deg(ra, dec))}
 
     def fields(self) -> list:
         """Field identifiers that have at least one epoch in the science band."""
@@ -89,21 +102,30 @@ class Survey:
         sel = (ep["field"] == field_id) & (ep["filter"] == self.band) & (ep["seeing_arcsec"] <= seeing_limit_arcsec)
         return ep[sel]
 
+    def galactic_latitude_deg(self, field_id) -> float:
+        """Galactic latitude of a field's centre, NaN when the survey has no position for it."""
+        return self._latitude.get(str(field_id), math.nan)
+
     def write(self, directory: str | Path) -> None:
-        """Write `camera.ecsv` and `epochs.ecsv` (with units and the survey metadata) to `directory`."""
+        """Write `camera.ecsv`, `epochs.ecsv` (with units and the survey metadata) and, when the survey has
+        field positions, `fields.ecsv` to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cam = Table(self.camera, copy=True)
         cam.meta = {"survey": self.name, "band": self.band, "pixel_scale_arcsec": self.pixel_scale_arcsec, **self.meta}
         ep = Table(self.epochs, copy=True)
-        for table, fname in ((cam, "camera.ecsv"), (ep, "epochs.ecsv")):
+        tables = [(cam, "camera.ecsv"), (ep, "epochs.ecsv")]
+        if self.fields_table is not None:
+            tables.append((Table(self.fields_table, copy=True), "fields.ecsv"))
+        for table, fname in tables:
             tmp = directory / (fname + ".tmp")
             table.write(tmp, format="ascii.ecsv", overwrite=True)
             tmp.replace(directory / fname)
 
     @classmethod
     def read(cls, directory: str | Path) -> "Survey":
-        """Read a survey written by `write` (or by hand): `camera.ecsv` and `epochs.ecsv` in `directory`."""
+        """Read a survey written by `write` (or by hand): `camera.ecsv`, `epochs.ecsv` and optionally
+        `fields.ecsv` (field, ra_deg, dec_deg) in `directory`."""
         directory = Path(directory)
         cam_path, ep_path = directory / "camera.ecsv", directory / "epochs.ecsv"
         for p in (cam_path, ep_path):
@@ -116,8 +138,10 @@ class Survey:
             if key not in meta:
                 raise ConditionsError(f"{cam_path}: header metadata lacks '{key}'")
         name, band, scale = meta.pop("survey"), meta.pop("band"), float(meta.pop("pixel_scale_arcsec"))
+        fields_path = directory / "fields.ecsv"
+        fields_table = Table.read(fields_path, format="ascii.ecsv") if fields_path.exists() else None
         return cls(name=name, band=band, pixel_scale_arcsec=scale, camera=cam, epochs=ep, source=str(directory),
-                   meta=meta, camera_file=str(cam_path), epochs_file=str(ep_path))
+                   meta=meta, camera_file=str(cam_path), epochs_file=str(ep_path), fields_table=fields_table)
 
 
 def _annotate(table: Table, columns: dict[str, tuple[str, str]]) -> Table:
