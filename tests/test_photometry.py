@@ -39,7 +39,8 @@ def _measure(stamps, cond):
 
 
 def test_unbiased_and_calibrated_from_faint_to_bright(stars):
-    """Pulls (measured - true) / error: mean within 0.05, standard deviation 0.95-1.05, in every S/N range."""
+    """Pulls (measured - true) / error: mean within 3 standard errors (+0.02), standard deviation 0.95-1.05,
+    in every S/N range."""
     stamps, cond, true_flux = stars
     r = _measure(stamps, cond)
     pull = (r.flux_adu - true_flux) / r.flux_err_adu
@@ -47,7 +48,8 @@ def test_unbiased_and_calibrated_from_faint_to_bright(stars):
     for lo, hi in ((0, 20), (20, 100), (100, np.inf)):
         sel = (snr >= lo) & (snr < hi)
         assert sel.sum() > 300, (lo, hi, sel.sum())
-        assert abs(pull[sel].mean()) < 0.05, f"S/N {lo}-{hi}: mean pull {pull[sel].mean():.3f}"
+        bound = 0.02 + 3 / np.sqrt(sel.sum())
+        assert abs(pull[sel].mean()) < bound, f"S/N {lo}-{hi}: mean pull {pull[sel].mean():.3f} (bound {bound:.3f})"
         assert 0.95 < pull[sel].std() < 1.05, f"S/N {lo}-{hi}: pull std {pull[sel].std():.3f}"
 
 
@@ -62,7 +64,9 @@ def test_masked_pixels_are_left_out_not_averaged(stars):
     dirty[:, 7, 7] = np.nan
     r = _measure(dirty, {k: v[idx] for k, v in cond.items()})
     assert (r.n_masked == clean.n_masked + 3).all()
-    assert np.all(np.abs(r.flux_adu - clean.flux_adu) < 0.5 * clean.flux_err_adu)
+    # losing 3 wing pixels' information moves a flux by ~0.2 sigma; averaging a sentinel in would move it by 100s
+    z = np.abs(r.flux_adu - clean.flux_adu) / clean.flux_err_adu
+    assert z.max() < 1.0 and np.sqrt(np.mean(z ** 2)) < 0.35, (z.max(), np.sqrt(np.mean(z ** 2)))
 
 
 def test_saturated_core_is_masked():
