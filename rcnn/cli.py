@@ -39,10 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--freeze", choices=("none", "conv"), default="conv", help="freeze the convolutional stack")
     ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
     ft.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("baseline", help="random forest on aperture-photometry light-curve features (the bar to beat)")
+    b.add_argument("data", help="labelled dataset to train on (simulated, or real from `rcnn import-real`)")
+    b.add_argument("--test", help="dataset to test on (e.g. real; labels mapped as in evaluate)")
+    b.add_argument("--cv", type=int, help="stratified K-fold cross-validation on DATA instead (e.g. the real set)")
+    b.add_argument("--class-map", help="test label -> training class (default: the HiTS labels)")
+    b.add_argument("--max-epochs", type=int, default=20, help="epochs per object used (the RCNN's N_d cap)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True, help="report directory: metrics.json, confusion.png")
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
     r.add_argument("source", help="real stamps: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
                                    "directory of FITS files, one per object (rcnn/real.py: FITS layout)")
     r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
+    r.add_argument("--fields", help="field centres (table with field, ra_deg, dec_deg; default: the HiTS fields) "
+                                    "for the galactic-latitude context input")
+    r.add_argument("--context", help="host cross-match CSV (name, has_host, host_distance_arcsec) for the host "
+                                     "context inputs")
     r.add_argument("--out", required=True, help="output HDF5 dataset")
     return p
 
@@ -78,7 +90,7 @@ def main(argv=None) -> int:
 
 
 def _other(args) -> int:
-    """evaluate, classify, finetune, import-real."""
+    """evaluate, baseline, classify, finetune, import-real."""
     from .data import DatasetError
     from .evaluate import ClassMapError, evaluate, parse_class_map
     from .real import ImportError_, import_real
@@ -95,6 +107,15 @@ def _other(args) -> int:
                 print(f"{name}: step {e['step']} accuracy {e['accuracy']:.3f} balanced recall "
                       f"{e['balanced_recall']:.3f} | recall {recall}")
             print(f"report: {args.out}")
+        elif args.command == "baseline":
+            from .baseline import run_baseline
+
+            if args.test and args.cv:
+                raise ValueError("give at most one of --test and --cv")
+            r = run_baseline(args.data, args.out, args.test, args.cv, parse_class_map(args.class_map), args.seed,
+                             args.max_epochs)
+            print(f"random forest ({r['mode']}): balanced recall {r['balanced_recall']:.3f} | "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()))
         elif args.command == "classify":
             from .classify import classify
 
@@ -108,7 +129,7 @@ def _other(args) -> int:
                 print(f"{name}: held-out balanced recall {e['balanced_recall']:.3f} | "
                       + ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items()))
         else:
-            print(f"dataset: {import_real(args.source, args.out, args.camera)}")
+            print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
     except (DatasetError, RunError, ClassMapError, ImportError_, ValueError, OSError, KeyError) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
