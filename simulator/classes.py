@@ -54,13 +54,17 @@ def galaxy(rng, cond: ObjectConditions, cfg: SimConfig, models: dict):
 
 
 def asteroid(rng, cond: ObjectConditions, cfg: SimConfig, models: dict):
-    """A moving object seen at one epoch only, brighter than that epoch's 5-sigma limit, trailed.
+    """A moving object seen at one epoch only, brighter than that epoch's 5-sigma limit, trailed (None when
+    no epoch is deeper than the brightest star magnitude).
 
     Its apparent rate is log-normal around `asteroid_rate_deg_per_day` (main-belt asteroids near opposition
     move ~0.25 deg/day; Jedicke et al. 2002, Asteroids III, 71), so in an exposure of T seconds it trails
     rate x T: ~0.9" (3.3 px) in HiTS's 86 s. The direction is random.
     """
-    valid = np.flatnonzero(cond.mask)
+    # an epoch where a star can be brighter than the 5-sigma limit (clouded-out exposures reach ~15 mag)
+    valid = np.flatnonzero(cond.mask & (cond.limmag5 > cfg.star_mag_min + 0.5))
+    if not len(valid):
+        return None
     epoch = int(valid[rng.integers(len(valid))])
     m = _star_mag(rng, cond, cfg, mag_max=float(cond.limmag5[epoch]))
     rate = cfg.asteroid_rate_deg_per_day * 10 ** rng.normal(0.0, cfg.asteroid_rate_scatter_dex)

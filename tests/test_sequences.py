@@ -84,3 +84,23 @@ def test_supernova_hosts_sit_at_the_supernova_redshift():
     size_ratio = np.median([h["disk_hlr_px"] for h in near]) / np.median([h["disk_hlr_px"] for h in far])
     scale = Planck18.kpc_proper_per_arcmin(0.5) / Planck18.kpc_proper_per_arcmin(0.1)
     assert size_ratio == pytest.approx(float(scale), rel=0.15)
+
+
+def test_asteroid_avoids_clouded_out_epochs():
+    """An epoch whose 5-sigma limit (14.8) is brighter than any star cannot host the asteroid's detection."""
+    from simulator.classes import asteroid
+    from survey_params.sampling import ObjectConditions
+
+    def cond(limmag5):
+        n = len(limmag5)
+        return ObjectConditions(mjd=np.arange(n, dtype=float), exp_time_s=np.full(n, 86.0), seeing_arcsec=np.ones(n),
+                                airmass=np.ones(n), sky_adu=np.full(n, 100.0), zero_point=np.full(n, 25.0),
+                                limmag5=np.asarray(limmag5, float), mask=np.ones(n, bool), gain=4.0, read_noise=6.0,
+                                saturation=4e4, field="1", ccd=1)
+
+    cfg = SimConfig()
+    rng = np.random.default_rng(0)
+    assert asteroid(rng, cond([14.8, 14.8]), cfg, {}) is None
+    for _ in range(50):
+        mag, _ = asteroid(rng, cond([14.8, 23.5, 14.8]), cfg, {})
+        assert np.isfinite(mag).tolist() == [False, True, False] and mag[1] < 23.5
