@@ -17,12 +17,18 @@ reading a training batch touches few chunks and decompresses fast. Deflate, not 
 hash table uninitialised, so identical data could compress to different bytes. Explicit fill values make
 HDF5 initialise edge chunks. Together they make same inputs give byte-identical files. Files are written
 under a temporary name and renamed.
+
+Stamp chunks are compressed where they are made (`pack_chunks`, in the simulation workers: shuffle + zlib
+level 1, the same bytes HDF5's filters give) and written with `write_direct_chunk`; the merge copies whole
+chunks without decompressing them, and recompresses (with the same code) only chunks that straddle shards.
 """
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -47,7 +53,44 @@ def _filters(dtype) -> dict:
     return {"compression": "gzip", "compression_opts": 1, "shuffle": np.dtype(dtype).kind == "f"}
 
 
-def _create(group: h5py.File, name: str, data: np.ndarray, compress: bool = True) -> None:
+@dataclass
+class PackedChunks:
+    """An array stored as compressed HDF5 chunks of `rows` along axis 0 (the last one zero-padded)."""
+
+    shape: tuple
+    dtype: np.dtype
+    rows: int
+    chunks: list
+
+
+def _deflate_chunk(block: np.ndarray, rows: int) -> bytes:
+    """One chunk's bytes as HDF5's shuffle + deflate(1) filters store it; `block` zero-padded to `rows`."""
+    if len(block) < rows:
+        block = np.concatenate([block, np.zeros((rows - len(block),) + block.shape[1:], block.dtype)])
+    shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, block.dtype.itemsize).T
+    return zlib.compress(shuffled.tobytes(), 1)
+
+
+def pack_chunks(array: np.ndarray) -> PackedChunks:
+    """Compress a float array into the chunks `_create` would write (STAMP_CHUNK_OBJECTS rows each)."""
+    array = np.asarray(array)
+    rows = min(STAMP_CHUNK_OBJECTS, len(array))
+    return PackedChunks(array.shape, array.dtype, rows,
+                        [_deflate_chunk(array[i:i + rows], rows) for i in range(0, len(array), rows)])
+
+
+def _create_packed(group: h5py.File, name: str, data: PackedChunks) -> None:
+    ds = group.create_dataset(name, shape=data.shape, dtype=data.dtype, track_times=False,
+                              chunks=(data.rows,) + tuple(data.shape[1:]), fillvalue=np.zeros((), data.dtype),
+                              **_filters(data.dtype))
+    zeros = (0,) * (len(data.shape) - 1)
+    for k, chunk in enumerate(data.chunks):
+        ds.id.write_direct_chunk((k * data.rows,) + zeros, chunk)
+
+
+def _create(group: h5py.File, name: str, data, compress: bool = True) -> None:
+    if isinstance(data, PackedChunks):
+        return _create_packed(group, name, data)
     data = np.asarray(data)
     if data.dtype == object:  # fixed-width ASCII: no global heap, so identical inputs give identical bytes
         data = data.astype(str).astype(TEXT_DTYPE)
@@ -105,10 +148,12 @@ def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) ->
         keys: list[str] = []
         f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
         specs = {k: (f0[k].shape[1:], f0[k].dtype) for k in keys}
-    n = 0
+    bounds = [0]
     for p in shard_paths:
         with h5py.File(p, "r") as f:
-            n += f["label"].shape[0]
+            bounds.append(bounds[-1] + f["label"].shape[0])
+    n = bounds[-1]
+    keys = [k for k in keys if k != "stamps"]
     with _atomic_file(out, attrs, class_names) as g:
         chunk = min(STAMP_CHUNK_OBJECTS, n)
         for k in sorted(keys):
@@ -135,6 +180,37 @@ def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) ->
         if start < n:
             for k in keys:
                 g[k][start:n] = pending[k][0]
+        _merge_stamps(shard_paths, bounds, g, specs["stamps"], chunk)
+
+
+def _merge_stamps(shard_paths: list[Path], bounds: list[int], g: h5py.File, spec, chunk: int) -> None:
+    """Stamps chunk by chunk: copied compressed when a shard holds the same chunk, else rebuilt from rows."""
+    shape, dtype = spec
+    n = bounds[-1]
+    out = g.create_dataset("stamps", shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
+                           fillvalue=np.zeros((), dtype), **_filters(dtype))
+    zeros = (0,) * len(shape)
+    files = [h5py.File(p, "r") for p in shard_paths]
+    try:
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            s = int(np.searchsorted(bounds, lo, side="right")) - 1  # the shard holding row lo
+            a, b = bounds[s], bounds[s + 1]
+            src = files[s]["stamps"]
+            if src.chunks[0] == chunk and (lo - a) % chunk == 0 and hi <= b and (hi - lo == chunk or hi == b):
+                _, raw = src.id.read_direct_chunk((lo - a,) + zeros)
+            else:  # a chunk straddling shards: gather its rows, compress with the same code
+                parts, row = [], lo
+                while row < hi:
+                    s = int(np.searchsorted(bounds, row, side="right")) - 1
+                    top = min(hi, bounds[s + 1])
+                    parts.append(files[s]["stamps"][row - bounds[s]:top - bounds[s]])
+                    row = top
+                raw = _deflate_chunk(np.concatenate(parts), chunk)
+            out.id.write_direct_chunk((lo,) + zeros, raw)
+    finally:
+        for f in files:
+            f.close()
 
 
 def class_names(path: str | Path) -> list[str]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from survey_params.sampling import CONDITIONS_ENV
 
-from .dataset import FORMAT_VERSION, merge, package_version, write_arrays
+from .dataset import FORMAT_VERSION, merge, pack_chunks, package_version, write_arrays
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .templates import TEMPLATES_ENV
@@ -41,6 +41,13 @@ def _root_attrs(cfg: SimConfig) -> dict:
             "pixel_scale_arcsec": pixel_scale_arcsec(cfg)}
 
 
+def simulate_packed(cfg_json: str, start: int, stop: int) -> dict:
+    """`simulate_shard` with the stamps compressed into HDF5 chunks where they are made (in the worker)."""
+    arrays = simulate_shard(cfg_json, start, stop)
+    arrays["stamps"] = pack_chunks(arrays["stamps"])
+    return arrays
+
+
 def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
     """Yield ((start, stop), arrays) for every pending shard, in completion order."""
     cfg_json = cfg.content_json()
@@ -49,17 +56,17 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
         from distributed import as_completed as dask_completed
 
         with Client(cfg.scheduler) as client:
-            futures = {client.submit(simulate_shard, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
+            futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
             for fut in dask_completed(futures):
                 yield futures[fut], fut.result()
     elif cfg.workers > 1 and len(pending) > 1:
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(simulate_shard, cfg_json, a, b): (a, b) for a, b in pending}
+            futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
     else:
         for a, b in pending:
-            yield (a, b), simulate_shard(cfg_json, a, b)
+            yield (a, b), simulate_packed(cfg_json, a, b)
 
 
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
