@@ -11,7 +11,7 @@ compares per-object statistics class by class.
 Photometry, per stamp (`photometry`): sky = sigma-clipped median of the outer 3-pixel ring (pixels < 0
 or > 1e6, e.g. -9999 sentinels, masked) after subtracting the current source model; flux = optimal
 PSF-weighted flux at the stamp centre (Naylor 1998) with a circular Moffat PSF of the renderer's
-calibration (beta 4.2, FWHM = 0.81 x logged seeing); pixel variance (sky + source)/gain + (read
+calibration (beta 4.2, FWHM = 0.931 x logged seeing - 0.159"); pixel variance (sky + source)/gain + (read
 noise/gain)^2; three passes. Fluxes are put on one scale, m = 25 - 2.5 log10(f), with eq. 1
 (m = zp - 2.5 log10(ADU/t)).
 
@@ -49,7 +49,7 @@ import numpy as np
 from scipy.stats import ks_2samp
 
 from simulator.run import simulate
-from simulator.settings import SimConfig
+from simulator.settings import SimConfig, psf_fwhm_arcsec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIXEL_SCALE_ARCSEC = 0.27
@@ -96,7 +96,8 @@ def photometry(stamps, seeing_arcsec, zero_point, exp_time_s, gain, read_noise_e
     st = np.asarray(stamps, dtype=np.float64)
     valid = (st > BAD_LOW) & (st < BAD_HIGH)
     cfg = SimConfig()
-    fwhm_px = cfg.psf_fwhm_per_seeing * np.asarray(seeing_arcsec, float) / PIXEL_SCALE_ARCSEC
+    fwhm_px = psf_fwhm_arcsec(np.asarray(seeing_arcsec, float), cfg.psf_fwhm_per_seeing,
+                              cfg.psf_fwhm_offset_arcsec) / PIXEL_SCALE_ARCSEC
     psf = moffat_psf(fwhm_px, cfg.moffat_beta, st.shape[-1]) * valid
     g = np.broadcast_to(np.asarray(gain, float), st.shape[:1])[:, None, None]
     rn2 = (np.broadcast_to(np.asarray(read_noise_e, float), st.shape[:1])[:, None, None] / g) ** 2

@@ -51,6 +51,7 @@ CENTRE_HALF_WIDTH_PX = 2       # the source peak is searched within +-2 px of th
 MAX_ADU = 30000.0              # stamps with a pixel above this are not fitted (DECam saturates at 34-51k ADU)
 SHARED_ENV = "STAMPSEQ_SHARED"
 NV_CLASS = "NV"
+STAR_CLASSES = ("NV", "RRLyrae", "EB")  # point sources of real_dev.npz, for the PSF-width relation
 MAD_TO_SIGMA = 1.4826
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -249,6 +250,7 @@ def simulate_nonvariables(conditions_dir, n_per_class: int, seed: int, out_h5) -
         for k in ("seeing_arcsec", "sky_adu", "gain", "read_noise"):
             out[k] = f[f"conditions/{k}"][:][m].astype(float)
         out["mag"] = f["truth/mag"][:][m].astype(float)
+        out["true_fwhm_arcsec"] = f["truth/psf_fwhm_arcsec"][:][m].astype(float)
     out["seeing_limit_arcsec"] = cfg.seeing_limit_arcsec
     return out
 
@@ -264,8 +266,20 @@ def compare(data_dir, n_per_class: int = 200, seed: int = 0, workdir=None) -> di
     mr, ms = measure_stamps(real["stamps"]), measure_stamps(sim["stamps"])
     rr = ratios(mr, real["sky_adu"], real["seeing_arcsec"], gain, rn)
     rs = ratios(ms, sim["sky_adu"], sim["seeing_arcsec"], sim["gain"], sim["read_noise"])
+    # the PSF-width relation of the real stars of every class (the simulator's calibration), and how well the
+    # fit measures a known width on simulated stamps (its own scatter, to subtract from the real scatter)
+    stars = [load_real(cond / "real_dev.npz", c, sim["seeing_limit_arcsec"]) for c in STAR_CLASSES]
+    seeing = np.concatenate([x["seeing_arcsec"] for x in stars])
+    fwhm = np.concatenate([measure_stamps(x["stamps"])["fwhm_arcsec"] for x in stars])
+    ok = np.isfinite(fwhm)
+    slope, offset = np.polyfit(seeing[ok], fwhm[ok], 1)
+    fit_scatter = robust_std(np.log(ms["fwhm_arcsec"] / sim["true_fwhm_arcsec"])[ms["fitted"]])
+    relation = {"n": int(ok.sum()), "slope": float(slope), "offset_arcsec": float(offset),
+                "scatter": float(robust_std(np.log(fwhm[ok] / (slope * seeing[ok] + offset)))),
+                "fit_scatter": float(fit_scatter)}
     return {"real": real, "sim": sim, "meas_real": mr, "meas_sim": ms, "ratio_real": rr, "ratio_sim": rs,
-            "sum_real": summary(rr, mr), "sum_sim": summary(rs, ms), "real_gain": gain, "real_read_noise": rn}
+            "sum_real": summary(rr, mr), "sum_sim": summary(rs, ms), "real_gain": gain, "real_read_noise": rn,
+            "psf_relation": relation}
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -336,14 +350,16 @@ def plot(res: dict, path) -> None:
 
 
 def figure_line(res: dict, seconds: float) -> str:
-    r, s = res["sum_real"], res["sum_sim"]
+    r, s, p = res["sum_real"], res["sum_sim"], res["psf_relation"]
     return (f"compare_real: frames real {r['n']} (fitted {r['n_fit']}) sim {s['n']} (fitted {s['n_fit']}) | "
             f"median sky/logged real {r['sky']:.3f} sim {s['sky']:.3f} | "
             f"noise/expected real {r['noise']:.3f} sim {s['noise']:.3f} "
             f"(source-subtracted real {r['noise_clean']:.3f} sim {s['noise_clean']:.3f}) | "
             f"FWHM/seeing Moffat real {r['fwhm']:.3f} sim {s['fwhm']:.3f} "
             f"(Gaussian real {r['fwhm_gauss']:.3f} sim {s['fwhm_gauss']:.3f}; "
-            f"beta real {r['beta']:.2f} sim {s['beta']:.2f}) | {seconds:.1f} s")
+            f"beta real {r['beta']:.2f} sim {s['beta']:.2f}) | real PSF relation ({p['n']} star frames) FWHM = "
+            f"{p['slope']:.3f} seeing {p['offset_arcsec']:+.3f}\", scatter {p['scatter']:.3f} "
+            f"(fit alone {p['fit_scatter']:.3f}) | {seconds:.1f} s")
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,8 @@ Adds a `photometry/` group, arrays (N, T), NaN at padded epochs:
 - `dx_px`, `dy_px` (fitted position, 0 where forced), `sky_adu` (used), `fwhm_px` (used), `n_masked`;
 - `first_detection` (N,) int16: first epoch with flux > 5 sigma (-1: none), the real-data alert rule.
 Attributes record the options. The PSF is the dataset's own (`config`: psf, moffat_beta,
-psf_fwhm_per_seeing; root attribute `pixel_scale_arcsec`).
+psf_fwhm_per_seeing, psf_fwhm_offset_arcsec: the FWHM expected from the logged seeing; root attribute
+`pixel_scale_arcsec`). Per-epoch PSF jitter is unknown to an observer: `--fwhm fit` measures it.
 
 The work happens on a copy (`DATASET.h5.photometry-tmp`) that is renamed over the dataset at the end;
 an interrupted run resumes from the last finished batch of the copy.
@@ -22,6 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
+
+from simulator.settings import psf_fwhm_arcsec
 
 from .optimal import OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
 
@@ -43,7 +46,8 @@ def _psf_options(f: h5py.File, path: Path) -> dict:
 
         scale = make_sampler(cfg["survey"], cfg.get("conditions"), cfg["seeing_limit_arcsec"]).pixel_scale_arcsec
     return {"psf": cfg.get("psf", "moffat"), "moffat_beta": float(cfg.get("moffat_beta", 4.2)),
-            "fwhm_per_seeing": float(cfg.get("psf_fwhm_per_seeing", 1.0)), "pixel_scale_arcsec": float(scale),
+            "fwhm_per_seeing": float(cfg.get("psf_fwhm_per_seeing", 1.0)),
+            "fwhm_offset_arcsec": float(cfg.get("psf_fwhm_offset_arcsec", 0.0)), "pixel_scale_arcsec": float(scale),
             "stamp_size": int(cfg.get("stamp_size", 21))}
 
 
@@ -94,7 +98,8 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
             stamps = f["stamps"][start:stop][m]
             cond = {k: f[f"conditions/{k}"][start:stop][m] for k in
                     ("seeing_arcsec", "sky_adu", "gain", "read_noise", "saturation")}
-            fwhm_px = cond["seeing_arcsec"] * opts["fwhm_per_seeing"] / opts["pixel_scale_arcsec"]
+            fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"], opts["fwhm_per_seeing"],
+                                      opts["fwhm_offset_arcsec"]) / opts["pixel_scale_arcsec"]
             sky_adu = cond["sky_adu"] if sky == "log" else None
             if fwhm == "fit":
                 fwhm_px = fit_fwhm(op, stamps, fwhm_px, cond["gain"], cond["read_noise"], sky_adu, cond["saturation"])

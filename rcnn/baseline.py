@@ -3,7 +3,8 @@
 Issue 6's second bar: a plain random forest trained on a few real labelled HiTS objects reaches about 0.9
 balanced recall on real data, so a simulation-trained RCNN that does not beat it has not earned its keep.
 Per object, on its first `max_epochs` valid epochs (the RCNN's N_d cap):
-- photometry: photutils' exact circular-aperture weights (radius `aperture_fwhm` x the epoch's PSF FWHM)
+- photometry: photutils' exact circular-aperture weights (radius `aperture_fwhm` x the PSF FWHM expected
+  from the epoch's logged seeing, `simulator.settings.psf_fwhm_arcsec`)
   on the sky-subtracted stamp, masked pixels (saturated, sentinels) set to the sky, error from sky, source,
   gain and read noise; fluxes scaled to the first epoch's zero point (eq. 4);
 - features (`FEATURES`): brightness, amplitude and spread of asinh magnitudes (Lupton et al. 1999), skew,
@@ -24,6 +25,7 @@ import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
 from simulator.dataset import class_names
+from simulator.settings import psf_fwhm_arcsec
 
 from . import metrics as M
 from .data import DatasetError
@@ -36,8 +38,7 @@ FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtos
 PERIOD_RANGE_D = (0.05, 10.0)
 
 
-def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm: float = 1.0,
-                          fwhm_per_seeing: float = 0.81) -> dict:
+def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm: float = 1.0) -> dict:
     """Aperture photometry of every valid epoch (first `max_epochs`) of a dataset: flux/err (eq. 4 scaled)."""
     if not Path(path).exists():
         raise DatasetError(f"{path}: dataset not found")
@@ -59,7 +60,7 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
     n = len(mask)
     flux, err = np.full(mask.shape, np.nan), np.full(mask.shape, np.nan)
     i, j = np.nonzero(mask)
-    fwhm_px = cond["seeing_arcsec"][i, j] * fwhm_per_seeing / scale
+    fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"][i, j]) / scale  # the HiTS relation, for real and simulated
     flux[i, j], err[i, j] = aperture_flux(stamps[i, j], cond["sky_adu"][i, j], aperture_fwhm * fwhm_px,
                                           cond["gain"][i, j], cond["read_noise"][i, j], cond["saturation"][i, j])
     zs = zero_point_scaling(cond["zero_point"], mask)

@@ -19,7 +19,7 @@ from .flux import mag_to_adu
 from .hosts import draw_host
 from .noise import add_ccd_noise
 from .render import HostParams, Renderer, StampParams
-from .settings import SimConfig
+from .settings import SimConfig, psf_fwhm_arcsec
 from .templates import resolve_templates
 
 HOST_FIELDS = ("dx_px", "dy_px", "disk_hlr_px", "bulge_hlr_px", "bulge_frac", "disk_g1", "disk_g2",
@@ -126,6 +126,9 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         psf_g1, psf_g2 = (rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else np.zeros((2, T)))
         rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))
         zp_error = rng.normal(0.0, cfg.zero_point_error_mag, T) if cfg.zero_point_error_mag > 0 else np.zeros(T)
+        fwhm_arcsec = psf_fwhm_arcsec(cond.seeing_arcsec, cfg.psf_fwhm_per_seeing, cfg.psf_fwhm_offset_arcsec)
+        if cfg.psf_fwhm_scatter > 0:
+            fwhm_arcsec = fwhm_arcsec * np.exp(rng.normal(0.0, cfg.psf_fwhm_scatter, T))
         valid = np.flatnonzero(cond.mask)
         zp_true = cond.zero_point[valid] + zp_error[valid]
         trail_px = np.where(np.isfinite(mag[valid]), truth.get("trail_arcsec", 0.0) / scale, 0.0)
@@ -135,12 +138,12 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
             host_rows.append(host)
         stamp_parts.append(StampParams(
             flux_adu=np.nan_to_num(mag_to_adu(mag[valid], zp_true, cond.exp_time_s[valid])),
-            dx_px=dx[valid], dy_px=dy[valid], fwhm_px=cond.seeing_arcsec[valid] * cfg.psf_fwhm_per_seeing / scale,
+            dx_px=dx[valid], dy_px=dy[valid], fwhm_px=fwhm_arcsec[valid] / scale,
             psf_g1=psf_g1[valid], psf_g2=psf_g2[valid], host_index=np.full(len(valid), host_index),
             host_flux_adu=(mag_to_adu(host["mag"], zp_true, cond.exp_time_s[valid])
                            if host is not None else np.zeros(len(valid))),
             trail_px=trail_px, trail_angle_rad=np.full(len(valid), truth.get("trail_angle_rad", 0.0))))
-        draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error))
+        draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec))
     hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
     noiseless = renderer.render(StampParams.concatenate(stamp_parts), hosts)
 
@@ -160,6 +163,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         "truth/dx_px": np.full((n, T), np.nan, np.float32),
         "truth/dy_px": np.full((n, T), np.nan, np.float32),
         "truth/zero_point_error_mag": np.full((n, T), np.nan, np.float32),
+        "truth/psf_fwhm_arcsec": np.full((n, T), np.nan, np.float32),
         "truth/rotation": np.zeros(n, np.uint8),
         "truth/mirror": np.zeros(n, bool),
         "truth/alert_epoch": np.full(n, -1, np.int16),
@@ -181,7 +185,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out[f"truth/host/{k}"] = np.full(n, np.nan, np.float32)
 
     offset = 0
-    for o, (rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error) in enumerate(draws):
+    for o, (rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec) in enumerate(draws):
         nv = len(valid)
         clean = np.zeros((T, S, S), np.float32)
         clean[valid] = noiseless[offset:offset + nv]
@@ -201,6 +205,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
         out["truth/dx_px"][o, valid] = dx[valid]
         out["truth/dy_px"][o, valid] = dy[valid]
         out["truth/zero_point_error_mag"][o, valid] = zp_error[valid]
+        out["truth/psf_fwhm_arcsec"][o, valid] = fwhm_arcsec[valid]
         out["truth/rotation"][o] = rotation
         out["context/galactic_latitude_deg"][o] = cond.galactic_latitude_deg
         out["truth/mirror"][o] = mirror

@@ -10,7 +10,7 @@ import pytest
 
 from rcnn.baseline import FEATURES, aperture_light_curves, light_curve_features, run_baseline
 from simulator.run import simulate
-from simulator.settings import SimConfig
+from simulator.settings import SimConfig, psf_fwhm_arcsec
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_aperture_photometry_matches_photutils(sim4):
     with h5py.File(sim4, "r") as f:
         for k, t in ((0, 0), (3, 4), (7, 2)):
             img = f["stamps"][k, t] - f["conditions/sky_adu"][k, t]
-            r = np.round(f["conditions/seeing_arcsec"][k, t] * 0.81 / 0.27, 1)
+            r = np.round(psf_fwhm_arcsec(f["conditions/seeing_arcsec"][k, t]) / 0.27, 1)
             ref = aperture_photometry(img, CircularAperture((10, 10), r), method="exact")["aperture_sum"][0]
             zs = 10 ** ((f["conditions/zero_point"][k, 0] - f["conditions/zero_point"][k, t]) / 2.5)
             assert lc["flux"][k, t] == pytest.approx(ref * zs, rel=1e-5, abs=1e-3)

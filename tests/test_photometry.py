@@ -27,6 +27,7 @@ def stars(tmp_path_factory):
         m = f["mask"][()]
         cond = {k: f[f"conditions/{k}"][()][m] for k in ("seeing_arcsec", "sky_adu", "zero_point", "exp_time_s",
                                                           "gain", "read_noise", "saturation")}
+        cond["fwhm_px"] = f["truth/psf_fwhm_arcsec"][()][m] / 0.27  # the rendered PSF: photometry given the truth
         zp_true = cond["zero_point"] + f["truth/zero_point_error_mag"][()][m]
         true_flux = mag_to_adu(f["truth/mag"][()][m], zp_true, cond["exp_time_s"])
         stamps = f["stamps"][()][m]
@@ -34,7 +35,7 @@ def stars(tmp_path_factory):
 
 
 def _measure(stamps, cond):
-    return OptimalPhotometry().measure(stamps, cond["seeing_arcsec"] * 0.81 / 0.27, cond["gain"], cond["read_noise"],
+    return OptimalPhotometry().measure(stamps, cond["fwhm_px"], cond["gain"], cond["read_noise"],
                                        cond["sky_adu"], cond["saturation"])
 
 
@@ -90,7 +91,7 @@ def test_cross_check_with_photutils(stars):
     stamps, cond, true_flux = stars
     idx = np.flatnonzero(true_flux / np.sqrt(true_flux / GAIN + 441 * SKY / GAIN) > 30)[:40]
     c = {k: v[idx] for k, v in cond.items()}
-    fwhm = c["seeing_arcsec"] * 0.81 / 0.27
+    fwhm = c["fwhm_px"]
     ours = _measure(stamps[idx], c)
     renderer = Renderer(stamp_size=21, moffat_beta=4.2)  # the simulator's PSF
     ratio_psf, ratio_ap, snr_ap = [], [], []

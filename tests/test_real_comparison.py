@@ -10,11 +10,11 @@ sky/logged 0.999 / 1.006; noise/expected on the raw border 1.094 / 1.02, after s
 star 1.025 / 0.994-1.002; FWHM/logged seeing 0.811 / 1.016. They fail if the gain were not applied
 (noise ratio ~2) or the PSF were twice too wide (FWHM ratio ~2).
 
-Known discrepancy: real PSFs are ~20% narrower than the logged seeing (FWHM/seeing 0.81, every one of the
-10 objects between 0.76 and 0.88, and steeper wings, Moffat beta ~4.2 vs the simulator's 2.5), while the
-simulator rendered the logged seeing as the FWHM. The simulator's defaults are now calibrated on these
-measurements (`psf_fwhm_per_seeing` = 0.81, `moffat_beta` = 4.2) and `test_fwhm_real_vs_sim` checks that
-real and simulated PSFs agree.
+Known discrepancy, now calibrated: real PSFs are ~20% narrower than the logged seeing (FWHM/seeing 0.81)
+with steeper wings (Moffat beta ~4.2), the narrowing growing with the seeing: FWHM = 0.931 seeing - 0.159"
+over the 665 frames of the 30 real stars, each frame scattering 4.3% about it. The simulator's defaults
+(`psf_fwhm_per_seeing`, `psf_fwhm_offset_arcsec`, `psf_fwhm_scatter`, `moffat_beta`) are these numbers, and
+`test_psf_calibration_is_what_the_real_stars_give` checks them against the script.
 """
 from __future__ import annotations
 
@@ -94,12 +94,24 @@ def test_noise_real_vs_sim(result):
 
 
 def test_sim_fwhm_follows_the_calibrated_psf(result):
-    """The simulator renders FWHM = psf_fwhm_per_seeing x logged seeing with the configured Moffat beta."""
+    """Fitted simulated FWHMs are the rendered ones (truth/psf_fwhm_arcsec), with the configured Moffat beta."""
     from simulator.settings import SimConfig
 
-    cfg = SimConfig()
-    assert abs(result["sum_sim"]["fwhm"] / cfg.psf_fwhm_per_seeing - 1.0) < 0.05
-    assert result["sum_sim"]["beta"] == pytest.approx(cfg.moffat_beta, rel=0.15)
+    ms, sim = result["meas_sim"], result["sim"]
+    ok = ms["fitted"]
+    assert np.median(ms["fwhm_arcsec"][ok] / sim["true_fwhm_arcsec"][ok]) == pytest.approx(1.0, abs=0.03)
+    assert result["sum_sim"]["beta"] == pytest.approx(SimConfig().moffat_beta, rel=0.15)
+
+
+def test_psf_calibration_is_what_the_real_stars_give(result):
+    """The simulator's PSF relation and per-epoch jitter are those fitted to the real stars (settings.py)."""
+    from simulator.settings import SimConfig
+
+    cfg, rel = SimConfig(), result["psf_relation"]
+    assert rel["n"] >= 600
+    assert rel["slope"] == pytest.approx(cfg.psf_fwhm_per_seeing, abs=0.03)
+    assert rel["offset_arcsec"] == pytest.approx(cfg.psf_fwhm_offset_arcsec, abs=0.04)
+    assert np.sqrt(rel["scatter"] ** 2 - rel["fit_scatter"] ** 2) == pytest.approx(cfg.psf_fwhm_scatter, abs=0.01)
 
 
 def test_real_fwhm_tracks_logged_seeing(result):
