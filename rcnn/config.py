@@ -54,6 +54,10 @@ class TrainConfig:
     loss: str = "ce"                 # ce | weighted_ce (RAPID, GOTO) | focal | weighted_focal (GOTO)
     focal_gamma: float = 2.0
     augment: bool = True             # random 90-degree rotation and mirroring per sequence
+    # and, when > 0, each training sequence's fluxes scaled by 10^(-0.4 d), d ~ U(-this, this) mag: real
+    # labelled sets are brighter than a survey's magnitude laws (HiTS: 2-4 mag), so brightness alone must not
+    # tell the class
+    augment_brightness_mag: float = 0.0
     # Inputs (eq. 4 scaled ADU) are divided by flux_scale_adu, then (asinh) compressed: raw star fluxes span
     # 4 decades, so per-batch BN statistics would follow the brightest object of each batch and running
     # averages would not match them at evaluation. asinh is linear for sky noise and logarithmic for stars.
@@ -80,7 +84,8 @@ class TrainConfig:
                   (self.output in ("last", "add") and self.fusion in ("early", "late"), "output: last|add, fusion: early|late"),
                   (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0"),
                   (not (self.context and self.model == "dmdt"), "context inputs are for the rcnn and lc models"),
-                  (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0")]
+                  (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0"),
+                  (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{message}; got {dataclasses.asdict(self)}")

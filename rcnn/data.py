@@ -83,8 +83,9 @@ class SequenceData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == SPLITS[split])
 
-    def read(self, idx: np.ndarray) -> dict:
-        """Model inputs for objects `idx` (any order), validated: images or light curves, dt, masks, labels."""
+    def read(self, idx: np.ndarray, flux_factor: np.ndarray | None = None) -> dict:
+        """Model inputs for objects `idx` (any order), validated: images or light curves, dt, masks, labels;
+        `flux_factor` (len(idx),) rescales each sequence's fluxes (brightness augmentation)."""
         idx = np.asarray(idx)
         order = np.argsort(idx)
         sorted_idx = idx[order]
@@ -105,7 +106,7 @@ class SequenceData:
         try:
             out = prepare_inputs(self.cfg, raw["mask"], raw["mjd"], raw["conditions/sky_adu"],
                                  raw["conditions/zero_point"], raw.get("stamps"), raw.get("photometry/lc_flux"),
-                                 raw.get("photometry/lc_flux_err"))
+                                 raw.get("photometry/lc_flux_err"), flux_factor)
         except NonFinite as exc:
             raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
                                f"{exc.epoch} (or its sky / zero point is not)") from None
@@ -192,12 +193,18 @@ def _check_finite(values: np.ndarray, mask: np.ndarray, name: str) -> None:
         raise NonFinite(name, row, epoch)
 
 
-def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None) -> dict:
+def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
+                   flux_factor=None) -> dict:
     """Model inputs from raw arrays (N, T[, S, S]) of the first `max_steps` epochs: eq. 4 scaling (zp_ref the
-    first epoch), `_transform`, time differences from the first image, zeros at padded epochs."""
+    first epoch), `_transform`, time differences from the first image, zeros at padded epochs.
+    `flux_factor` (N,) multiplies each sequence's sky-subtracted fluxes (brightness augmentation)."""
     mask = np.asarray(mask, dtype=bool)
     zp = np.asarray(zero_point, dtype=np.float64)
     scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0)  # eq. 4
+    lc_factor = 1.0
+    if flux_factor is not None:
+        scale = scale * np.asarray(flux_factor, np.float64)[:, None]
+        lc_factor = np.asarray(flux_factor, np.float64)[:, None]
     mjd = np.asarray(mjd, dtype=np.float64)
     out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
     if stamps is not None:
@@ -210,11 +217,12 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     if lc_flux is not None and cfg.model == "dmdt":
         from .dmdt import asinh_mag, dmdt_images
 
-        flux, err = np.asarray(lc_flux, dtype=np.float64), np.asarray(lc_flux_err, dtype=np.float64)
+        flux, err = np.asarray(lc_flux, dtype=np.float64) * lc_factor, np.asarray(lc_flux_err, dtype=np.float64) * lc_factor
         _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
         out["dmdt"] = dmdt_images(np.where(mask, asinh_mag(flux, err), np.nan), mjd, mask, cfg.n_w)
     elif lc_flux is not None:
-        flux, err = _transform(cfg, np.asarray(lc_flux)), _transform(cfg, np.asarray(lc_flux_err))
+        flux = _transform(cfg, np.asarray(lc_flux, np.float64) * lc_factor)
+        err = _transform(cfg, np.asarray(lc_flux_err, np.float64) * lc_factor)
         _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
         out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
         out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)
@@ -246,7 +254,11 @@ def augment(batch: dict, rng: np.random.Generator) -> dict:
 def train_batch(data: SequenceData, cfg: TrainConfig, step: int) -> dict:
     """The training batch of `step`: a pure function of (seed, step)."""
     rng = np.random.default_rng([cfg.seed, step])
-    batch = data.read(data.sample(rng, "train", cfg.batch_size))
+    idx = data.sample(rng, "train", cfg.batch_size)
+    factor = None
+    if cfg.augment and cfg.augment_brightness_mag > 0:  # brightness must not tell the class: real sets differ
+        factor = 10 ** (-0.4 * rng.uniform(-cfg.augment_brightness_mag, cfg.augment_brightness_mag, len(idx)))
+    batch = data.read(idx, factor)
     return augment(batch, rng) if cfg.augment else batch
 
 

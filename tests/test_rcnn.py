@@ -257,3 +257,27 @@ def test_goto_context_inputs(dataset, tmp_path):
     assert not np.allclose(model.apply(v, *args, ctx0)[0], model.apply(v, *args, ctx1)[0])
     result = train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, context=True, **TINY), progress=False)
     assert np.isfinite(result["val_loss"])
+
+
+def test_brightness_augmentation(dataset):
+    """Each training sequence's sky-subtracted fluxes (images and light curves) scale by its own factor,
+    reproducibly per (seed, step); off by default."""
+    from rcnn.data import _transform, train_batch
+
+    for model in ("rcnn", "lc"):
+        cfg = TrainConfig(model=model, augment=False, **TINY)
+        data = SequenceData(dataset, cfg)
+        idx = np.arange(4)
+        base, scaled = data.read(idx), data.read(idx, np.array([1.0, 10.0, 0.1, 2.0]))
+        key = "images" if model == "rcnn" else "flux"
+        raw = np.sinh(base[key]) * cfg.flux_scale_adu  # undo the asinh transform
+        expect = _transform(cfg, raw * np.array([1.0, 10.0, 0.1, 2.0]).reshape((4,) + (1,) * (raw.ndim - 1)))
+        np.testing.assert_allclose(scaled[key], expect, rtol=1e-4, atol=1e-4)
+    cfg = TrainConfig(augment_brightness_mag=2.0, **TINY)
+    data = SequenceData(dataset, cfg)
+    a, b = train_batch(data, cfg, 3), train_batch(data, cfg, 3)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    plain = train_batch(data, TrainConfig(**TINY), 3)
+    assert not np.allclose(np.abs(a["images"]).sum((1, 2, 3)), np.abs(plain["images"]).sum((1, 2, 3)))
+    with pytest.raises(ValueError, match="augment_brightness_mag must be >= 0"):
+        TrainConfig(augment_brightness_mag=-1)
