@@ -19,7 +19,7 @@ import numpy as np
 from survey_params import ObjectConditions
 
 from . import supernova
-from .magnitudes import exp_erf_quantile
+from .magnitudes import exp_erf_sample
 from .settings import SimConfig
 
 #: Per-object float truth stored under `truth/` (NaN where a class has no such quantity).
@@ -39,7 +39,7 @@ def _star_mag(rng: np.random.Generator, cond: ObjectConditions, cfg: SimConfig, 
     upper = depth if mag_max is None else min(depth, mag_max)
     upper = max(upper, cfg.star_mag_min + 0.5)
     cut = cfg.star_mag_cut if m_cut is None else m_cut
-    return float(exp_erf_quantile(rng.random(), cfg.star_count_slope_dex, cut, cfg.star_mag_min, upper))
+    return exp_erf_sample(rng.random(), cfg.star_count_slope_dex, cut, cfg.star_mag_min, upper)
 
 
 def nonvariable(rng, cond: ObjectConditions, cfg: SimConfig, models: dict):

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .magnitudes import exp_erf_quantile
+from .magnitudes import exp_erf_sample
 from .settings import SimConfig
 
 EXP_HLR_OVER_SCALE = 1.6783469900166605  # half-light radius / scale length of an exponential disk
@@ -48,8 +48,8 @@ def draw_host(rng: np.random.Generator, cfg: SimConfig, pixel_scale_arcsec: floa
     at the angular size the cosmology gives. No K-correction: hosts are sketched at g-band rest luminosity.
     """
     if redshift is None:
-        mag = float(exp_erf_quantile(rng.random(), cfg.host_count_slope_dex, cfg.host_mag_cut,
-                                     cfg.host_mag_min, cfg.host_mag_max))
+        mag = exp_erf_sample(rng.random(), cfg.host_count_slope_dex, cfg.host_mag_cut, cfg.host_mag_min,
+                             cfg.host_mag_max)
         log_hlr = (np.log10(cfg.host_disk_hlr_arcsec_at_g20) + cfg.host_size_mag_slope_dex * (mag - 20.0)
                    + cfg.host_size_scatter_dex * rng.standard_normal())
     else:

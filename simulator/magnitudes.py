@@ -2,12 +2,17 @@
 
 p(m) ~ 10^(slope m) * f(m), f(m) = (1 - erf(m - m_cut)) / 2, on [m_min, m_max] (Carrasco-Davis et al.
 2019, section 2.2: f = 0.5 at m_cut; their printed "1 - erf(m - m_cut)/2" would never fall below 0.5).
-Sampled by inverting the tabulated CDF, so one uniform draw gives one magnitude.
+Sampled by inverting the tabulated CDF, so one uniform draw gives one magnitude. `exp_erf_sample` keeps
+one table per law (0.002 mag steps out to 35) and only interpolates per draw: the simulator's hot path.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.special import erf
+
+_STEP_MAG, _FAINTEST_MAG = 0.002, 35.0
 
 
 def exp_erf_quantile(u, slope_dex: float, m_cut: float, m_min, m_max, n_grid: int = 2001):
@@ -25,3 +30,20 @@ def exp_erf_quantile(u, slope_dex: float, m_cut: float, m_min, m_max, n_grid: in
     if grid.ndim == 1:
         return np.interp(u, cdf, grid)
     return np.array([np.interp(ui, ci, gi) for ui, ci, gi in zip(np.broadcast_to(u, grid.shape[:-1]), cdf, grid)])
+
+
+@lru_cache(maxsize=32)
+def _law_table(slope_dex: float, m_cut: float, m_min: float) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.arange(m_min, _FAINTEST_MAG + _STEP_MAG, _STEP_MAG)
+    pdf = 10.0 ** (slope_dex * (grid - m_cut)) * 0.5 * (1.0 - erf(grid - m_cut))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * _STEP_MAG)])
+    return grid, cdf
+
+
+def exp_erf_sample(u: float, slope_dex: float, m_cut: float, m_min: float, m_max: float) -> float:
+    """One magnitude at cumulative probability `u` of the law on [m_min, m_max] (m_max <= 35), from a cached
+    table of the law's CDF from m_min: the same distribution as `exp_erf_quantile`, a few microseconds."""
+    if not m_min < m_max <= _FAINTEST_MAG:
+        raise ValueError(f"magnitude range must satisfy m_min < m_max <= {_FAINTEST_MAG}: [{m_min}, {m_max}]")
+    grid, cdf = _law_table(float(slope_dex), float(m_cut), float(m_min))
+    return float(np.interp(u * np.interp(m_max, grid, cdf), cdf, grid))

@@ -48,6 +48,7 @@ SN2_ABS_MAG_R_VEGA = {"IIP": (-15.66, 1.23), "IIL": (-17.44, 0.64)}  # Li et al.
 #: Embedded SN II library: how many analytic templates of each subtype (IIL ~ 15% of IIP+IIL, Li et al. 2011).
 ANALYTIC_SN2 = {"IIP": 14, "IIL": 2}
 
+BATCH = 64  # supernova candidates drawn at once (most are too faint to see)
 TRUTH_KEYS = ("redshift", "stretch", "flux_scale", "av_mag", "abs_mag", "explosion_mjd", "salt2_x1", "salt2_c")
 
 
@@ -216,10 +217,14 @@ class SupernovaModel:
         for t in self.templates:
             z_cap = min(3.0, g_blue / t.model.source.minwave() - 1.001)  # the g band must stay inside the template
             t.z_grid = np.linspace(Z_MIN, z_cap, 25)
-            t.peak_mag_z = np.array([self._peak_mag(t, z) for z in t.z_grid])
-            if t.amp_param != "x0":  # SALT2's shape depends on x1 and c: no table bound
-                t.phase_grid = np.arange(t.model.source.minphase(), t.model.source.maxphase(), 1.0)
-                t.mag_table = np.array([self._mag_curve(t, z, t.phase_grid) for z in t.z_grid])
+            # SALT2's shape depends on x1 and c: no per-epoch table bound for it
+            src = t.model.source
+            # 60 rest-frame days after explosion cover a campaign of weeks (later phases: no bound, sncosmo decides)
+            t.phase_grid = (np.arange(src.minphase(), min(src.maxphase(), src.minphase() + 60.0), 1.0)
+                            if t.amp_param != "x0" else np.zeros(0))
+            peak, table = zip(*(self._tabulate(t, z) for z in t.z_grid))
+            t.peak_mag_z = np.array(peak)
+            t.mag_table = np.array(table) if len(t.phase_grid) else None
             bright = t.abs_mag_mean - 2 * t.abs_mag_sigma - 2.5 * np.log10(SCALE_MEAN + 2 * SCALE_SIGMA)
             faint_enough = t.peak_mag_z + bright + np.interp(t.z_grid, z_big, self._dm) > self.depth_mag
             z_max = float(t.z_grid[np.argmax(faint_enough)]) if faint_enough.any() else z_cap
@@ -230,20 +235,22 @@ class SupernovaModel:
             type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
             t.z_cdf = t.z_cdf / t.z_cdf[-1]
         self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])
-        self._by_type = {k: [t for t in self.templates if t.sn_type == k] for k in ("Ia", "II")}
+        self._index_by_type = {k: np.array([i for i, t in enumerate(self.templates) if t.sn_type == k])
+                               for k in ("Ia", "II")}
+        self._salt2 = np.array([t.amp_param == "x0" for t in self.templates])
+        self._abs_mean = np.array([t.abs_mag_mean for t in self.templates])
+        self._abs_sigma = np.array([t.abs_mag_sigma for t in self.templates])
 
-    def _peak_mag(self, t: Template, z: float) -> float:
-        """Dust-free observed peak g at M = 0 and zero distance modulus (K-correction and (1+z) included)."""
+    def _tabulate(self, t: Template, z: float) -> tuple[float, np.ndarray]:
+        """Dust-free observed g at M = 0 and zero distance modulus (K-correction and (1+z) included): the
+        peak, and the light curve at `t.phase_grid` (rest-frame days); one sncosmo call."""
         src = t.model.source
         t.model.set(z=z, t0=0.0, hostebv=0.0, hostr_v=R_V, **{t.amp_param: t.amp_ref})
         # every template peaks within 60 rest-frame days of its start; 1.5-day steps miss the peak by < 0.01 mag
-        times = np.linspace(src.minphase(), min(src.maxphase(), src.minphase() + 60.0), 41) * (1 + z)
-        return float(np.min(_band_mag(t.model, self.band, times)))
-
-    def _mag_curve(self, t: Template, z: float, phases: np.ndarray) -> np.ndarray:
-        """Dust-free observed g at M = 0 and zero distance modulus at rest-frame `phases`."""
-        t.model.set(z=z, t0=0.0, hostebv=0.0, hostr_v=R_V, **{t.amp_param: t.amp_ref})
-        return _band_mag(t.model, self.band, phases * (1 + z))
+        peak_phases = np.linspace(src.minphase(), min(src.maxphase(), src.minphase() + 60.0), 41)
+        times, back = np.unique(np.concatenate([peak_phases, t.phase_grid]) * (1 + z), return_inverse=True)
+        mag = _band_mag(t.model, self.band, times)[back]  # sncosmo wants increasing times
+        return float(np.min(mag[:41])), mag[41:]
 
     @staticmethod
     def _may_be_detected(t: Template, z: float, offset_mag: float, t0: float, stretch: float, mjd: np.ndarray,
@@ -271,39 +278,55 @@ class SupernovaModel:
 
     def draw(self, rng: np.random.Generator, mjd: np.ndarray, limmag5: np.ndarray):
         """(g magnitudes at `mjd`, truth) of a supernova detected at least once, or None if none was found
-        in `max_attempts` draws (a field too shallow): the caller then draws other conditions."""
+        in `max_attempts` draws (a field too shallow): the caller then draws other conditions.
+
+        Candidates are drawn in batches of `BATCH` (type, template, z, stretch, scale, dust, luminosity,
+        explosion time), cheap bounds discard the surely undetectable ones, and the first candidate whose
+        sncosmo light curve is detected is kept: the same distribution as one candidate at a time."""
         deepest = float(np.max(limmag5))
-        for _ in range(self.max_attempts):
-            sn_type = "Ia" if rng.random() < self.p_ia else "II"
-            group = self._by_type[sn_type]
-            t = group[rng.integers(len(group))]
-            z = float(np.interp(rng.random(), t.z_cdf, t.z_support))
-            x1 = c = np.nan
-            if t.amp_param == "x0":  # SALT2: stretch and colour are its own parameters
-                stretch, scale, av = 1.0, 1.0, 0.0
-                x1, c = rng.normal(0.0, 1.0), rng.normal(0.0, 0.1)
-                abs_mag = t.abs_mag_mean - SALT2_ALPHA * x1 + SALT2_BETA * c
-            else:
-                stretch = _truncated_normal(rng, STRETCH_MEAN, STRETCH_SIGMA, 0.3)
-                scale = _truncated_normal(rng, SCALE_MEAN, SCALE_SIGMA, 0.1)
-                av = float(np.exp(rng.normal(LN_AV_MEAN, LN_AV_SIGMA)))
-                abs_mag = float(rng.normal(t.abs_mag_mean, t.abs_mag_sigma)) if t.abs_mag_sigma else t.abs_mag_mean
-            explosion = float(rng.uniform(mjd[0], mjd[-1]))
-            dm = float(np.interp(z, self._dm_z, self._dm))
-            brightest = float(np.interp(z, t.z_grid, t.peak_mag_z)) + abs_mag + dm - 2.5 * np.log10(scale)
-            if brightest - 0.3 > deepest:  # cannot be detected anywhere (dust only dims): skip the sncosmo call
-                continue
-            t0 = explosion - t.explosion_phase_d * (1 + z) * stretch
-            if not self._may_be_detected(t, z, abs_mag + dm - 2.5 * np.log10(scale), t0, stretch, mjd, limmag5,
-                                         explosion):
-                continue
-            truth = {"redshift": z, "stretch": stretch, "flux_scale": scale, "av_mag": av, "abs_mag": abs_mag,
-                     "explosion_mjd": explosion, "salt2_x1": x1, "salt2_c": c}
-            mag = self.light_curve(t, truth, mjd)
-            if not np.any(mag < limmag5):
-                continue
-            return mag, {"template": t.name, "subtype": t.subtype, **truth}
+        for _ in range(0, self.max_attempts, BATCH):
+            cand = self._candidates(rng, BATCH, float(mjd[0]), float(mjd[-1]))
+            for k in np.flatnonzero(cand["brightest"] - 0.3 <= deepest):  # dust only dims
+                t = self.templates[cand["template"][k]]
+                truth = {key: float(cand[key][k]) for key in TRUTH_KEYS}
+                z, stretch = truth["redshift"], truth["stretch"]
+                t0 = truth["explosion_mjd"] - t.explosion_phase_d * (1 + z) * stretch
+                offset = truth["abs_mag"] + cand["dm"][k] - 2.5 * np.log10(truth["flux_scale"])
+                if not self._may_be_detected(t, z, offset, t0, stretch, mjd, limmag5, truth["explosion_mjd"]):
+                    continue
+                mag = self.light_curve(t, truth, mjd)
+                if np.any(mag < limmag5):
+                    return mag, {"template": t.name, "subtype": t.subtype, **truth}
         return None
+
+    def _candidates(self, rng: np.random.Generator, n: int, mjd_first: float, mjd_last: float) -> dict:
+        """`n` supernova parameter draws (arrays) and the brightest magnitude each could reach (no dust)."""
+        is_ia = rng.random(n) < self.p_ia
+        pick = rng.random(n)
+        ia, ii = self._index_by_type["Ia"], self._index_by_type["II"]
+        template = np.where(is_ia, ia[(pick * len(ia)).astype(int)], ii[(pick * len(ii)).astype(int)])
+        u_z = rng.random(n)
+        z, peak = np.empty(n), np.empty(n)
+        for i in np.unique(template):
+            sel, t = template == i, self.templates[i]
+            z[sel] = np.interp(u_z[sel], t.z_cdf, t.z_support)
+            peak[sel] = np.interp(z[sel], t.z_grid, t.peak_mag_z)
+        salt2 = self._salt2[template]
+        stretch = _truncated_normals(rng, STRETCH_MEAN, STRETCH_SIGMA, 0.3, n)
+        scale = _truncated_normals(rng, SCALE_MEAN, SCALE_SIGMA, 0.1, n)
+        av = np.exp(rng.normal(LN_AV_MEAN, LN_AV_SIGMA, n))
+        mean, sigma = self._abs_mean[template], self._abs_sigma[template]
+        abs_mag = mean + sigma * rng.standard_normal(n)
+        x1, c = rng.normal(0.0, 1.0, n), rng.normal(0.0, 0.1, n)
+        # SALT2: stretch and colour are its own parameters
+        stretch, scale, av = np.where(salt2, 1.0, stretch), np.where(salt2, 1.0, scale), np.where(salt2, 0.0, av)
+        abs_mag = np.where(salt2, mean - SALT2_ALPHA * x1 + SALT2_BETA * c, abs_mag)
+        x1, c = np.where(salt2, x1, np.nan), np.where(salt2, c, np.nan)
+        explosion = rng.uniform(mjd_first, mjd_last, n)
+        dm = np.interp(z, self._dm_z, self._dm)
+        return {"template": template, "redshift": z, "stretch": stretch, "flux_scale": scale, "av_mag": av,
+                "abs_mag": abs_mag, "explosion_mjd": explosion, "salt2_x1": x1, "salt2_c": c, "dm": dm,
+                "brightest": peak + abs_mag + dm - 2.5 * np.log10(scale)}
 
     def light_curve(self, t: Template, truth: dict, mjd: np.ndarray, band=None) -> np.ndarray:
         """Observed AB magnitudes at `mjd` (inf before explosion) of template `t` with the parameters of a
@@ -321,11 +344,14 @@ class SupernovaModel:
         return np.where(mjd < truth["explosion_mjd"], np.inf, mag)  # sncosmo would extrapolate the first phase
 
 
-def _truncated_normal(rng: np.random.Generator, mean: float, sigma: float, lower: float) -> float:
-    while True:
-        x = rng.normal(mean, sigma)
-        if x > lower:
-            return float(x)
+def _truncated_normals(rng: np.random.Generator, mean: float, sigma: float, lower: float, n: int) -> np.ndarray:
+    """`n` draws of a normal truncated below at `lower` (rejection: redraw those at or below it)."""
+    x = rng.normal(mean, sigma, n)
+    low = x <= lower
+    while low.any():
+        x[low] = rng.normal(mean, sigma, int(low.sum()))
+        low = x <= lower
+    return x
 
 
 def _source(sncosmo, name: str, version: str | None, data: Path):

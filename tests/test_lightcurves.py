@@ -154,6 +154,12 @@ def test_real_templates_mode(templates_dir):
                                                 "v19-2009kr-corr", "snana-2006gq", "snana-2006jl", "snana-2006kv",
                                                 "snana-2007lj"}
     salt2 = supernova.SupernovaModel(templates_dir, depth_mag=25.0, ia_model="salt2")
+    for _, lim, mag, truth in _draws(salt2, 40, seed=2):
+        assert np.any(mag < lim)
+        if truth["template"] == "salt2":  # its own stretch and colour; no extra stretch, scale or dust
+            assert np.isfinite(truth["salt2_x1"]) and truth["stretch"] == truth["flux_scale"] == 1.0 == 1 + truth["av_mag"]
+        else:
+            assert np.isnan(truth["salt2_x1"]) and truth["av_mag"] > 0
     ia = salt2.template("salt2")
     truth = dict(redshift=0.05, stretch=1.0, flux_scale=1.0, av_mag=0.0, salt2_x1=0.0, salt2_c=0.0,
                  abs_mag=-19.39, explosion_mjd=0.0)
@@ -187,3 +193,15 @@ def test_bad_bandpass_is_a_clear_error():
         supernova.SupernovaModel(None, depth_mag=25.0, bandpass="desg")
     with pytest.raises(ValueError, match="bandpass"):
         supernova.SupernovaModel(None, depth_mag=25.0, bandpass="sdss-g")
+
+
+def test_tabulated_magnitude_law_matches_the_direct_inversion():
+    from simulator.magnitudes import exp_erf_quantile, exp_erf_sample
+
+    u = np.linspace(0.001, 0.999, 37)
+    for m_max in (18.0, 22.3, 24.9):
+        direct = exp_erf_quantile(u, 0.3, 21.5, 15.0, m_max)
+        fast = np.array([exp_erf_sample(x, 0.3, 21.5, 15.0, m_max) for x in u])
+        assert np.max(np.abs(fast - direct)) < 0.005
+    with pytest.raises(ValueError, match="m_min < m_max"):
+        exp_erf_sample(0.5, 0.3, 21.5, 15.0, 14.0)
