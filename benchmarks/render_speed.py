@@ -3,7 +3,8 @@
 Prints one line: stamps/s of
 - GalSim per stamp (drawImage of Moffat (x) point source, or + bulge/disk host, then CCDNoise), medians of
   repeats; the mix rate weights them by the host fraction of the simulated dataset;
-- our pipeline in one process (`simulate_shard`: draws, rendering, noise; HiTS built-in conditions);
+- our pipeline in one process (`simulate_shard`: draws, light curves, rendering, noise; HiTS built-in
+  conditions), and within it the rendering + exact noise alone (timed inside the same runs);
 - `simulate` end to end with `--workers` processes (including HDF5 writing and merging);
 and the ratios to GalSim's mix rate. Usage: PYTHONPATH=. python benchmarks/render_speed.py [--workers 2]
 """
@@ -43,26 +44,51 @@ def galsim_rate(n: int, with_host: bool, repeats: int = 3) -> float:
     return statistics.median(rates)
 
 
+def _time_render_and_noise(cfg: SimConfig) -> list:
+    """Wrap the renderer and the CCD noise `simulate_shard` uses for `cfg` with timers; returns the running
+    total in seconds (a one-element list)."""
+    import simulator.shard as shard
+
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    shard.add_ccd_noise = timed(shard.add_ccd_noise)
+    renderer = shard._setup(cfg.content_json())[2]  # the cached instance simulate_shard uses
+    renderer.render = timed(renderer.render)
+    return spent
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--n-per-class", type=int, default=600)
+    ap.add_argument("--n-per-class", type=int, default=2000, help="end-to-end run size (default 14,000 objects)")
     ap.add_argument("--classes", default=",".join(ALL_CLASSES), help="comma-separated (default: all seven)")
     args = ap.parse_args()
     classes = tuple(args.classes.split(","))
     cfg = SimConfig(classes=classes, n_per_class=args.n_per_class, seed=1, progress=False, shard_size=256)
     simulate_shard(cfg.content_json(), 0, 16)  # warm-up: tables, survey model
-    rates, host_frac, n_stamps = [], 0.0, 0
+    spent = _time_render_and_noise(cfg)
+    rates, render_rates, host_frac, n_stamps = [], [], 0.0, 0
     for rep in range(3):
+        spent[0] = 0.0
         t0 = time.perf_counter()
         out = simulate_shard(cfg.content_json(), rep * 768, rep * 768 + 768)
         dt = time.perf_counter() - t0
         n_stamps = int(out["mask"].sum())
         host_frac = float((out["mask"] & out["truth/has_host"][:, None]).sum() / n_stamps)
         rates.append(n_stamps / dt)
-    ours_1 = statistics.median(rates)
+        render_rates.append(n_stamps / spent[0])
+    ours_1, render_1 = statistics.median(rates), statistics.median(render_rates)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_w = SimConfig(classes=classes, n_per_class=args.n_per_class, seed=2, progress=False, shard_size=256,
+        cfg_w = SimConfig(classes=classes, n_per_class=args.n_per_class, seed=2, progress=False,
                           workers=args.workers)
         t0 = time.perf_counter()
         path = simulate(cfg_w, Path(tmp) / "bench.h5")
@@ -75,7 +101,8 @@ def main() -> None:
     gs_point, gs_host = galsim_rate(300, False), galsim_rate(150, True)
     gs_mix = 1.0 / ((1 - host_frac) / gs_point + host_frac / gs_host)
     print(f"render_speed: {len(classes)} classes | host fraction {host_frac:.2f} | GalSim per-stamp point {gs_point:.0f}/s host {gs_host:.0f}/s "
-          f"mix {gs_mix:.0f}/s | ours 1 process {ours_1:.0f}/s ({ours_1 / gs_mix:.1f}x) | simulate end-to-end "
+          f"mix {gs_mix:.0f}/s | ours 1 process {ours_1:.0f}/s ({ours_1 / gs_mix:.1f}x), of which rendering + noise "
+          f"alone {render_1:.0f}/s ({render_1 / gs_mix:.1f}x) | simulate end-to-end "
           f"{args.workers} workers {ours_w:.0f}/s ({ours_w / gs_mix:.1f}x), {total} stamps in {dt:.1f} s")
 
 

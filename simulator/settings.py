@@ -83,7 +83,7 @@ class SimConfig:
     host_abs_mag_sigma: float = 1.0
     host_disk_hlr_kpc: float = 3.5         # median disk half-light radius at host_abs_mag_g (Shen et al. 2003)
     # execution
-    shard_size: int = 256
+    shard_size: int = 1024                 # objects per shard (resume granularity; fewer, larger files merge faster)
     workers: int = 1
     scheduler: str | None = None
     progress: bool = True
