@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: XLA CPU flag measured 3x faster for this network's training on 2 cores (benchmarks/rcnn_speed.py); set
-#: unless the user's XLA_FLAGS already mention it. XLA reads its flags once, before jax is first used.
+#: XLA CPU flag measured 3x faster for this network's training on 2 cores but 20% slower for inference
+#: (benchmarks/rcnn_speed.py): set for the commands that train, unless the user's XLA_FLAGS mention it. XLA
+#: reads its flags once, before jax is first used.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 
@@ -72,7 +73,8 @@ def use_fast_cpu_flags() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    use_fast_cpu_flags()
+    if args.command in ("train", "finetune"):
+        use_fast_cpu_flags()
     if args.command != "train":
         return _other(args)
     from .config import load_config

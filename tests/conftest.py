@@ -8,7 +8,7 @@ import pytest
 
 from rcnn.cli import use_fast_cpu_flags
 
-use_fast_cpu_flags()  # as the `rcnn` command does: XLA reads its flags once, before jax is first used
+use_fast_cpu_flags()  # as `rcnn train` does (the tests mostly train): XLA reads its flags once, before jax is used
 
 REPO = Path(__file__).resolve().parents[1]
 
