@@ -112,8 +112,14 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
     import yaml
 
     saved = yaml.safe_load(cfg_file.read_text()) or {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:  # keys added since the run was made take their defaults
+        saved_cfg = dataclasses.asdict(TrainConfig(**{k: v for k, v in saved.items() if k in names}))
+    except (TypeError, ValueError):
+        saved_cfg = saved
     mine = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in mine.items() if k not in ("iterations", "prefetch") and saved.get(k) != v}
+    diff = {k: (saved_cfg.get(k), v) for k, v in mine.items()
+            if k not in ("iterations", "prefetch") and saved_cfg.get(k) != v}
     if saved.get("_data") not in (None, str(data_path.resolve())):
         diff["data"] = (saved.get("_data"), str(data_path.resolve()))
     if diff:

@@ -182,6 +182,14 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
 
     with pytest.raises(RunError, match="other options"):
         train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, learning_rate=0.1, **TINY), progress=False)
+    # a run made before a config key existed (its default then) still resumes
+    import yaml
+
+    cfg_file = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(cfg_file.read_text())
+    del saved["augment_brightness_mag"]
+    cfg_file.write_text(yaml.safe_dump(saved))
+    train(dataset, tmp_path / "run", TrainConfig(iterations=3, eval_every=2, **TINY), progress=False)
 
 
 def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
