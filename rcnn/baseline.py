@@ -30,7 +30,7 @@ from simulator.settings import psf_fwhm_arcsec
 from . import metrics as M
 from .data import DatasetError
 from .dmdt import asinh_mag
-from .evaluate import map_labels
+from .evaluate import DEFAULT_CLASS_MAP, map_labels
 
 FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtosis", "chi2_red", "beyond_1std",
             "max_brightening_sigma", "max_fading_sigma", "von_neumann", "ls_log_period_d", "ls_power",
@@ -142,7 +142,8 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     forest = lambda: RandomForestClassifier(n_trees, class_weight="balanced", random_state=seed, n_jobs=-1)  # noqa: E731
     if test is not None:
         x_test, lc_test = _load(test, max_epochs)
-        y_test = map_labels(lc_test["classes"], classes, class_map, test)[lc_test["label"]]
+        y_test = map_labels(lc_test["classes"], classes, DEFAULT_CLASS_MAP if class_map is None else class_map,
+                            test)[lc_test["label"]]
         model = forest().fit(x, y)
         pred, importances, mode = model.predict(x_test), model.feature_importances_, f"train {data}, test {test}"
     elif cv:

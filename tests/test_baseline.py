@@ -94,3 +94,5 @@ def test_simulated_to_real_cli(sim4, hits_dir, tmp_path):
     assert set(m["recall"]) == {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"} and m["n_test"] == 40
     assert m["balanced_recall"] > 0.5  # well above chance (0.25) from 120 simulated objects
     assert (tmp_path / "s2r" / "confusion.png").stat().st_size > 10_000
+    # the Python call maps the HiTS labels by default too
+    assert run_baseline(sim4, tmp_path / "api", test=real, n_trees=50)["n_test"] == 40
