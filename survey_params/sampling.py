@@ -143,15 +143,20 @@ class ModelSampler:
 
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
         counts = (rng.random(len(self._nights))[:, None] > self._visit_cdf).sum(axis=1)
-        times = []
-        for night, n in zip(self._nights, counts):
-            if n == 0:
-                continue
-            first = np.interp(rng.random(), self._levels, self._first_q)
-            gaps = np.interp(rng.random(n - 1), self._levels, self._spacing_q)
-            times.append(night + first + np.concatenate([[0.0], np.cumsum(gaps)]))
+        visited = np.flatnonzero(counts)
+        n_visits = counts[visited]
+        # per visited night: one draw for the first visit's time, then one per gap (the order of a loop)
+        u = rng.random(int(n_visits.sum()))
+        col = np.arange(n_visits.max())
+        inside = col[None, :] < n_visits[:, None]
+        draws = np.zeros(inside.shape)
+        draws[inside] = u
+        first = np.interp(draws[:, 0], self._levels, self._first_q)
+        gaps = np.where(inside[:, 1:], np.interp(draws[:, 1:], self._levels, self._spacing_q), 0.0)
+        offsets = np.cumsum(np.concatenate([np.zeros((len(visited), 1)), gaps], axis=1), axis=1)
+        times = (self._nights[visited] + first)[:, None] + offsets
         # a long night's visits can run past the next night's first one: keep time order
-        t = self.model["cadence"]["mjd_start"] + np.sort(np.concatenate(times))
+        t = self.model["cadence"]["mjd_start"] + np.sort(times[inside])
         n = len(t)
         u = ndtr(rng.standard_normal((n, len(self._variables))) @ self._chol.T)
         v = {name: self._quantile(name, u[:, i]) for i, name in enumerate(self._variables)}
