@@ -121,14 +121,13 @@ def _field_latitudes(fields: np.ndarray, fields_file: str | Path | None) -> np.n
     """Galactic latitude (deg) of each object's field centre; NaN for fields without a known centre."""
     from astropy.table import Table
 
-    from survey_params.fields import galactic_latitude_deg
+    from survey_params.fields import latitude_by_field
     from survey_params.hits_logs import hits_fields_table
 
-    table = hits_fields_table() if fields_file is None else Table.read(fields_file)
-    for col in ("field", "ra_deg", "dec_deg"):
-        if col not in table.colnames:
-            raise ImportError_(f"{fields_file}: field table lacks column '{col}' (needs field, ra_deg, dec_deg)")
-    b = dict(zip((str(f) for f in table["field"]), galactic_latitude_deg(table["ra_deg"], table["dec_deg"])))
+    if fields_file is None:
+        b = latitude_by_field(hits_fields_table(), "the built-in HiTS field centres")
+    else:
+        b = latitude_by_field(Table.read(fields_file), str(fields_file))
     return np.array([b.get(str(f), np.nan) for f in fields], np.float32)
 
 

@@ -31,6 +31,20 @@ def galactic_latitude_deg(ra_deg, dec_deg) -> np.ndarray:
     return SkyCoord(ra=np.asarray(ra_deg) * u.deg, dec=np.asarray(dec_deg) * u.deg).galactic.b.deg
 
 
+def latitude_by_field(table: Table, source: str) -> dict[str, float]:
+    """Galactic latitude (deg) of every field of a table with `FIELD_COLUMNS`, keyed by str(field); a missing
+    column or an impossible position is a `ConditionsError` naming `source`, the row and the column."""
+    from .schema import ConditionsError, _require_columns, _where
+
+    _require_columns(table, FIELD_COLUMNS, source)
+    ra, dec = (np.asarray(table[c], float) for c in ("ra_deg", "dec_deg"))
+    bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ConditionsError(f"{_where(source, row, 'dec_deg')}: position ({ra[row]!r}, {dec[row]!r}) is not a sky position")
+    return {str(f): float(b) for f, b in zip(table["field"], galactic_latitude_deg(ra, dec))}
+
+
 def fit_field_coordinates(epochs: Table, site_lat_deg: float = CTIO_LAT_DEG,
                           site_lon_deg: float = CTIO_LON_DEG) -> Table:
     """RA, Dec of every field of an epochs table (`field`, `mjd`, `exp_time_s`, `airmass`) from its airmasses.

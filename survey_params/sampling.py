@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from astropy.table import Table
 from scipy.special import ndtr
 
-from .fields import galactic_latitude_deg
+from .fields import FIELD_COLUMNS, latitude_by_field
 from .hits_builtin import HITS_MODEL
 from .hits_fields import HITS_FIELDS
 from .hits_logs import read_hits_logs
@@ -118,8 +119,8 @@ class ModelSampler:
 
     def __init__(self, model: dict = HITS_MODEL, seeing_limit_arcsec: float = 2.0, fields: dict = HITS_FIELDS):
         self.model = model
-        self._field_ids = [str(f) for f in fields["field"]]
-        self._field_b = galactic_latitude_deg(fields["ra_deg"], fields["dec_deg"])
+        latitude = latitude_by_field(Table({k: fields[k] for k in FIELD_COLUMNS}), "the built-in field centres")
+        self._field_ids, self._field_b = list(latitude), list(latitude.values())
         self.pixel_scale_arcsec = float(model["pixel_scale_arcsec"])
         self.seeing_limit_arcsec = seeing_limit_arcsec
         cad = model["cadence"]
@@ -172,7 +173,7 @@ class ModelSampler:
         mjd, cols, mask = _pack(self.n_epochs, t, cols, v["seeing_arcsec"] <= self.seeing_limit_arcsec)
         f = rng.integers(len(self._field_ids))
         return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn), saturation=float(sat),
-                                field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=float(self._field_b[f]), **cols)
+                                field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=self._field_b[f], **cols)
 
 
 def load_survey(directory: str | Path) -> Survey:

@@ -80,16 +80,9 @@ class Survey:
         self.epochs = validate_epochs(self.epochs, self.epochs_file or self.source)
         self._latitude = {}
         if self.fields_table is not None:
-            from .fields import FIELD_COLUMNS, galactic_latitude_deg
+            from .fields import latitude_by_field
 
-            src = f"{self.source} (fields table)"
-            _require_columns(self.fields_table, FIELD_COLUMNS, src)
-            ra, dec = (np.asarray(self.fields_table[c], float) for c in ("ra_deg", "dec_deg"))
-            bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise ConditionsError(f"{_where(src, row, 'dec_deg')}: position ({ra[row]!r}, {dec[row]!r}) is not a sky position")
-            self._latitude = {str(f): float(b) for f, b in zip(self.fields_table["field"], galactic_latitude_deg(ra, dec))}
+            self._latitude = latitude_by_field(self.fields_table, f"{self.source} (fields table)")
 
     def fields(self) -> list:
         """Field identifiers that have at least one epoch in the science band."""
