@@ -30,7 +30,7 @@ from simulator.settings import psf_fwhm_arcsec
 from . import metrics as M
 from .data import DatasetError
 from .dmdt import asinh_mag
-from .evaluate import DEFAULT_CLASS_MAP, map_labels
+from .evaluate import DEFAULT_CLASS_MAP, draw_confusion, map_labels
 
 FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtosis", "chi2_red", "beyond_1std",
             "max_brightening_sigma", "max_fading_sigma", "von_neumann", "ls_log_period_d", "ls_power",
@@ -184,18 +184,9 @@ def _figures(report: dict, present: np.ndarray, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    classes = report["classes"]
-    cm = np.array(report["confusion"])[present]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4))
-    ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(present)), [classes[c] for c in present], fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"random forest, balanced recall {report['balanced_recall']:.2f}", fontsize=9)
+    draw_confusion(ax, report["confusion"], present, report["classes"],
+                   f"random forest, balanced recall {report['balanced_recall']:.2f}")
     imp = report["feature_importance"]
     order = sorted(imp, key=imp.get)
     bx.barh(range(len(order)), [imp[k] for k in order])

@@ -118,6 +118,21 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     return report
 
 
+def draw_confusion(ax, confusion: np.ndarray, rows: np.ndarray, class_names: list[str], title: str) -> None:
+    """A normalised confusion matrix on `ax`: the true classes `rows` against every predicted class."""
+    sub = np.asarray(confusion)[rows]
+    ax.imshow(sub, vmin=0, vmax=1, cmap="Blues")
+    for i in range(sub.shape[0]):
+        for j in range(sub.shape[1]):
+            ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if sub[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [class_names[r] for r in rows], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=8)
+
+
 def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
     import matplotlib
 
@@ -150,17 +165,8 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         cm = np.array(e["confusion"])
         model_classes = pred.class_names
         rows = np.unique(labels) if real else np.arange(len(model_classes))
-        sub = cm[rows]
-        ax.imshow(sub, vmin=0, vmax=1, cmap="Blues")
-        for i in range(sub.shape[0]):
-            for j in range(sub.shape[1]):
-                ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if sub[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(model_classes)), model_classes, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(rows)), [model_classes[r] for r in rows], fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{name}, step {e['step']}, balanced recall {e['balanced_recall']:.2f}", fontsize=8)
+        draw_confusion(ax, cm, rows, model_classes,
+                       f"{name}, step {e['step']}, balanced recall {e['balanced_recall']:.2f}")
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png", dpi=110)
     plt.close(fig)
