@@ -200,11 +200,8 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     `flux_factor` (N,) multiplies each sequence's sky-subtracted fluxes (brightness augmentation)."""
     mask = np.asarray(mask, dtype=bool)
     zp = np.asarray(zero_point, dtype=np.float64)
-    scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0)  # eq. 4
-    lc_factor = 1.0
-    if flux_factor is not None:
-        scale = scale * np.asarray(flux_factor, np.float64)[:, None]
-        lc_factor = np.asarray(flux_factor, np.float64)[:, None]
+    factor = 1.0 if flux_factor is None else np.asarray(flux_factor, np.float64)[:, None]
+    scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0) * factor  # eq. 4
     mjd = np.asarray(mjd, dtype=np.float64)
     out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
     if stamps is not None:
@@ -217,12 +214,12 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     if lc_flux is not None and cfg.model == "dmdt":
         from .dmdt import asinh_mag, dmdt_images
 
-        flux, err = np.asarray(lc_flux, dtype=np.float64) * lc_factor, np.asarray(lc_flux_err, dtype=np.float64) * lc_factor
+        flux, err = np.asarray(lc_flux, dtype=np.float64) * factor, np.asarray(lc_flux_err, dtype=np.float64) * factor
         _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
         out["dmdt"] = dmdt_images(np.where(mask, asinh_mag(flux, err), np.nan), mjd, mask, cfg.n_w)
     elif lc_flux is not None:
-        flux = _transform(cfg, np.asarray(lc_flux, np.float64) * lc_factor)
-        err = _transform(cfg, np.asarray(lc_flux_err, np.float64) * lc_factor)
+        flux = _transform(cfg, np.asarray(lc_flux, np.float64) * factor)
+        err = _transform(cfg, np.asarray(lc_flux_err, np.float64) * factor)
         _check_finite(np.stack([flux, err], axis=-1), mask, "photometry/lc_flux")
         out["flux"] = np.where(mask, flux, 0.0).astype(np.float32)
         out["flux_err"] = np.where(mask, err, 0.0).astype(np.float32)

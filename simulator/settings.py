@@ -19,6 +19,10 @@ ALL_CLASSES = ("supernova", "rrlyrae", "cepheid", "eclipsing_binary", "nonvariab
 EXECUTION_KEYS = ("workers", "scheduler", "progress")
 
 
+#: HiTS PSF FWHM = PSF_FWHM_PER_SEEING x logged seeing + PSF_FWHM_OFFSET_ARCSEC (fitted on real stars, below)
+PSF_FWHM_PER_SEEING, PSF_FWHM_OFFSET_ARCSEC = 0.931, -0.159
+
+
 @dataclass
 class SimConfig:
     """What to simulate and how; units in the names."""
@@ -44,8 +48,8 @@ class SimConfig:
     # and each frame's FWHM scatters about that line by a robust 4.7% in log (the logged seeing is a field
     # average), 4.3% once the fit's own 1.9% (measured on simulated stamps) is taken out: a per-epoch jitter.
     moffat_beta: float = 4.2
-    psf_fwhm_per_seeing: float = 0.931     # PSF FWHM = per_seeing x logged seeing + offset
-    psf_fwhm_offset_arcsec: float = -0.159
+    psf_fwhm_per_seeing: float = PSF_FWHM_PER_SEEING  # PSF FWHM = per_seeing x logged seeing + offset
+    psf_fwhm_offset_arcsec: float = PSF_FWHM_OFFSET_ARCSEC
     psf_fwhm_scatter: float = 0.043        # per-epoch log-normal sigma of the FWHM about that relation
     psf_shear_rms: float = 0.0             # rms of each PSF shear component per epoch (0: round PSF)
     # Real HiTS non-variable stars scatter ~0.02-0.03 mag epoch to epoch beyond photon noise, shared by the
@@ -152,6 +156,6 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict | None = No
     return SimConfig(**values)
 
 
-def psf_fwhm_arcsec(seeing_arcsec, per_seeing: float = 0.931, offset_arcsec: float = -0.159):
+def psf_fwhm_arcsec(seeing_arcsec, per_seeing: float = PSF_FWHM_PER_SEEING, offset_arcsec: float = PSF_FWHM_OFFSET_ARCSEC):
     """The PSF FWHM (arcsec) expected for a logged seeing: the relation calibrated on real HiTS stamps."""
     return per_seeing * seeing_arcsec + offset_arcsec
