@@ -57,6 +57,8 @@ def ktable(kind: str, beta: float = 2.5) -> KTable:
     q = np.arange(0.0, q_max + dq, dq)
     if kind == "exponential":  # analytic: (1 + (k r0)^2)^-3/2 with r0 = hlr / 1.6783469900166605
         values = (1.0 + (q / 1.6783469900166605) ** 2) ** -1.5
-    else:
-        values = np.array([obj.kValue(x, 0.0).real for x in q])
+    else:  # GalSim's kValue along the kx axis, drawn in one call (same values as obj.kValue(q, 0))
+        kimage = galsim.ImageCD(2 * len(q) - 1, 1, scale=dq)  # bounds -n+1..n-1: column n-1 is k = 0
+        obj.drawKImage(image=kimage)
+        values = kimage.array[0, len(q) - 1:].real
     return KTable(dq=dq, values=values.astype(np.float32))

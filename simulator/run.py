@@ -12,8 +12,10 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from contextlib import ExitStack
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -48,25 +50,30 @@ def simulate_packed(cfg_json: str, start: int, stop: int) -> dict:
     return arrays
 
 
-def _results(cfg: SimConfig, pending: list[tuple[int, int]]):
-    """Yield ((start, stop), arrays) for every pending shard, in completion order."""
+def _worker_context():
+    """Forked workers where the platform allows it: they inherit this process's imports and its `_setup`
+    cache (survey model, templates, Fourier tables), which `simulate` fills before any worker starts, so a
+    worker computes from its first instant (spawned ones first spend ~2 s importing and tabulating). The
+    pool is created before any other thread of ours (the progress bar's monitor) exists."""
+    return get_context("fork" if "fork" in get_all_start_methods() and sys.platform == "linux" else "spawn")
+
+
+def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
+    """An iterator of ((start, stop), arrays) for every pending shard, in completion order. Workers (local
+    processes or a Dask cluster) are started and given every shard now; `stack` closes them."""
     cfg_json = cfg.content_json()
     if cfg.scheduler:
         from distributed import Client
         from distributed import as_completed as dask_completed
 
-        with Client(cfg.scheduler) as client:
-            futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
-            for fut in dask_completed(futures):
-                yield futures[fut], fut.result()
-    elif cfg.workers > 1 and len(pending) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
-    else:
-        for a, b in pending:
-            yield (a, b), simulate_packed(cfg_json, a, b)
+        client = stack.enter_context(Client(cfg.scheduler))
+        futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
+        return ((futures[fut], fut.result()) for fut in dask_completed(futures))
+    if cfg.workers > 1 and len(pending) > 1:
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=cfg.workers, mp_context=_worker_context()))
+        futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
+        return ((futures[fut], fut.result()) for fut in as_completed(futures))
+    return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
 
 
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
@@ -102,8 +109,11 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     pending = [r for r in shards if not path_of[r].exists()]
     done = sum(b - a for (a, b) in shards if path_of[(a, b)].exists())
     total = shards[-1][1]
-    with tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}", disable=not cfg.progress) as bar:
-        for (a, b), arrays in _results(cfg, pending):
+    with ExitStack() as stack:
+        results = _results(cfg, pending, stack)
+        bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
+                                       disable=not cfg.progress))
+        for (a, b), arrays in results:
             write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes,
                          compress=False)
             bar.update(b - a)

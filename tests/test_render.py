@@ -101,3 +101,17 @@ def test_trail_conserves_flux_and_stretches_along_its_direction():
     assert abs(img[1].sum() - img[0].sum()) < 1e-3 * img[0].sum()
     assert var_x[1] - var_x[0] == pytest.approx(6.0 ** 2 / 12, rel=0.03)
     assert var_y[1] == pytest.approx(var_y[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["moffat", "kolmogorov", "exponential", "devaucouleurs"])
+def test_ktable_is_galsims_kvalue(kind):
+    from simulator.profiles import ktable
+
+    table = ktable(kind, 4.2)
+    obj = galsim_profile(kind, 1.0, 4.2)
+    idx = np.array([0, 1, 7, 250, 1001, len(table.values) // 3, len(table.values) - 1])
+    expected = np.array([obj.kValue(i * table.dq, 0.0).real for i in idx])
+    np.testing.assert_allclose(table.values[idx], expected, rtol=1e-6, atol=1e-7)
+    q = np.array([0.5, 2.0], np.float32)  # between grid points: linear interpolation of GalSim's values
+    direct = np.array([obj.kValue(float(x), 0.0).real for x in q])
+    np.testing.assert_allclose(table(q), direct, atol=2e-4)
