@@ -9,7 +9,7 @@ shear, offsets, folding).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import galsim
 import numpy as np
@@ -39,14 +39,18 @@ class KTable:
     dq: float
     values: np.ndarray
 
+    @cached_property
+    def _lerp(self) -> tuple[np.ndarray, np.ndarray]:
+        """(value, slope) per cell; the last cell is 0 with slope 0, so clipping q there gives zero."""
+        v = np.asarray(self.values)
+        return np.append(v[:-1], 0).astype(v.dtype), np.append(np.diff(v), 0).astype(v.dtype)
+
     def __call__(self, q: np.ndarray) -> np.ndarray:
         """Linear interpolation; zero beyond the table (where every tabulated profile is negligible)."""
-        x = q * (1.0 / self.dq)
-        i = np.minimum(x.astype(np.int32), len(self.values) - 2)
-        f = x - i
-        v = self.values
-        out = v[i] + f * (v[i + 1] - v[i])
-        return np.where(x < len(v) - 1, out, 0.0).astype(q.dtype, copy=False)
+        value, slope = self._lerp
+        x = np.minimum(q * (1.0 / self.dq), len(value) - 1).astype(q.dtype, copy=False)
+        i = x.astype(np.intp)
+        return np.take(value, i) + (x - np.trunc(x)) * np.take(slope, i)
 
 
 @lru_cache(maxsize=None)
