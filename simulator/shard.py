@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,24 @@ def choose_window(rng: np.random.Generator, cname: str, mag: np.ndarray, cond, c
 MAX_CONDITION_DRAWS = 100
 
 
+class _Drawn(NamedTuple):
+    """One object's draws, kept from its set-up until its stamps get noise (with the same `rng`)."""
+
+    rng: np.random.Generator
+    label: int
+    cond: object  # ObjectConditions of the window
+    mag: np.ndarray
+    truth: dict
+    host: dict | None
+    dx: np.ndarray
+    dy: np.ndarray
+    rotation: int
+    mirror: bool
+    valid: np.ndarray
+    zp_error: np.ndarray
+    fwhm_arcsec: np.ndarray
+
+
 def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
     """0 train / 1 validation / 2 test: the first fractions of each class's objects, in index order."""
     n = cfg.n_per_class
@@ -143,7 +162,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
             host_flux_adu=(mag_to_adu(host["mag"], zp_true, cond.exp_time_s[valid])
                            if host is not None else np.zeros(len(valid))),
             trail_px=trail_px, trail_angle_rad=np.full(len(valid), truth.get("trail_angle_rad", 0.0))))
-        draws.append((rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec))
+        draws.append(_Drawn(rng, label, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec))
     hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
     noiseless = renderer.render(StampParams.concatenate(stamp_parts), hosts)
 
@@ -184,40 +203,47 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
     for k in HOST_FIELDS:
         out[f"truth/host/{k}"] = np.full(n, np.nan, np.float32)
 
-    offset = 0
-    for o, (rng, label, cname, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec) in enumerate(draws):
-        nv = len(valid)
-        clean = np.zeros((T, S, S), np.float32)
-        clean[valid] = noiseless[offset:offset + nv]
-        offset += nv
-        clean = np.rot90(clean, rotation, axes=(1, 2))
-        if mirror:
-            clean = clean[:, :, ::-1]
-        noisy = add_ccd_noise(rng, clean[valid], cond.sky_adu[valid], cond.gain, cond.read_noise, cond.saturation)
-        out["stamps"][o, valid] = noisy
-        out["mjd"][o] = cond.mjd
-        out["mask"][o] = cond.mask
-        out["label"][o] = label
-        out["truth/mag"][o] = mag
-        out["truth/has_host"][o] = host is not None
-        out["truth/field"][o] = cond.field
-        out["truth/ccd"][o] = cond.ccd
-        out["truth/dx_px"][o, valid] = dx[valid]
-        out["truth/dy_px"][o, valid] = dy[valid]
-        out["truth/zero_point_error_mag"][o, valid] = zp_error[valid]
-        out["truth/psf_fwhm_arcsec"][o, valid] = fwhm_arcsec[valid]
-        out["truth/rotation"][o] = rotation
-        out["context/galactic_latitude_deg"][o] = cond.galactic_latitude_deg
-        out["truth/mirror"][o] = mirror
+    # orientation of each object's stamps, applied before the noise (drawn in the rotated pixel order)
+    counts = np.array([len(d.valid) for d in draws])
+    owner = np.repeat(np.arange(n), counts)  # object of each rendered stamp
+    epoch = np.concatenate([d.valid for d in draws])
+    turn = np.array([d.rotation for d in draws])[owner]
+    flip = np.array([d.mirror for d in draws])[owner]
+    for r in range(4):
+        for m in (False, True):
+            rows = np.flatnonzero((turn == r) & (flip == m))
+            if len(rows) and (r or m):
+                oriented = np.rot90(noiseless[rows], r, axes=(1, 2))
+                noiseless[rows] = oriented[:, :, ::-1] if m else oriented
+    conds = [d.cond for d in draws]
+    noisy = np.empty_like(noiseless)
+    for d, stop in zip(draws, np.cumsum(counts)):
+        c, sl = d.cond, slice(stop - len(d.valid), stop)
+        noisy[sl] = add_ccd_noise(d.rng, noiseless[sl], c.sky_adu[d.valid], c.gain, c.read_noise, c.saturation)
+    out["stamps"][owner, epoch] = noisy
+    for k in ("gain", "read_noise", "saturation"):  # per CCD: stored at the valid epochs
+        out[f"conditions/{k}"][owner, epoch] = np.array([getattr(c, k) for c in conds])[owner]
+    for key, name in (("truth/dx_px", "dx"), ("truth/dy_px", "dy"), ("truth/zero_point_error_mag", "zp_error"),
+                      ("truth/psf_fwhm_arcsec", "fwhm_arcsec")):
+        out[key][owner, epoch] = np.concatenate([getattr(d, name)[d.valid] for d in draws])
+    out["mjd"][:] = [c.mjd for c in conds]
+    out["mask"][:] = [c.mask for c in conds]
+    out["label"][:] = [d.label for d in draws]
+    out["truth/mag"][:] = [d.mag for d in draws]
+    out["truth/has_host"][:] = [d.host is not None for d in draws]
+    out["truth/field"][:] = [c.field for c in conds]
+    out["truth/ccd"][:] = [c.ccd for c in conds]
+    out["truth/rotation"][:] = [d.rotation for d in draws]
+    out["truth/mirror"][:] = [d.mirror for d in draws]
+    out["context/galactic_latitude_deg"][:] = [c.galactic_latitude_deg for c in conds]
+    for k in EPOCH_FIELDS:
+        out[f"conditions/{k}"][:] = [getattr(c, k) for c in conds]
+    for o, (truth, host) in enumerate((d.truth, d.host) for d in draws):
         out["truth/alert_epoch"][o] = truth["alert_epoch"]
         out["truth/window_start"][o] = truth["window_start"]
         for k in TRUTH_FLOATS + TRUTH_TEXT:
             if k in truth:
                 out[f"truth/{k}"][o] = truth[k]
-        for k in EPOCH_FIELDS:
-            out[f"conditions/{k}"][o] = getattr(cond, k)
-        for k in ("gain", "read_noise", "saturation"):
-            out[f"conditions/{k}"][o, valid] = getattr(cond, k)
         if host is not None:
             out["context/has_host"][o] = 1
             out["context/host_distance_arcsec"][o] = np.hypot(host["dx_px"], host["dy_px"]) * scale
