@@ -176,6 +176,7 @@ class SupernovaModel:
 
     def __init__(self, templates_dir: str | Path | None, depth_mag: float, ia_model: str = "hsiao",
                  bandpass: str = "decam2014-g", max_attempts: int = 5000):
+        import extinction  # sncosmo's dust law package
         import sncosmo
         from astropy.cosmology import Planck18
 
@@ -235,6 +236,11 @@ class SupernovaModel:
             type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
             t.z_cdf = t.z_cdf / t.z_cdf[-1]
         self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])
+        # least host extinction across the g band per magnitude of A_V, on z_big; each value is the
+        # minimum of its grid neighbours so a lookup at the lower grid point bounds the whole cell
+        wave = self.band.wave[self.band.trans > 0]
+        least = np.array([extinction.ccm89(wave / (1 + z), 1.0, R_V).min() for z in z_big])
+        self._least_extinction = np.minimum(least, np.append(least[1:], least[-1]))
         self._index_by_type = {k: np.array([i for i, t in enumerate(self.templates) if t.sn_type == k])
                                for k in ("Ia", "II")}
         self._salt2 = np.array([t.amp_param == "x0" for t in self.templates])
@@ -252,32 +258,40 @@ class SupernovaModel:
         mag = _band_mag(t.model, self.band, times)[back]  # sncosmo wants increasing times
         return float(np.min(mag[:41])), mag[41:]
 
-    @staticmethod
-    def _may_be_detected(t: Template, z: float, offset_mag: float, t0: float, stretch: float, mjd: np.ndarray,
-                         limmag5: np.ndarray, explosion: float) -> bool:
-        """False only when the tabulated light curve shows every epoch fainter than its 5-sigma limit.
+    def _may_be_detected(self, cand: dict, k: int, mjd: np.ndarray, limmag5: np.ndarray) -> bool:
+        """False only when the tabulated light curve of candidate `k` of `cand` shows every epoch (`mjd`
+        increasing) fainter than its 5-sigma limit.
 
         A lower bound on each epoch's magnitude: the brightest table value of the (z, phase) cell around it,
-        minus 0.3 mag (cells are 1 day and < 0.12 in z wide; dust only dims). Saves the sncosmo call for
-        most undetectable draws without changing which draws are kept."""
+        minus 0.3 mag (cells are 1 day and < 0.12 in z wide), plus the least host extinction anywhere in
+        the band. Saves the sncosmo call for most undetectable draws without changing which draws are
+        kept."""
+        t = self.templates[cand["template"][k]]
         if t.mag_table is None:
             return True
-        after = mjd >= explosion
-        phase = (mjd[after] - t0) / stretch / (1 + z)
+        z, stretch, explosion = cand["redshift"][k], cand["stretch"][k], cand["explosion_mjd"][k]
+        t0 = explosion - t.explosion_phase_d * (1 + z) * stretch
+        cell = max(int(np.searchsorted(self._dm_z, z, side="right")) - 1, 0)
+        offset_mag = (cand["abs_mag"][k] + cand["dm"][k] - 2.5 * np.log10(cand["flux_scale"][k])
+                      + cand["av_mag"][k] * self._least_extinction[cell])  # dust dims at least this
+        first = int(np.searchsorted(mjd, explosion))  # epochs are in time order: later ones are after it
+        if first == len(mjd):
+            return False  # explodes after the last epoch
+        phase = (mjd[first:] - t0) / stretch / (1 + z)
         grid = t.phase_grid
-        if np.any(phase > grid[-1]) or np.any(phase < grid[0]):
+        if phase[-1] > grid[-1] or phase[0] < grid[0]:
             return True  # outside the table: leave it to sncosmo
-        iz = int(np.clip(np.searchsorted(t.z_grid, z), 1, len(t.z_grid) - 1))
-        j = np.clip(np.searchsorted(grid, phase), 1, len(grid) - 1)
+        iz = min(max(int(np.searchsorted(t.z_grid, z)), 1), len(t.z_grid) - 1)
+        j = np.searchsorted(grid, phase).clip(1, len(grid) - 1)
         rows = t.mag_table[iz - 1:iz + 1]
-        bound = np.minimum(rows[:, j - 1], rows[:, j]).min(axis=0) + offset_mag - 0.3
-        return bool(np.any(bound < limmag5[after]))
+        bound = np.minimum(rows[:, j - 1], rows[:, j]).min(axis=0) + (offset_mag - 0.3)
+        return bool((bound < limmag5[first:]).any())
 
     def template(self, name: str) -> Template:
         return next(t for t in self.templates if t.name == name)
 
     def draw(self, rng: np.random.Generator, mjd: np.ndarray, limmag5: np.ndarray):
-        """(g magnitudes at `mjd`, truth) of a supernova detected at least once, or None if none was found
+        """(g magnitudes at `mjd` (increasing), truth) of a supernova detected at least once, or None if none was found
         in `max_attempts` draws (a field too shallow): the caller then draws other conditions.
 
         Candidates are drawn in batches of `BATCH` (type, template, z, stretch, scale, dust, luminosity,
@@ -287,13 +301,10 @@ class SupernovaModel:
         for _ in range(0, self.max_attempts, BATCH):
             cand = self._candidates(rng, BATCH, float(mjd[0]), float(mjd[-1]))
             for k in np.flatnonzero(cand["brightest"] - 0.3 <= deepest):  # dust only dims
+                if not self._may_be_detected(cand, k, mjd, limmag5):
+                    continue
                 t = self.templates[cand["template"][k]]
                 truth = {key: float(cand[key][k]) for key in TRUTH_KEYS}
-                z, stretch = truth["redshift"], truth["stretch"]
-                t0 = truth["explosion_mjd"] - t.explosion_phase_d * (1 + z) * stretch
-                offset = truth["abs_mag"] + cand["dm"][k] - 2.5 * np.log10(truth["flux_scale"])
-                if not self._may_be_detected(t, z, offset, t0, stretch, mjd, limmag5, truth["explosion_mjd"]):
-                    continue
                 mag = self.light_curve(t, truth, mjd)
                 if np.any(mag < limmag5):
                     return mag, {"template": t.name, "subtype": t.subtype, **truth}

@@ -205,3 +205,23 @@ def test_tabulated_magnitude_law_matches_the_direct_inversion():
         assert np.max(np.abs(fast - direct)) < 0.005
     with pytest.raises(ValueError, match="m_min < m_max"):
         exp_erf_sample(0.5, 0.3, 21.5, 15.0, 14.0)
+
+
+def test_detection_bound_never_discards_a_detectable_supernova(sn_model):
+    """The cheap bound that spares sncosmo calls (tabulated light curve, least dust extinction) may only
+    discard candidates whose sncosmo light curve is below every 5-sigma limit."""
+    sampler, rng = make_sampler(), np.random.default_rng(5)
+    discarded = kept = 0
+    while discarded < 150:
+        c = sampler.draw(rng)
+        mjd, lim = c.mjd[c.mask], c.limmag5[c.mask] + 1.0  # deeper than the survey: more near misses
+        cand = sn_model._candidates(rng, 64, float(mjd[0]), float(mjd[-1]))
+        for k in np.flatnonzero(cand["av_mag"] > 0.3)[:8]:  # dusty ones test the extinction term
+            t = sn_model.templates[cand["template"][k]]
+            truth = {key: float(cand[key][k]) for key in supernova.TRUTH_KEYS}
+            detected = bool(np.any(sn_model.light_curve(t, truth, mjd) < lim))
+            if not sn_model._may_be_detected(cand, k, mjd, lim):
+                discarded += 1
+                assert not detected, f"candidate {truth} was discarded but is detected"
+            kept += detected
+    assert kept >= 5  # the sample also holds detectable ones
