@@ -20,7 +20,9 @@ complex arrays:
 
 k_j = 2 pi j / N, w_0 = 1, w_j = 2. Running j past the Nyquist frequency (j > N/2) adds the aliased
 power that pixel sampling folds in, which the FFT drops: the sum stops where P is negligible, so small
-PSFs (FWHM < 3 px, HiTS's best seeing) are exact too. Parity with GalSim's own `drawImage` is shown by
+PSFs (FWHM < 3 px, HiTS's best seeing) are exact too. Stamps with a host galaxy take the FFT unless
+their PSF is that narrow; then the host is a direct sum too (`_DirectHostSum`: sines and cosines, as a
+sheared galaxy is only point-symmetric). Parity with GalSim's own `drawImage` is shown by
 `tests/test_render.py`.
 
 All lengths are in pixels; the stamp centre is pixel (size//2, size//2) and positions are offsets from it.
@@ -143,6 +145,11 @@ class _Grid:
 
 #: Fourier terms of the direct sum where the unit-flux PSF transform is below this are left out.
 DIRECT_SUM_EPS = 1e-6
+#: Stamps with a host go through the direct sums (not the FFT) when the PSF transform at the pixel
+#: Nyquist frequency exceeds this: the FFT misses about that fraction of the peak in aliased power.
+ALIASING_EPS = 5e-4
+#: Stamps per batch of the direct host sums: their (2J+1) x (J+1) grids stay in cache.
+HOST_BATCH = 16
 
 
 class _DirectSum:
@@ -187,6 +194,64 @@ class _DirectSum:
         return np.matmul(np.matmul(rows, psf), axis(dx_px).transpose(0, 2, 1))
 
 
+class _DirectHostSum(_DirectSum):
+    """Host galaxies under a round PSF as a direct real Fourier sum, folding period `n`.
+
+    The host's transform E(k) = G(S k) P(|k| fwhm) pix(kx) pix(ky) is real and even under k -> -k
+    (sheared, but point-symmetric), though not in each axis, so with u = (X - dx_host, Y - dy_host)
+
+        img(Y, X) = flux / N^2  sum_{l = -J..J} sum_{j = 0..J} w_j E(k_j, k_l) [cos(k_l u_y) cos(k_j u_x) - sin(k_l u_y) sin(k_j u_x)]
+
+    (w_0 = 1, w_j = 2): four small matmuls per stamp. J comes from the PSF as for point sources. Slower
+    than the FFT, so the renderer uses it only where the FFT's cut at Nyquist would show: PSFs narrower
+    than `fwhm_below_px` (transform above `ALIASING_EPS` at the Nyquist frequency)."""
+
+    def __init__(self, n: int, stamp_size: int, psf_table, disk_table, bulge_table):
+        super().__init__(n, stamp_size, psf_table)
+        self.disk_table, self.bulge_table = disk_table, bulge_table
+        above = np.flatnonzero(np.abs(psf_table.values) > ALIASING_EPS)
+        self.fwhm_below_px = (above[-1] + 1) * psf_table.dq / np.pi  # P(pi fwhm) < ALIASING_EPS above it
+        self._half: dict = {}
+
+    def _half_plane(self, n_terms: int):
+        """kx (J+1,), ky (2J+1,), their squares and product on the (ky, kx) grid, |k| as unique values and
+        inverse, pix(ky) pix(kx) on the grid, and w_j pix(kx) per column."""
+        if n_terms not in self._half:
+            kx = (2 * np.pi / self.n * np.arange(n_terms + 1)).astype(np.float32)
+            ky = (2 * np.pi / self.n * np.arange(-n_terms, n_terms + 1)).astype(np.float32)
+            kx2, ky2, kxy = kx[None, :] ** 2 + 0 * ky[:, None], ky[:, None] ** 2 + 0 * kx[None, :], ky[:, None] * kx[None, :]
+            unique, inverse = np.unique(np.sqrt(kx2 + ky2), return_inverse=True)
+            pix_y = np.sinc(ky / (2 * np.pi)).astype(np.float32)
+            w_x = (np.where(np.arange(n_terms + 1) == 0, 1.0, 2.0) * np.sinc(kx / (2 * np.pi))).astype(np.float32)
+            self._half[n_terms] = (kx, ky, kx2, ky2, kxy, unique, inverse.reshape(kx2.shape), pix_y, w_x)
+        return self._half[n_terms]
+
+    def shapes(self, n_terms: int, hosts: HostParams) -> np.ndarray:
+        """Unit-flux host transforms G(S k) on the half-plane of `n_terms`, shape (H, 2J+1, J+1)."""
+        _, _, kx2, ky2, kxy, *_ = self._half_plane(n_terms)
+
+        def kmod(g1, g2, size):
+            a, b, c = (np.asarray(x, np.float32)[:, None, None] for x in _shear_quadratic(g1, g2))
+            return np.sqrt(a * kx2 + (2 * b) * kxy + c * ky2) * np.asarray(size, np.float32)[:, None, None]
+
+        bf = np.asarray(hosts.bulge_frac, np.float32)[:, None, None]
+        return ((1 - bf) * self.disk_table(kmod(hosts.disk_g1, hosts.disk_g2, hosts.disk_hlr_px))
+                + bf * self.bulge_table(kmod(hosts.bulge_g1, hosts.bulge_g2, hosts.bulge_hlr_px)))
+
+    def render_hosts(self, n_terms: int, shapes: np.ndarray, flux_adu, dx_px, dy_px, fwhm_px) -> np.ndarray:
+        """The host part (B, size, size) of stamps using `n_terms`, given each stamp's host shape (B, ...)."""
+        kx, ky, _, _, _, unique, inverse, pix_y, w_x = self._half_plane(n_terms)
+        fwhm = np.asarray(fwhm_px, np.float32)
+        e = np.take(self.psf_table(unique[None, :] * fwhm[:, None]), inverse.ravel(), axis=1).reshape(shapes.shape)
+        e *= shapes
+        uy = self.offsets[None, :, None] - np.asarray(dy_px, np.float32)[:, None, None]
+        ux = self.offsets[None, :, None] - np.asarray(dx_px, np.float32)[:, None, None]
+        scale = pix_y * (np.asarray(flux_adu, np.float32) / self.n ** 2)[:, None, None]  # (B, 1, 2J+1)
+        cy, sy = scale * np.cos(ky * uy), scale * np.sin(ky * uy)
+        cx, sx = (w_x * np.cos(kx * ux)).transpose(0, 2, 1), (w_x * np.sin(kx * ux)).transpose(0, 2, 1)
+        return np.matmul(np.matmul(cy, e), cx) - np.matmul(np.matmul(sy, e), sx)
+
+
 class Renderer:
     """Renders batches of noiseless stamps; construct once, call `render` many times."""
 
@@ -204,6 +269,8 @@ class Renderer:
         self._point_grid = _Grid(fft_size, stamp_size)
         self._host_grid = self._point_grid if host_fft_size == fft_size else _Grid(host_fft_size, stamp_size)
         self._direct = _DirectSum(fft_size, stamp_size, self.psf_table)
+        self._direct_host = _DirectHostSum(host_fft_size, stamp_size, self.psf_table, self.disk_table,
+                                           self.bulge_table)
 
     def host_shapes(self, hosts: HostParams, grid: "_Grid | None" = None) -> np.ndarray:
         """Unit-flux Fourier transforms of the host galaxies at their positions, shape (H, N, M)."""
@@ -254,8 +321,8 @@ class Renderer:
         if hosts is None and (host_index >= 0).any():
             raise ValueError("stamps refer to host galaxies (host_index >= 0) but no HostParams were given")
         out = np.empty((len(params), self.stamp_size, self.stamp_size), dtype=np.float32)
-        simple = ((host_index < 0) & (np.asarray(params.trail_px) <= 0) & (np.asarray(params.psf_g1) == 0)
-                  & (np.asarray(params.psf_g2) == 0))
+        simple = (np.asarray(params.trail_px) <= 0) & (np.asarray(params.psf_g1) == 0) & (np.asarray(params.psf_g2) == 0)
+        simple &= (host_index < 0) | (np.asarray(params.fwhm_px) < self._direct_host.fwhm_below_px)
         n_terms = self._direct.terms(params.fwhm_px)
         for level in np.unique(n_terms[simple]):
             rows = np.flatnonzero(simple & (n_terms == level))
@@ -263,9 +330,27 @@ class Renderer:
                 sel = rows[start:start + self.batch_size]
                 out[sel] = self._direct.render(level, *(np.asarray(getattr(params, f))[sel] for f in
                                                         ("flux_adu", "dx_px", "dy_px", "fwhm_px")), box_px)
+        self._add_direct_hosts(params, hosts, simple & (host_index >= 0), out)
         for grid, rows in ((self._point_grid, np.flatnonzero(~simple & (host_index < 0))),
-                           (self._host_grid, np.flatnonzero(host_index >= 0))):
+                           (self._host_grid, np.flatnonzero(~simple & (host_index >= 0)))):
             for start in range(0, len(rows), self.batch_size):
                 sel = rows[start:start + self.batch_size]
                 out[sel] = self._render_chunk(params.take(sel), hosts, grid, box_px)
         return out
+
+    def _add_direct_hosts(self, params: StampParams, hosts: HostParams | None, chosen: np.ndarray,
+                          out: np.ndarray) -> None:
+        """Add the host galaxies of the `chosen` stamps (round PSF, direct sums) to `out`."""
+        host_index = np.asarray(params.host_index)
+        n_terms = self._direct_host.terms(params.fwhm_px)
+        for level in np.unique(n_terms[chosen]):
+            rows = np.flatnonzero(chosen & (n_terms == level))
+            used, inverse = np.unique(host_index[rows], return_inverse=True)
+            shapes = self._direct_host.shapes(level, hosts.take(used))
+            x, y = np.asarray(hosts.dx_px)[used][inverse], np.asarray(hosts.dy_px)[used][inverse]
+            for start in range(0, len(rows), HOST_BATCH):
+                part = slice(start, start + HOST_BATCH)
+                sel = rows[part]
+                out[sel] += self._direct_host.render_hosts(level, shapes[inverse[part]],
+                                                           np.asarray(params.host_flux_adu)[sel], x[part], y[part],
+                                                           np.asarray(params.fwhm_px)[sel])
