@@ -18,9 +18,10 @@ hash table uninitialised, so identical data could compress to different bytes. E
 HDF5 initialise edge chunks. Together they make same inputs give byte-identical files. Files are written
 under a temporary name and renamed.
 
-Stamp chunks are compressed where they are made (`pack_chunks`, in the simulation workers: shuffle +
-deflate, run-length strategy, which HDF5's gzip filter reads) and written with `write_direct_chunk`; the merge copies whole
-chunks without decompressing them, and recompresses (with the same code) only chunks that straddle shards.
+Chunks are compressed where they are made (`pack_chunks`, in the simulation workers: shuffle for floats
++ deflate with the run-length strategy, which HDF5's gzip filter reads) and written with
+`write_direct_chunk`; the merge copies whole chunks without decompressing them, and recompresses (with
+the same code) only chunks that straddle shards.
 """
 from __future__ import annotations
 
@@ -63,25 +64,30 @@ class PackedChunks:
     chunks: list
 
 
-def _deflate_chunk(block: np.ndarray, rows: int) -> bytes:
-    """One chunk's bytes for HDF5's shuffle + deflate filters; `block` zero-padded to `rows`.
+def _deflate_chunk(block: np.ndarray, rows: int, shuffle: bool) -> bytes:
+    """One chunk's bytes for HDF5's (shuffle +) deflate filters; `block` zero-padded to `rows`.
 
     Deflate's run-length strategy (Z_RLE): a standard deflate stream that any HDF5 reader's gzip filter
     decodes, made twice as fast as level 1's default strategy and slightly smaller on shuffled noisy
     floats (whose gain is in the repeated exponent bytes, not in long-distance matches)."""
     if len(block) < rows:
         block = np.concatenate([block, np.zeros((rows - len(block),) + block.shape[1:], block.dtype)])
-    shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, block.dtype.itemsize).T
+    data = np.ascontiguousarray(block)
+    raw = data.view(np.uint8).reshape(-1, data.dtype.itemsize).T.tobytes() if shuffle else data.tobytes()
     deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
-    return deflate.compress(shuffled.tobytes()) + deflate.flush()
+    return deflate.compress(raw) + deflate.flush()
 
 
 def pack_chunks(array: np.ndarray) -> PackedChunks:
-    """Compress a float array into the chunks `_create` would write (STAMP_CHUNK_OBJECTS rows each)."""
+    """Compress an array (objects along axis 0) into the chunks `_create` would write (STAMP_CHUNK_OBJECTS
+    rows each); text becomes fixed-width ASCII as in `_create`."""
     array = np.asarray(array)
+    if array.dtype == object:
+        array = array.astype(str).astype(TEXT_DTYPE)
     rows = min(STAMP_CHUNK_OBJECTS, len(array))
+    shuffle = _filters(array.dtype)["shuffle"]
     return PackedChunks(array.shape, array.dtype, rows,
-                        [_deflate_chunk(array[i:i + rows], rows) for i in range(0, len(array), rows)])
+                        [_deflate_chunk(array[i:i + rows], rows, shuffle) for i in range(0, len(array), rows)])
 
 
 def _create_packed(group: h5py.File, name: str, data: PackedChunks) -> None:
@@ -93,7 +99,7 @@ def _create_packed(group: h5py.File, name: str, data: PackedChunks) -> None:
         ds.id.write_direct_chunk((k * data.rows,) + zeros, chunk)
 
 
-def _create(group: h5py.File, name: str, data, compress: bool = True) -> None:
+def _create(group: h5py.File, name: str, data) -> None:
     if isinstance(data, PackedChunks):
         return _create_packed(group, name, data)
     data = np.asarray(data)
@@ -103,7 +109,7 @@ def _create(group: h5py.File, name: str, data, compress: bool = True) -> None:
     if data.ndim >= 1 and data.shape[0] > 0:
         chunk0 = min(STAMP_CHUNK_OBJECTS, data.shape[0])
         kwargs = {"chunks": (chunk0,) + data.shape[1:], "fillvalue": np.zeros((), data.dtype),
-                  **(_filters(data.dtype) if compress else {})}
+                  **_filters(data.dtype)}
     group.create_dataset(name, data=data, track_times=False, **kwargs)
 
 
@@ -125,13 +131,12 @@ def _atomic_file(path: str | Path, attrs: dict, class_names):
             tmp.unlink()
 
 
-def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names, compress: bool = True) -> None:
-    """Write `arrays` (dataset path -> array) and root `attrs` to `path`, atomically (temp name + rename).
-
-    `compress=False` for temporary shard files: the merge compresses once, at the end."""
+def write_arrays(path: str | Path, arrays: dict, attrs: dict, class_names) -> None:
+    """Write `arrays` (dataset path -> array or `PackedChunks`) and root `attrs` to `path`, atomically
+    (temp name + rename)."""
     with _atomic_file(path, attrs, class_names) as f:
         for key in sorted(arrays):
-            _create(f, key, arrays[key], compress)
+            _create(f, key, arrays[key])
 
 
 def read_arrays(path: str | Path) -> tuple[dict, dict]:
@@ -148,74 +153,53 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
 
 
 def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
-    """Concatenate shard files (in order) into the final dataset `out`, atomically."""
+    """Concatenate shard files (in order) into the final dataset `out`, atomically.
+
+    Every dataset is written chunk by chunk, in order: chunks a shard already holds compressed the same
+    way are copied as bytes (`read_direct_chunk`), chunks straddling shards are rebuilt from their rows
+    with the same compression code, so the file's bytes do not depend on the shard size or the workers."""
     with h5py.File(shard_paths[0], "r") as f0:
         keys: list[str] = []
         f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
         specs = {k: (f0[k].shape[1:], f0[k].dtype) for k in keys}
-    bounds = [0]
-    for p in shard_paths:
-        with h5py.File(p, "r") as f:
-            bounds.append(bounds[-1] + f["label"].shape[0])
-    n = bounds[-1]
-    keys = [k for k in keys if k != "stamps"]
-    with _atomic_file(out, attrs, class_names) as g:
-        chunk = min(STAMP_CHUNK_OBJECTS, n)
-        for k in sorted(keys):
-            shape, dtype = specs[k]
-            # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
-            g.create_dataset(k, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
-                             fillvalue=np.zeros((), dtype), **_filters(dtype))
-        # Each shard is read once; rows are written in whole chunks, in order, so the file's bytes do not
-        # depend on the shard size.
-        pending = {k: [] for k in keys}
-        start = 0
-        for p in shard_paths:
-            with h5py.File(p, "r") as f:
-                for k in keys:
-                    pending[k].append(f[k][()])
-            rows = sum(len(b) for b in pending[keys[0]])
-            full = rows - rows % chunk
-            for k in keys:
-                block = np.concatenate(pending[k])
-                if full:
-                    g[k][start:start + full] = block[:full]
-                pending[k] = [block[full:]]
-            start += full
-        if start < n:
-            for k in keys:
-                g[k][start:n] = pending[k][0]
-        _merge_stamps(shard_paths, bounds, g, specs["stamps"], chunk)
-
-
-def _merge_stamps(shard_paths: list[Path], bounds: list[int], g: h5py.File, spec, chunk: int) -> None:
-    """Stamps chunk by chunk: copied compressed when a shard holds the same chunk, else rebuilt from rows."""
-    shape, dtype = spec
-    n = bounds[-1]
-    out = g.create_dataset("stamps", shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
-                           fillvalue=np.zeros((), dtype), **_filters(dtype))
-    zeros = (0,) * len(shape)
     files = [h5py.File(p, "r") for p in shard_paths]
     try:
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            s = int(np.searchsorted(bounds, lo, side="right")) - 1  # the shard holding row lo
-            a, b = bounds[s], bounds[s + 1]
-            src = files[s]["stamps"]
-            if src.chunks[0] == chunk and (lo - a) % chunk == 0 and hi <= b and (hi - lo == chunk or hi == b):
-                _, raw = src.id.read_direct_chunk((lo - a,) + zeros)
-            else:  # a chunk straddling shards: gather its rows, compress with the same code
-                parts, row = [], lo
-                while row < hi:
-                    s = int(np.searchsorted(bounds, row, side="right")) - 1
-                    top = min(hi, bounds[s + 1])
-                    parts.append(files[s]["stamps"][row - bounds[s]:top - bounds[s]])
-                    row = top
-                raw = _deflate_chunk(np.concatenate(parts), chunk)
-            out.id.write_direct_chunk((lo,) + zeros, raw)
+        bounds = np.concatenate([[0], np.cumsum([f["label"].shape[0] for f in files])])
+        with _atomic_file(out, attrs, class_names) as g:
+            for k in sorted(keys):
+                _merge_dataset([f[k] for f in files], bounds, g, k, specs[k])
     finally:
         for f in files:
             f.close()
+
+
+def _merge_dataset(sources: list, bounds: np.ndarray, g: h5py.File, name: str, spec) -> None:
+    """One dataset of the merge: `sources[s]` holds rows bounds[s]..bounds[s+1]."""
+    shape, dtype = spec
+    n = int(bounds[-1])
+    chunk = min(STAMP_CHUNK_OBJECTS, n)
+    filters = _filters(dtype)
+    # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
+    out = g.create_dataset(name, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
+                           fillvalue=np.zeros((), dtype), **filters)
+    zeros = (0,) * len(shape)
+    same_coding = [src.chunks == (chunk,) + shape and src.compression == "gzip"
+                   and bool(src.shuffle) == filters["shuffle"] for src in sources]
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        s = int(np.searchsorted(bounds, lo, side="right")) - 1  # the shard holding row lo
+        a, b = int(bounds[s]), int(bounds[s + 1])
+        if same_coding[s] and (lo - a) % chunk == 0 and hi <= b and (hi - lo == chunk or hi == b):
+            _, raw = sources[s].id.read_direct_chunk((lo - a,) + zeros)
+        else:  # a chunk straddling shards (or coded otherwise): gather its rows, compress with the same code
+            parts, row = [], lo
+            while row < hi:
+                s = int(np.searchsorted(bounds, row, side="right")) - 1
+                top = min(hi, int(bounds[s + 1]))
+                parts.append(sources[s][row - int(bounds[s]):top - int(bounds[s])])
+                row = top
+            raw = _deflate_chunk(np.concatenate(parts), chunk, filters["shuffle"])
+        out.id.write_direct_chunk((lo,) + zeros, raw)
 
 
 def class_names(path: str | Path) -> list[str]:

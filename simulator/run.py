@@ -44,10 +44,9 @@ def _root_attrs(cfg: SimConfig) -> dict:
 
 
 def simulate_packed(cfg_json: str, start: int, stop: int) -> dict:
-    """`simulate_shard` with the stamps compressed into HDF5 chunks where they are made (in the worker)."""
-    arrays = simulate_shard(cfg_json, start, stop)
-    arrays["stamps"] = pack_chunks(arrays["stamps"])
-    return arrays
+    """`simulate_shard` with every array compressed into HDF5 chunks where it is made (in the worker):
+    writing the shard and merging only copy bytes."""
+    return {k: pack_chunks(v) for k, v in simulate_shard(cfg_json, start, stop).items()}
 
 
 def _worker_context():
@@ -114,8 +113,7 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
         bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
                                        disable=not cfg.progress))
         for (a, b), arrays in results:
-            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes,
-                         compress=False)
+            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
             bar.update(b - a)
     merge([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes)
     shutil.rmtree(parts)
