@@ -3,8 +3,8 @@
 Real frames come with raw pixels (sentinels, saturation) and conditions that may be missing, so: only
 g-band frames with finite seeing, zero point and exposure time are measured; the sky is the logged one
 where finite, else the stamp's sigma-clipped border; the PSF FWHM is fitted per frame for bright sources
-(`fit_fwhm`) starting from `fwhm_per_seeing` x the logged seeing (0.81: the renderer's calibration on real
-HiTS stars, benchmarks/compare_real.py). Gain, read noise and saturation are per CCD in the survey's
+(`fit_fwhm`) starting from the FWHM the logged seeing implies (`simulator.settings.psf_fwhm_arcsec`, the
+relation the simulator renders, fitted on real HiTS stars by benchmarks/compare_real.py). Gain, read noise and saturation are per CCD in the survey's
 camera table, but a stamp does not say its CCD: the camera medians are used (saturation: the lowest).
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from simulator.settings import psf_fwhm_arcsec
 
 from .optimal import OptimalPhotometry, fit_fwhm
 
@@ -52,16 +54,16 @@ def camera_medians(camera_csv: str | Path | None) -> tuple[float, float, float]:
 
 def measure_frames(stamps: np.ndarray, seeing_arcsec: np.ndarray, sky_adu: np.ndarray | None, gain: float,
                    read_noise: float, saturation: float, pixel_scale_arcsec: float = 0.27,
-                   fwhm_per_seeing: float = 0.81, moffat_beta: float = 4.2):
-    """(Photometry, fitted FWHM px) of real frames: FWHM fitted from fwhm_per_seeing x seeing, then measured."""
+                   moffat_beta: float = 4.2):
+    """(Photometry, fitted FWHM px) of real frames: FWHM fitted from the seeing's expected FWHM, then measured."""
     op = OptimalPhotometry(stamps.shape[-1], "moffat", moffat_beta)
-    fwhm = fit_fwhm(op, stamps, seeing_arcsec * fwhm_per_seeing / pixel_scale_arcsec, gain, read_noise, sky_adu,
-                    saturation)
+    fwhm = fit_fwhm(op, stamps, psf_fwhm_arcsec(np.asarray(seeing_arcsec, float)) / pixel_scale_arcsec, gain,
+                    read_noise, sky_adu, saturation)
     return op.measure(stamps, fwhm, gain, read_noise, sky_adu, saturation), fwhm
 
 
 def measure_real(path: str | Path, camera_csv: str | Path | None = None, pixel_scale_arcsec: float = 0.27,
-                 fwhm_per_seeing: float = 0.81, moffat_beta: float = 4.2) -> RealLightCurves:
+                 moffat_beta: float = 4.2) -> RealLightCurves:
     """Optimal photometry of every g-band frame of a real stamp file (no pickles are loaded)."""
     path = Path(path)
     with np.load(path, allow_pickle=False) as data:
@@ -73,7 +75,7 @@ def measure_real(path: str | Path, camera_csv: str | Path | None = None, pixel_s
           & np.isfinite(arrays["zero_point"]) & np.isfinite(arrays["exp_time_s"]))
     sky = arrays["sky_adu"][ok]
     r, fwhm = measure_frames(stamps[ok], arrays["seeing_arcsec"][ok], None if np.isnan(sky).any() else sky, gain, rn,
-                             sat, pixel_scale_arcsec, fwhm_per_seeing, moffat_beta)
+                             sat, pixel_scale_arcsec, moffat_beta)
     n = len(stamps)
     out = {k: np.full(n, np.nan) for k in ("flux_adu", "flux_err_adu", "mag", "fwhm_px")}
     out["flux_adu"][ok], out["flux_err_adu"][ok], out["fwhm_px"][ok] = r.flux_adu, r.flux_err_adu, fwhm

@@ -161,8 +161,7 @@ def _host_context(path: str | Path, names: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
-                pixel_scale_arcsec: float = 0.27, fwhm_per_seeing: float = 0.81,
-                fields_file: str | Path | None = None, context_csv: str | Path | None = None) -> Path:
+                pixel_scale_arcsec: float = 0.27, fields_file: str | Path | None = None, context_csv: str | Path | None = None) -> Path:
     """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
     to a dataset (see the module docstring); returns `out`."""
     path = Path(path)
@@ -197,7 +196,7 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     # photometry of every usable frame
     u = np.flatnonzero(usable)
     phot, _ = measure_frames(stamps[u], cond["seeing_arcsec"][u], cond["sky_adu"][u], gain, rn, sat,
-                             pixel_scale_arcsec, fwhm_per_seeing)
+                             pixel_scale_arcsec)
     flux = np.full(len(stamps), np.nan)
     err = np.full(len(stamps), np.nan)
     flux[u], err[u] = phot.flux_adu, phot.flux_err_adu
