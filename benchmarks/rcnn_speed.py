@@ -2,8 +2,9 @@
 
 Prints one line: matmul peak GFLOP/s (f32 2048^2, jit), training sequences/s (one jit train step: forward,
 backward, Adam), inference sequences/s, XLA's FLOP count per training sequence and the achieved GFLOP/s
-as a fraction of the peak, for XLA's default CPU flags and with `--xla_cpu_experimental_ynn_fusion_type=`
-(each in its own process: XLA reads its flags once). Synthetic inputs: this measures the model, not I/O.
+as a fraction of the peak, for XLA's default CPU flags, with `--xla_cpu_experimental_ynn_fusion_type=`
+(YNNPACK fusions off) and with `...=reduce` (YNNPACK for reductions only), each in its own process (XLA
+reads its flags once). Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
 """
 from __future__ import annotations
@@ -82,8 +83,10 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     parts = []
-    for label, flags in (("default flags", os.environ.get("XLA_FLAGS", "")),
-                         ("ynn fusion off", (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip())):
+    base = os.environ.get("XLA_FLAGS", "")
+    ynn = " --xla_cpu_experimental_ynn_fusion_type="
+    for label, flags in (("default flags", base), ("ynn fusion off", (base + ynn).strip()),
+                         ("ynn reductions only", (base + ynn + "reduce").strip())):
         env = {**os.environ, "XLA_FLAGS": flags}
         cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
                "--model", args.model, "--dtype", args.dtype]

@@ -59,16 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: XLA CPU flag measured 3x faster for this network's training on 2 cores but 20% slower for inference
-#: (benchmarks/rcnn_speed.py): set for the commands that train, unless the user's XLA_FLAGS mention it. XLA
-#: reads its flags once, before jax is first used.
+#: XLA CPU flag for training (benchmarks/rcnn_speed.py, 2 cores): with XLA's default YNNPACK fusions this
+#: network trains 3x slower (its convolutions), with them all off its batch-norm reductions are 4-10x
+#: slower than they need be; YNNPACK for reductions only trains ~6% faster than all off. The type name
+#: `reduce` was checked on jaxlib 0.10 (an unknown name is a fatal XLA error), so other versions get all
+#: off. Inference is fastest with the defaults, so only the commands that train set it, unless the user's
+#: XLA_FLAGS mention it. XLA reads its flags once, before jax is first used.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+CHECKED_YNN_TYPES = {"0.10": "reduce"}
 
 
 def use_fast_cpu_flags() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            types = CHECKED_YNN_TYPES.get(".".join(version("jaxlib").split(".")[:2]), "")
+        except PackageNotFoundError:
+            types = ""
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}{types}".strip()
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
 """RCNN and light-curve classifier: shapes, masking, jit parity, losses, training, exact resume, bad data."""
 import json
+import os
 import subprocess
 import sys
 
@@ -289,3 +290,20 @@ def test_brightness_augmentation(dataset):
     assert not np.allclose(np.abs(a["images"]).sum((1, 2, 3)), np.abs(plain["images"]).sum((1, 2, 3)))
     with pytest.raises(ValueError, match="augment_brightness_mag must be >= 0"):
         TrainConfig(augment_brightness_mag=-1)
+
+
+def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
+    """`rcnn train` picks YNNPACK reductions only on the jaxlib it was checked on, all fusions off elsewhere,
+    and leaves a user's own setting alone."""
+    import importlib.metadata
+
+    from rcnn import cli
+
+    for jaxlib_version, expected in (("0.10.2", "reduce"), ("0.99.0", "")):
+        monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
+        cli.use_fast_cpu_flags()
+        assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {cli.CPU_XLA_FLAG}{expected}"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    cli.use_fast_cpu_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
