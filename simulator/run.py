@@ -53,8 +53,10 @@ def _worker_context():
     """Forked workers where the platform allows it: they inherit this process's imports and its `_setup`
     cache (survey model, templates, Fourier tables), which `simulate` fills before any worker starts, so a
     worker computes from its first instant (spawned ones first spend ~2 s importing and tabulating). The
-    pool is created before any other thread of ours (the progress bar's monitor) exists."""
-    return get_context("fork" if "fork" in get_all_start_methods() and sys.platform == "linux" else "spawn")
+    pool is created before any other thread of ours (the progress bar's monitor) exists; a process that
+    has imported JAX (multithreaded, and it warns on fork) spawns instead."""
+    forkable = "fork" in get_all_start_methods() and sys.platform == "linux" and "jax" not in sys.modules
+    return get_context("fork" if forkable else "spawn")
 
 
 def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):

@@ -37,7 +37,8 @@ def test_cli_writes_the_dataset_contract(tmp_path):
     out = tmp_path / "d.h5"
     png = tmp_path / "d.png"
     proc = run_cli("--survey", "hits", "--n-per-class", "20", "--classes", "nonvariable,galaxy,asteroid",
-                   "--seed", "7", "--out", str(out), "--plot", str(png), "--no-progress")
+                   "--seed", "7", "--out", str(out), "--plot", str(png), "--no-progress", "--workers", "2",
+                   "--set", "shard_size=32")  # two forked workers (no JAX in this process)
     assert "nonvariable" in proc.stdout and png.stat().st_size > 10_000
     with h5py.File(out, "r") as f:
         n, t = f["mask"].shape
@@ -76,12 +77,18 @@ def test_cli_writes_the_dataset_contract(tmp_path):
         assert '"n_per_class": 20' in f.attrs["config"]
 
 
-def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
-    # 150 objects: chunks of 64 copied whole from aligned shards (64) or rebuilt across shards (8, 5)
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path, monkeypatch):
+    # 150 objects: chunks of 64 copied whole from aligned shards (64) or rebuilt across shards (8, 5);
+    # workers as this process would start them (forked unless JAX is loaded) and spawned (their own set-up)
+    from multiprocessing import get_context
+
+    import simulator.run
+
     base = dict(classes=("nonvariable", "galaxy", "asteroid"), n_per_class=50, seed=3, shard_size=64, progress=False)
     a = simulate(SimConfig(**base), tmp_path / "a.h5")
     b = simulate(SimConfig(**base, workers=2), tmp_path / "b.h5")
     c = simulate(SimConfig(**{**base, "shard_size": 5}), tmp_path / "c.h5")
+    monkeypatch.setattr(simulator.run, "_worker_context", lambda: get_context("spawn"))
     e = simulate(SimConfig(**{**base, "shard_size": 8, "workers": 2}), tmp_path / "e.h5")
     d = simulate(SimConfig(**{**base, "seed": 4}), tmp_path / "d.h5")
     assert sha(a) == sha(b)
@@ -171,3 +178,15 @@ def test_packed_stamp_chunks_are_plain_gzip_and_shuffle(tmp_path):
         ds = f["stamps"]
         assert ds.compression == "gzip" and ds.shuffle
         np.testing.assert_array_equal(ds[()], stamps)
+
+
+def test_workers_fork_only_without_jax(monkeypatch):
+    """Local workers are forked on Linux (they inherit the parent's set-up) unless JAX, multithreaded, is
+    loaded in this process; then they are spawned."""
+    import simulator.run
+
+    monkeypatch.setitem(sys.modules, "jax", object())
+    assert simulator.run._worker_context().get_start_method() == "spawn"
+    monkeypatch.delitem(sys.modules, "jax")
+    expected = "fork" if sys.platform == "linux" else "spawn"
+    assert simulator.run._worker_context().get_start_method() == expected
