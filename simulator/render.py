@@ -113,6 +113,21 @@ def _shear_quadratic(g1, g2):
     return a, b, c
 
 
+def _sheared_kmod(kx2, kxy, ky2, g1, g2) -> np.ndarray:
+    """|S k| on a grid (kx^2, kx ky, ky^2 arrays) for each row's shear (g1, g2), shape (B,) + grid."""
+    a, b, c = (x.astype(np.float32)[:, None, None] for x in _shear_quadratic(g1, g2))
+    return np.sqrt(a * kx2 + (2 * b) * kxy + c * ky2)
+
+
+def _galaxy_transform(kmod, hosts: "HostParams", disk_table, bulge_table) -> np.ndarray:
+    """Unit-flux, centred Fourier transforms of the bulge + disk hosts, given `kmod(g1, g2)` -> |S k| on a
+    grid; shape (H,) + grid."""
+    kd = kmod(hosts.disk_g1, hosts.disk_g2) * np.asarray(hosts.disk_hlr_px, np.float32)[:, None, None]
+    kb = kmod(hosts.bulge_g1, hosts.bulge_g2) * np.asarray(hosts.bulge_hlr_px, np.float32)[:, None, None]
+    bf = np.asarray(hosts.bulge_frac, np.float32)[:, None, None]
+    return (1 - bf) * disk_table(kd) + bf * bulge_table(kb)
+
+
 class _Grid:
     """Wave numbers, pixel response and crop indices of one FFT grid of size n (the folding period)."""
 
@@ -133,8 +148,7 @@ class _Grid:
 
     def kmod(self, g1, g2) -> np.ndarray:
         """|S k| on the grid for each stamp's shear, shape (B, N, M)."""
-        a, b, c = (x.astype(np.float32)[:, None, None] for x in _shear_quadratic(g1, g2))
-        return np.sqrt(a * self.kx2 + (2 * b) * self.kxy + c * self.ky2)
+        return _sheared_kmod(self.kx2, self.kxy, self.ky2, g1, g2)
 
     def phase(self, dx, dy) -> np.ndarray:
         """e^{-i (kx dx + ky dy)}, separable, shape (B, N, M)."""
@@ -214,35 +228,31 @@ class _DirectHostSum(_DirectSum):
         self._half: dict = {}
 
     def _half_plane(self, n_terms: int):
-        """kx (J+1,), ky (2J+1,), their squares and product on the (ky, kx) grid, |k| as unique values and
-        inverse, pix(ky) pix(kx) on the grid, and w_j pix(kx) per column."""
+        """ky (2J+1,); kx^2, kx ky, ky^2 on the (ky, kx) grid; |k| there as unique values and inverse;
+        pix(ky). The kx axis (0..J) and its weights w_j pix(k_j) are the point-source sum's (`_level`)."""
         if n_terms not in self._half:
-            kx = (2 * np.pi / self.n * np.arange(n_terms + 1)).astype(np.float32)
+            kx = self._level(n_terms)[0]
             ky = (2 * np.pi / self.n * np.arange(-n_terms, n_terms + 1)).astype(np.float32)
-            kx2, ky2, kxy = kx[None, :] ** 2 + 0 * ky[:, None], ky[:, None] ** 2 + 0 * kx[None, :], ky[:, None] * kx[None, :]
+            shape = (len(ky), len(kx))
+            kx2, ky2 = np.broadcast_to(kx[None, :] ** 2, shape), np.broadcast_to(ky[:, None] ** 2, shape)
+            kxy = ky[:, None] * kx[None, :]
             unique, inverse = np.unique(np.sqrt(kx2 + ky2), return_inverse=True)
             pix_y = np.sinc(ky / (2 * np.pi)).astype(np.float32)
-            w_x = (np.where(np.arange(n_terms + 1) == 0, 1.0, 2.0) * np.sinc(kx / (2 * np.pi))).astype(np.float32)
-            self._half[n_terms] = (kx, ky, kx2, ky2, kxy, unique, inverse.reshape(kx2.shape), pix_y, w_x)
+            self._half[n_terms] = (ky, kx2, kxy, ky2, unique, inverse.reshape(shape), pix_y)
         return self._half[n_terms]
 
     def shapes(self, n_terms: int, hosts: HostParams) -> np.ndarray:
         """Unit-flux host transforms G(S k) on the half-plane of `n_terms`, shape (H, 2J+1, J+1)."""
-        _, _, kx2, ky2, kxy, *_ = self._half_plane(n_terms)
-
-        def kmod(g1, g2, size):
-            a, b, c = (np.asarray(x, np.float32)[:, None, None] for x in _shear_quadratic(g1, g2))
-            return np.sqrt(a * kx2 + (2 * b) * kxy + c * ky2) * np.asarray(size, np.float32)[:, None, None]
-
-        bf = np.asarray(hosts.bulge_frac, np.float32)[:, None, None]
-        return ((1 - bf) * self.disk_table(kmod(hosts.disk_g1, hosts.disk_g2, hosts.disk_hlr_px))
-                + bf * self.bulge_table(kmod(hosts.bulge_g1, hosts.bulge_g2, hosts.bulge_hlr_px)))
+        _, kx2, kxy, ky2, *_ = self._half_plane(n_terms)
+        return _galaxy_transform(lambda g1, g2: _sheared_kmod(kx2, kxy, ky2, g1, g2), hosts, self.disk_table,
+                                 self.bulge_table)
 
     def render_hosts(self, n_terms: int, shapes: np.ndarray, flux_adu, dx_px, dy_px, fwhm_px) -> np.ndarray:
         """The host part (B, size, size) of stamps using `n_terms`, given each stamp's host shape (B, ...)."""
-        kx, ky, _, _, _, unique, inverse, pix_y, w_x = self._half_plane(n_terms)
+        kx, w_x, *_ = self._level(n_terms)
+        ky, _, _, _, unique, inverse, pix_y = self._half_plane(n_terms)
         fwhm = np.asarray(fwhm_px, np.float32)
-        e = np.take(self.psf_table(unique[None, :] * fwhm[:, None]), inverse.ravel(), axis=1).reshape(shapes.shape)
+        e = np.take(self.psf_table(unique[None, :] * fwhm[:, None]), inverse, axis=1)  # C order for matmul
         e *= shapes
         uy = self.offsets[None, :, None] - np.asarray(dy_px, np.float32)[:, None, None]
         ux = self.offsets[None, :, None] - np.asarray(dx_px, np.float32)[:, None, None]
@@ -275,10 +285,7 @@ class Renderer:
     def host_shapes(self, hosts: HostParams, grid: "_Grid | None" = None) -> np.ndarray:
         """Unit-flux Fourier transforms of the host galaxies at their positions, shape (H, N, M)."""
         grid = grid or self._host_grid
-        kd = grid.kmod(hosts.disk_g1, hosts.disk_g2) * np.asarray(hosts.disk_hlr_px, np.float32)[:, None, None]
-        kb = grid.kmod(hosts.bulge_g1, hosts.bulge_g2) * np.asarray(hosts.bulge_hlr_px, np.float32)[:, None, None]
-        bf = np.asarray(hosts.bulge_frac, np.float32)[:, None, None]
-        gal = (1 - bf) * self.disk_table(kd) + bf * self.bulge_table(kb)
+        gal = _galaxy_transform(grid.kmod, hosts, self.disk_table, self.bulge_table)
         return gal * grid.phase(hosts.dx_px, hosts.dy_px)
 
     def _render_chunk(self, p: StampParams, hosts: HostParams | None, grid: _Grid, box_px: float = 0.0) -> np.ndarray:
@@ -312,10 +319,11 @@ class Renderer:
         """Noiseless stamps (B, size, size) in ADU, float32. `box_px` > 0 averages each stamp over positions
         uniform within a box_px-wide square (photometry's template for an unknown sub-pixel position).
 
-        Fixed point sources under a round PSF without a host go through the direct sum, grouped by their
-        number of terms; the others through the FFT on the point-source grid, or the host grid when they
-        have a host. Each group is computed in batches of `batch_size`. A stamp's values do not depend on
-        the batch.
+        Fixed sources under a round PSF go through the direct sums, grouped by their number of terms: all
+        point sources, and those with a host when the PSF is narrower than the FFT's aliasing threshold
+        (the host added by `_add_direct_hosts`). The others go through the FFT on the point-source grid,
+        or the host grid when they have a host. Each group is computed in batches (`batch_size`; direct
+        host sums `HOST_BATCH`). A stamp's values do not depend on the batch.
         """
         host_index = np.asarray(params.host_index)
         if hosts is None and (host_index >= 0).any():
