@@ -54,6 +54,19 @@ def _filters(dtype) -> dict:
     return {"compression": "gzip", "compression_opts": 1, "shuffle": np.dtype(dtype).kind == "f"}
 
 
+def _layout(dtype, rows: int, row_shape: tuple) -> dict:
+    """Options of every chunked dataset we write: `rows` objects per chunk, filters by dtype, and an
+    explicit fill value (HDF5 then initialises edge chunks: no stray memory in the file)."""
+    return {"chunks": (rows,) + tuple(row_shape), "fillvalue": np.zeros((), dtype), "track_times": False,
+            **_filters(dtype)}
+
+
+def _storable(data) -> np.ndarray:
+    """`data` as stored: text as fixed-width ASCII (no global heap, so identical inputs give identical bytes)."""
+    data = np.asarray(data)
+    return data.astype(str).astype(TEXT_DTYPE) if data.dtype == object else data
+
+
 @dataclass
 class PackedChunks:
     """An array stored as compressed HDF5 chunks of `rows` along axis 0 (the last one zero-padded)."""
@@ -81,9 +94,7 @@ def _deflate_chunk(block: np.ndarray, rows: int, shuffle: bool) -> bytes:
 def pack_chunks(array: np.ndarray) -> PackedChunks:
     """Compress an array (objects along axis 0) into the chunks `_create` would write (STAMP_CHUNK_OBJECTS
     rows each); text becomes fixed-width ASCII as in `_create`."""
-    array = np.asarray(array)
-    if array.dtype == object:
-        array = array.astype(str).astype(TEXT_DTYPE)
+    array = _storable(array)
     rows = min(STAMP_CHUNK_OBJECTS, len(array))
     shuffle = _filters(array.dtype)["shuffle"]
     return PackedChunks(array.shape, array.dtype, rows,
@@ -91,9 +102,8 @@ def pack_chunks(array: np.ndarray) -> PackedChunks:
 
 
 def _create_packed(group: h5py.File, name: str, data: PackedChunks) -> None:
-    ds = group.create_dataset(name, shape=data.shape, dtype=data.dtype, track_times=False,
-                              chunks=(data.rows,) + tuple(data.shape[1:]), fillvalue=np.zeros((), data.dtype),
-                              **_filters(data.dtype))
+    ds = group.create_dataset(name, shape=data.shape, dtype=data.dtype,
+                              **_layout(data.dtype, data.rows, data.shape[1:]))
     zeros = (0,) * (len(data.shape) - 1)
     for k, chunk in enumerate(data.chunks):
         ds.id.write_direct_chunk((k * data.rows,) + zeros, chunk)
@@ -102,15 +112,11 @@ def _create_packed(group: h5py.File, name: str, data: PackedChunks) -> None:
 def _create(group: h5py.File, name: str, data) -> None:
     if isinstance(data, PackedChunks):
         return _create_packed(group, name, data)
-    data = np.asarray(data)
-    if data.dtype == object:  # fixed-width ASCII: no global heap, so identical inputs give identical bytes
-        data = data.astype(str).astype(TEXT_DTYPE)
-    kwargs = {}
-    if data.ndim >= 1 and data.shape[0] > 0:
-        chunk0 = min(STAMP_CHUNK_OBJECTS, data.shape[0])
-        kwargs = {"chunks": (chunk0,) + data.shape[1:], "fillvalue": np.zeros((), data.dtype),
-                  **_filters(data.dtype)}
-    group.create_dataset(name, data=data, track_times=False, **kwargs)
+    data = _storable(data)
+    chunked = data.ndim >= 1 and data.shape[0] > 0
+    kwargs = (_layout(data.dtype, min(STAMP_CHUNK_OBJECTS, data.shape[0]), data.shape[1:]) if chunked
+              else {"track_times": False})
+    group.create_dataset(name, data=data, **kwargs)
 
 
 @contextmanager
@@ -179,9 +185,7 @@ def _merge_dataset(sources: list, bounds: np.ndarray, g: h5py.File, name: str, s
     n = int(bounds[-1])
     chunk = min(STAMP_CHUNK_OBJECTS, n)
     filters = _filters(dtype)
-    # An explicit fill value makes HDF5 initialise edge chunks: no stray memory in the file.
-    out = g.create_dataset(name, shape=(n,) + shape, dtype=dtype, track_times=False, chunks=(chunk,) + shape,
-                           fillvalue=np.zeros((), dtype), **filters)
+    out = g.create_dataset(name, shape=(n,) + shape, dtype=dtype, **_layout(dtype, chunk, shape))
     zeros = (0,) * len(shape)
     same_coding = [src.chunks == (chunk,) + shape and src.compression == "gzip"
                    and bool(src.shuffle) == filters["shuffle"] for src in sources]
