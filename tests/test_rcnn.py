@@ -1,6 +1,7 @@
 """RCNN and light-curve classifier: shapes, masking, jit parity, losses, training, exact resume, bad data."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -307,3 +308,39 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
     cli.use_fast_cpu_flags()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def _thp_possible() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc" or not _thp_possible(),
+                    reason="glibc's huge-page tunable needs Linux with glibc and transparent huge pages")
+def test_network_commands_restart_once_with_huge_pages(tmp_path):
+    """A network command line restarts itself once with glibc's huge-page tunable added to the user's
+    tunables; other commands, and a user's own hugetlb setting (0 opts out), run without a restart."""
+    from rcnn.cli import HUGE_PAGE_TUNABLE
+
+    script = ("import os, sys; print('TUNABLES', os.environ.get('GLIBC_TUNABLES'), flush=True); "
+              "from rcnn.cli import main; sys.exit(main())")
+    missing = str(tmp_path / "none")
+
+    def tunables_seen(command: list[str], tunables: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables is not None:
+            env["GLIBC_TUNABLES"] = tunables
+        proc = subprocess.run([sys.executable, "-c", script, *command], env=env, capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr  # the missing files, reported by the command itself
+        assert missing in proc.stderr
+        return [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("TUNABLES")]
+
+    evaluate = ["evaluate", missing, "--data", missing, "--out", str(tmp_path / "report")]
+    assert tunables_seen(evaluate, None) == ["None", HUGE_PAGE_TUNABLE]
+    assert tunables_seen(evaluate, "glibc.malloc.arena_max=2") == [
+        "glibc.malloc.arena_max=2", f"glibc.malloc.arena_max=2:{HUGE_PAGE_TUNABLE}"]
+    assert tunables_seen(evaluate, "glibc.malloc.hugetlb=0") == ["glibc.malloc.hugetlb=0"]
+    assert tunables_seen(["baseline", missing, "--out", str(tmp_path / "b")], None) == ["None"]
