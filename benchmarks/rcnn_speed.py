@@ -2,11 +2,11 @@
 
 Prints one line: matmul peak GFLOP/s (f32 2048^2, jit, best of 10), training sequences/s (one jit train
 step: forward, backward, Adam; median), inference sequences/s, the model FLOPs per training sequence (and
-XLA's count) and the achieved model GFLOP/s as a fraction of the peak, for XLA's default CPU flags, with `--xla_cpu_experimental_ynn_fusion_type=`
-(YNNPACK fusions off) and with `...=reduce` (YNNPACK for reductions only), then `reduce` and the default
-flags again with glibc's transparent-huge-page tunable (what `rcnn` sets for its network commands), each
-in its own process (XLA reads its flags, glibc its tunables, once). Synthetic inputs: this measures the
-model, not I/O.
+XLA's count) and the achieved model GFLOP/s as a fraction of the peak, for XLA's default CPU flags, with
+`--xla_cpu_experimental_ynn_fusion_type=` (YNNPACK fusions off) and with `...=reduce` (YNNPACK for
+reductions only), then `reduce` and the default flags again with glibc's transparent-huge-page tunable
+(what `rcnn` sets for its network commands), each in its own process (XLA reads its flags, glibc its
+tunables, once). Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from rcnn.cli import HUGE_PAGE_TUNABLE
+from rcnn.cli import HUGE_PAGE_TUNABLE, with_huge_pages
 
 
 def _timed(fn, repeats: int, best: bool = False) -> float:
@@ -116,7 +116,7 @@ def main() -> None:
     base = os.environ.get("XLA_FLAGS", "")
     ynn = " --xla_cpu_experimental_ynn_fusion_type="
     plain = os.environ.get("GLIBC_TUNABLES", "").replace(HUGE_PAGE_TUNABLE, "").strip(":")
-    huge = ":".join(t for t in (plain, HUGE_PAGE_TUNABLE) if t)
+    huge = with_huge_pages(plain)
     for label, flags, tunables in (("default flags", base, plain), ("ynn fusion off", (base + ynn).strip(), plain),
                                    ("ynn reductions only", (base + ynn + "reduce").strip(), plain),
                                    ("ynn reductions + glibc huge pages", (base + ynn + "reduce").strip(), huge),

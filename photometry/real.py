@@ -4,8 +4,9 @@ Real frames come with raw pixels (sentinels, saturation) and conditions that may
 g-band frames with finite seeing, zero point and exposure time are measured; the sky is the logged one
 where finite, else the stamp's sigma-clipped border; the PSF FWHM is fitted per frame for bright sources
 (`fit_fwhm`) starting from the FWHM the logged seeing implies (`simulator.settings.psf_fwhm_arcsec`, the
-relation the simulator renders, fitted on real HiTS stars by benchmarks/compare_real.py). Gain, read noise and saturation are per CCD in the survey's
-camera table, but a stamp does not say its CCD: the camera medians are used (saturation: the lowest).
+relation the simulator renders, fitted on real HiTS stars by benchmarks/compare_real.py). Gain, read noise
+and saturation are per CCD in the survey's camera table, but a stamp does not say its CCD: the camera
+medians are used (saturation: the lowest).
 """
 from __future__ import annotations
 

@@ -91,24 +91,32 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 NETWORK_COMMANDS = ("train", "finetune", "evaluate", "classify")
 
 
-def reexec_with_huge_pages() -> None:
-    """Restart this command line once with `HUGE_PAGE_TUNABLE` added to GLIBC_TUNABLES, on Linux with glibc
-    and transparent huge pages not disabled. A GLIBC_TUNABLES that already names glibc.malloc.hugetlb (any
-    value, e.g. 0 to opt out) is left alone, which also stops a second restart."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if (not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
-            or "glibc.malloc.hugetlb" in tunables or not getattr(sys, "orig_argv", None)):
-        return
+def huge_pages_available() -> bool:
+    """Whether glibc's huge-page tunable can act here: Linux, glibc, transparent huge pages not "never"."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            if "[never]" in f.read():
-                return
+            return "[never]" not in f.read()
     except OSError:
+        return False
+
+
+def with_huge_pages(tunables: str) -> str:
+    """A GLIBC_TUNABLES value: `tunables` (possibly empty) with `HUGE_PAGE_TUNABLE` appended."""
+    return ":".join(t for t in (tunables, HUGE_PAGE_TUNABLE) if t)
+
+
+def reexec_with_huge_pages() -> None:
+    """Restart this command line once with `HUGE_PAGE_TUNABLE` added to GLIBC_TUNABLES where
+    `huge_pages_available`. A GLIBC_TUNABLES that already names glibc.malloc.hugetlb (any value, e.g. 0 to
+    opt out) is left alone, which also stops a second restart."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables or not getattr(sys, "orig_argv", None) or not huge_pages_available():
         return
-    env = {**os.environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGE_PAGE_TUNABLE) if t)}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, env)
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": with_huge_pages(tunables)})
 
 
 def main(argv=None) -> int:

@@ -161,7 +161,8 @@ def _host_context(path: str | Path, names: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
-                pixel_scale_arcsec: float = 0.27, fields_file: str | Path | None = None, context_csv: str | Path | None = None) -> Path:
+                pixel_scale_arcsec: float = 0.27, fields_file: str | Path | None = None,
+                context_csv: str | Path | None = None) -> Path:
     """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
     to a dataset (see the module docstring); returns `out`."""
     path = Path(path)

@@ -1,7 +1,6 @@
 """RCNN and light-curve classifier: shapes, masking, jit parity, losses, training, exact resume, bad data."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from photometry.dataset import run_photometry
+from rcnn.cli import huge_pages_available
 from rcnn.config import TrainConfig
 from rcnn.data import DatasetError, SequenceData
 from rcnn.losses import class_weights, sequence_loss
@@ -52,7 +52,7 @@ def test_shapes():
 
 @pytest.mark.parametrize("size", [21, 11, 6])
 def test_max_pool_matches_flax_values_and_gradients(size):
-    """The reshape-free 2x2 pool (a faster gradient on CPU) gives flax's `max_pool` values and, on
+    """The strided-slice 2x2 pool (a faster gradient on CPU) gives flax's `max_pool` values and, on
     tie-free inputs, its gradient; after a ReLU, where zeros tie, the gradient through the ReLU matches too."""
     import flax.linen as nn
 
@@ -327,15 +327,7 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
-def _thp_possible() -> bool:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return "[never]" not in f.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc" or not _thp_possible(),
+@pytest.mark.skipif(not huge_pages_available(),
                     reason="glibc's huge-page tunable needs Linux with glibc and transparent huge pages")
 def test_network_commands_restart_once_with_huge_pages(tmp_path):
     """A network command line restarts itself once with glibc's huge-page tunable added to the user's
