@@ -159,51 +159,63 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
 
 
 def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
-    """Concatenate shard files (in order) into the final dataset `out`, atomically.
+    """Concatenate shard files (in order) into the final dataset `out`, atomically, with one shard file
+    open at a time (a paper-scale run has ~840 shards; open-file limits are often 256-1024).
 
-    Every dataset is written chunk by chunk, in order: chunks a shard already holds compressed the same
-    way are copied as bytes (`read_direct_chunk`), chunks straddling shards are rebuilt from their rows
-    with the same compression code, so the file's bytes do not depend on the shard size or the workers."""
-    with h5py.File(shard_paths[0], "r") as f0:
-        keys: list[str] = []
-        f0.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
-        specs = {k: (f0[k].shape[1:], f0[k].dtype) for k in keys}
-    files = [h5py.File(p, "r") for p in shard_paths]
-    try:
-        bounds = np.concatenate([[0], np.cumsum([f["label"].shape[0] for f in files])])
-        with _atomic_file(out, attrs, class_names) as g:
-            for k in sorted(keys):
-                _merge_dataset([f[k] for f in files], bounds, g, k, specs[k])
-    finally:
-        for f in files:
-            f.close()
+    Every dataset is written chunk by chunk, in row order: chunks a shard already holds compressed the
+    same way are copied as bytes (`read_direct_chunk`); chunks straddling shards are rebuilt from their
+    rows with the same compression code, so the chunks do not depend on the shard size or the workers."""
+    specs, n = {}, 0
+
+    def spec(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            specs[name] = (obj.shape[1:], obj.dtype)
+
+    for i, path in enumerate(shard_paths):
+        with h5py.File(path, "r") as f:
+            if i == 0:
+                f.visititems(spec)
+            n += f["label"].shape[0]
+    with _atomic_file(out, attrs, class_names) as g:
+        writers = [_ChunkWriter(g, k, n, *specs[k]) for k in sorted(specs)]
+        a = 0
+        for path in shard_paths:
+            with h5py.File(path, "r") as f:
+                b = a + f["label"].shape[0]
+                for w in writers:
+                    w.take(f[w.name], a, b)
+            a = b
 
 
-def _merge_dataset(sources: list, bounds: np.ndarray, g: h5py.File, name: str, spec) -> None:
-    """One dataset of the merge: `sources[s]` holds rows bounds[s]..bounds[s+1]."""
-    shape, dtype = spec
-    n = int(bounds[-1])
-    chunk = min(STAMP_CHUNK_OBJECTS, n)
-    filters = _filters(dtype)
-    out = g.create_dataset(name, shape=(n,) + shape, dtype=dtype, **_layout(dtype, chunk, shape))
-    zeros = (0,) * len(shape)
-    same_coding = [src.chunks == (chunk,) + shape and src.compression == "gzip"
-                   and bool(src.shuffle) == filters["shuffle"] for src in sources]
-    for lo in range(0, n, chunk):
-        hi = min(lo + chunk, n)
-        s = int(np.searchsorted(bounds, lo, side="right")) - 1  # the shard holding row lo
-        a, b = int(bounds[s]), int(bounds[s + 1])
-        if same_coding[s] and (lo - a) % chunk == 0 and hi <= b and (hi - lo == chunk or hi == b):
-            _, raw = sources[s].id.read_direct_chunk((lo - a,) + zeros)
-        else:  # a chunk straddling shards (or coded otherwise): gather its rows, compress with the same code
-            parts, row = [], lo
-            while row < hi:
-                s = int(np.searchsorted(bounds, row, side="right")) - 1
-                top = min(hi, int(bounds[s + 1]))
-                parts.append(sources[s][row - int(bounds[s]):top - int(bounds[s])])
-                row = top
-            raw = _deflate_chunk(np.concatenate(parts), chunk, filters["shuffle"])
-        out.id.write_direct_chunk((lo,) + zeros, raw)
+class _ChunkWriter:
+    """One dataset of a merge, filled shard by shard in row order: the next chunk starts at row `lo`;
+    `held` keeps the rows of previous shards that it already has."""
+
+    def __init__(self, g: h5py.File, name: str, n: int, shape: tuple, dtype):
+        self.name, self.n, self.shape = name, n, shape
+        self.chunk = min(STAMP_CHUNK_OBJECTS, n)
+        self.shuffle = _filters(dtype)["shuffle"]
+        self.out = g.create_dataset(name, shape=(n,) + shape, dtype=dtype, **_layout(dtype, self.chunk, shape))
+        self.zeros = (0,) * len(shape)
+        self.lo, self.held = 0, []
+
+    def take(self, src: h5py.Dataset, a: int, b: int) -> None:
+        """Write the chunks that end within `src`, which holds rows a..b-1; hold the rest."""
+        same_coding = (src.chunks == (self.chunk,) + self.shape and src.compression == "gzip"
+                       and bool(src.shuffle) == self.shuffle)
+        row = a  # first row of src not yet used
+        while row < b:
+            lo, hi = self.lo, min(self.lo + self.chunk, self.n)
+            if hi > b:  # the chunk continues in the next shard
+                self.held.append(src[row - a:])
+                return
+            if not self.held and same_coding and (lo - a) % self.chunk == 0:
+                _, raw = src.id.read_direct_chunk((lo - a,) + self.zeros)
+            else:  # straddles shards (or coded otherwise): gather its rows, compress with the same code
+                raw = _deflate_chunk(np.concatenate(self.held + [src[row - a:hi - a]]), self.chunk, self.shuffle)
+                self.held = []
+            self.out.id.write_direct_chunk((lo,) + self.zeros, raw)
+            self.lo = row = hi
 
 
 def class_names(path: str | Path) -> list[str]:
