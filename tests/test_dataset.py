@@ -111,6 +111,29 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, monkeypatch):
         np.testing.assert_array_equal(fa["stamps"][60:150], direct)
 
 
+def test_packed_chunks_are_standard_zlib_and_as_small_as_deflate(tmp_path):
+    # stamp-like floats (noisy, padded epochs zero), and a small per-object array (deflated whole)
+    import zlib
+
+    from simulator.dataset import _deflate_chunk, pack_chunks, read_arrays, write_arrays
+
+    rng = np.random.default_rng(0)
+    stamps = rng.normal(800.0, 30.0, (40, 20, 21, 21)).astype(np.float32)
+    stamps[:, 13:] = 0.0
+    stamps[5] = 0.0  # an object without valid epochs: a long zero run
+    for block in (stamps, stamps[:, :, 0, 0].astype(np.float64), stamps[:2, :3]):
+        packed = _deflate_chunk(block, 64, shuffle=True)
+        padded = np.zeros((64,) + block.shape[1:], block.dtype)
+        padded[:len(block)] = block
+        shuffled = padded.view(np.uint8).reshape(-1, block.dtype.itemsize).T.tobytes()
+        assert zlib.decompress(packed) == shuffled
+        whole = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)  # deflating all of it
+        assert len(packed) <= 1.01 * len(whole.compress(shuffled) + whole.flush())
+    path = tmp_path / "p.h5"  # and HDF5's gzip filter reads it back
+    write_arrays(path, {"stamps": pack_chunks(stamps), "label": np.zeros(40, np.int16)}, {}, ["a"])
+    np.testing.assert_array_equal(read_arrays(path)[0]["stamps"], stamps)
+
+
 def test_resume_after_kill_loses_nothing(tmp_path):
     args = ["--n-per-class", "150", "--seed", "5", "--no-progress", "--set", "shard_size=10"]
     ref = tmp_path / "ref.h5"
