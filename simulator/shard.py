@@ -18,7 +18,7 @@ from survey_params.sampling import EPOCH_FIELDS
 from .classes import ALERT_CLASSES, MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
 from .flux import mag_to_adu
 from .hosts import draw_host
-from .noise import add_ccd_noise
+from .noise import add_ccd_noise_streams
 from .render import HostParams, Renderer, StampParams
 from .settings import SimConfig, psf_fwhm_arcsec
 from .templates import resolve_templates
@@ -216,13 +216,13 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
                 oriented = np.rot90(noiseless[rows], r, axes=(1, 2))
                 noiseless[rows] = oriented[:, :, ::-1] if m else oriented
     conds = [d.cond for d in draws]
-    noisy = np.empty_like(noiseless)
-    for d, stop in zip(draws, np.cumsum(counts)):
-        c, sl = d.cond, slice(stop - len(d.valid), stop)
-        noisy[sl] = add_ccd_noise(d.rng, noiseless[sl], c.sky_adu[d.valid], c.gain, c.read_noise, c.saturation)
+    camera = {k: np.array([getattr(c, k) for c in conds])[owner] for k in ("gain", "read_noise", "saturation")}
+    noisy = add_ccd_noise_streams([d.rng for d in draws], noiseless, counts,
+                                  np.concatenate([d.cond.sky_adu[d.valid] for d in draws]), camera["gain"],
+                                  camera["read_noise"], camera["saturation"])
     out["stamps"][owner, epoch] = noisy
     for k in ("gain", "read_noise", "saturation"):  # per CCD: stored at the valid epochs
-        out[f"conditions/{k}"][owner, epoch] = np.array([getattr(c, k) for c in conds])[owner]
+        out[f"conditions/{k}"][owner, epoch] = camera[k]
     for key, name in (("truth/dx_px", "dx"), ("truth/dy_px", "dy"), ("truth/zero_point_error_mag", "zp_error"),
                       ("truth/psf_fwhm_arcsec", "fwhm_arcsec")):
         out[key][owner, epoch] = np.concatenate([getattr(d, name)[d.valid] for d in draws])

@@ -63,3 +63,52 @@ def test_galsim_ccdnoise_has_the_same_variance():
     img.addNoise(galsim.CCDNoise(galsim.BaseDeviate(5), gain=gain, read_noise=rn))
     ours = add_ccd_noise(np.random.default_rng(5), np.zeros((1, 200, 200)), [sky], gain, rn, 1e9)[0]
     assert ours.var() == pytest.approx(img.array.var(), rel=0.03)
+
+
+@pytest.mark.parametrize("mean", [0.0, 3.2, 10.0, 10.7, 47.0, 950.0, 2.4e5])
+def test_poisson_counts_follow_the_poisson_law(mean):
+    # the vectorised PTRS trial + numpy fallback: exact, so a chi-square against the Poisson pmf passes
+    # (and a sampler off by a fraction of a percent in any bin fails it at this sample size)
+    from scipy import stats
+
+    n = 2_000_000
+    rng = np.random.default_rng(11)
+    adu = add_ccd_noise(rng, np.full((n // 400, 20, 20), mean), 0.0, 1.0, 0.0, 1e12).ravel().astype(np.float64)
+    counts = np.rint(adu)
+    assert np.array_equal(counts, adu)  # integers: no read noise here
+    if mean == 0:
+        assert not counts.any()
+        return
+    lo, hi = stats.poisson.ppf([1e-5, 1 - 1e-5], mean)
+    edges = np.unique(np.linspace(lo, hi + 1, 60).astype(int))
+    observed = np.histogram(counts, np.concatenate([[-np.inf], edges[1:-1], [np.inf]]))[0]
+    cdf = stats.poisson.cdf(edges[1:-1] - 1, mean)
+    expected = n * np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    chi2 = ((observed - expected) ** 2 / expected).sum()
+    assert stats.chi2.sf(chi2, len(expected) - 1) > 1e-3
+    assert counts.mean() == pytest.approx(mean, abs=4 * np.sqrt(mean / n))
+    assert counts.var() == pytest.approx(mean, rel=4 * np.sqrt(2 / n))
+
+
+def test_read_noise_is_gaussian():
+    from scipy import stats
+
+    rng = np.random.default_rng(12)
+    z = add_ccd_noise(rng, np.zeros((2001, 21, 21)), 0.0, 1.0, 1.0, 1e12).ravel()  # odd number of pixels
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert z.var() == pytest.approx(1.0, abs=0.01)
+    assert abs(stats.skew(z)) < 0.01 and abs(stats.kurtosis(z)) < 0.02
+
+
+def test_each_stream_noise_does_not_depend_on_the_others():
+    from simulator.noise import add_ccd_noise_streams
+
+    rng = np.random.default_rng(3)
+    image = rng.gamma(0.5, 50.0, (7, 21, 21))
+    counts = [3, 1, 3]  # odd pixel counts too
+    args = lambda sl: (np.full(7, 90.0)[sl], np.full(7, 4.0)[sl], np.full(7, 6.0)[sl], np.full(7, 6e4)[sl])  # noqa: E731
+    together = add_ccd_noise_streams([np.random.default_rng(s) for s in (1, 2, 3)], image, counts, *args(slice(None)))
+    alone = add_ccd_noise_streams([np.random.default_rng(2)], image[3:4], [1], *args(slice(3, 4)))
+    np.testing.assert_array_equal(together[3:4], alone)
+    single = add_ccd_noise(np.random.default_rng(3), image[4:], 90.0, 4.0, 6.0, 6e4)
+    np.testing.assert_array_equal(together[4:], single)
