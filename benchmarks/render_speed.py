@@ -60,7 +60,7 @@ def _time_render_and_noise(cfg: SimConfig) -> list:
                 spent[0] += time.perf_counter() - t0
         return wrapper
 
-    shard.add_ccd_noise = timed(shard.add_ccd_noise)
+    shard.add_ccd_noise_streams = timed(shard.add_ccd_noise_streams)
     renderer = shard._setup(cfg.content_json())[2]  # the cached instance simulate_shard uses
     renderer.render = timed(renderer.render)
     return spent
