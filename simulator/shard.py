@@ -47,8 +47,8 @@ def _setup(cfg_json: str):
 def survey_depth(sampler, n_objects: int = 300) -> float:
     """The deepest 5-sigma limit among `n_objects` objects' epochs (a fixed draw: part of the survey, not
     of a dataset's randomness); bounds the redshifts worth drawing supernovae at."""
-    rng = np.random.default_rng(0)
-    return float(max(np.max(c.limmag5[c.mask]) for c in (sampler.draw(rng) for _ in range(n_objects))))
+    rng = np.random.default_rng(0)  # one stream: the objects draw from it in turn
+    return float(max(np.max(c.limmag5[c.mask]) for c in sampler.draw_many([rng] * n_objects)))
 
 
 def n_epochs(cfg: SimConfig) -> int:
@@ -119,12 +119,13 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
     T, S = n_epochs(cfg), cfg.stamp_size
     scale = sampler.pixel_scale_arcsec
     draws, host_rows, stamp_parts = [], [], []
-    for i in range(start, stop):
-        rng = object_rng(cfg.seed, i)
+    rngs = [object_rng(cfg.seed, i) for i in range(start, stop)]
+    first_conditions = sampler.draw_many(rngs)  # each object's first draw, all at once
+    for i, rng, first in zip(range(start, stop), rngs, first_conditions):
         label = i % n_cls
         cname = cfg.classes[label]
-        for _ in range(MAX_CONDITION_DRAWS):
-            full = sampler.draw(rng)
+        for attempt in range(MAX_CONDITION_DRAWS):
+            full = sampler.draw(rng) if attempt else first
             drawn = MODELS[cname](rng, full, cfg, models)
             if drawn is not None:
                 break

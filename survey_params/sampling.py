@@ -1,6 +1,6 @@
 """Per-object observing conditions: each simulated object gets a CCD and a sequence of epochs.
 
-Two samplers share one interface (`n_epochs`, `pixel_scale_arcsec`, `draw(rng)`):
+Two samplers share one interface (`n_epochs`, `pixel_scale_arcsec`, `draw(rng)`, `draw_many(rngs)`):
 - `LogSampler` draws a random field and CCD from a real `Survey` log and uses that field's epochs in the
   science band, as Carrasco-Davis et al. (2019) do;
 - `ModelSampler` draws from the compact built-in model (`hits_builtin.py`, derived from the real logs).
@@ -96,6 +96,10 @@ class LogSampler:
         self._camera = (np.asarray(cam["ccd"]).astype(int), np.asarray(cam["gain"]),
                         np.asarray(cam["read_noise"]), np.asarray(cam["saturation"]))
 
+    def draw_many(self, rngs) -> list[ObjectConditions]:
+        """`draw` for each stream in `rngs`."""
+        return [self.draw(rng) for rng in rngs]
+
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
         field, ep, latitude = self._fields[rng.integers(len(self._fields))]
         k = rng.integers(len(self._camera[0]))
@@ -139,41 +143,78 @@ class ModelSampler:
         self._camera = tuple(np.asarray(cam[k]) for k in ("ccd", "gain", "read_noise", "saturation"))
         self.n_epochs = int(sum(np.flatnonzero(row > 0)[-1] for row in np.asarray(cad["visit_probs"])))
 
-    def _quantile(self, name: str, u: np.ndarray) -> np.ndarray:
-        return np.interp(u, self._levels, self._quantiles[name])
-
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
-        counts = (rng.random(len(self._nights))[:, None] > self._visit_cdf).sum(axis=1)
-        visited = np.flatnonzero(counts)
-        n_visits = counts[visited]
-        # per visited night: one draw for the first visit's time, then one per gap (the order of a loop)
-        u = rng.random(int(n_visits.sum()))
-        col = np.arange(n_visits.max())
+        return self.draw_many([rng])[0]
+
+    def draw_many(self, rngs) -> list[ObjectConditions]:
+        """`draw` for each stream in `rngs`: each stream's draws are made in `draw`'s order, then the
+        arithmetic runs on all objects at once, element by element (no reduction across objects), so
+        an object's conditions do not depend on the others."""
+        nights, cad, cop = self._nights, self.model["cadence"], self.model["copula"]
+        n_vars, n_cam, n_fields = len(self._variables), len(self._camera[0]), len(self._field_ids)
+        visits, u_visit, z, u_exp, cam, field = [], [], [], [], [], []
+        for rng in rngs:  # per stream: night visits, visit times, copula normals, exposure times, CCD, field
+            counts = (rng.random(len(nights))[:, None] > self._visit_cdf).sum(axis=1)
+            visits.append(counts)
+            n = int(counts.sum())
+            u_visit.append(rng.random(n))
+            z.append(rng.standard_normal((n, n_vars)))
+            u_exp.append(rng.random(n))
+            cam.append(rng.integers(n_cam))
+            field.append(rng.integers(n_fields))
+        # visit times: one row per (object, visited night), visits in order along the row
+        counts = np.stack(visits)  # (objects, nights)
+        obj, night = np.nonzero(counts)
+        n_visits = counts[obj, night]
+        col = np.arange(n_visits.max() if len(n_visits) else 0)
         inside = col[None, :] < n_visits[:, None]
         draws = np.zeros(inside.shape)
-        draws[inside] = u
+        draws[inside] = np.concatenate(u_visit)
         first = np.interp(draws[:, 0], self._levels, self._first_q)
         gaps = np.where(inside[:, 1:], np.interp(draws[:, 1:], self._levels, self._spacing_q), 0.0)
-        offsets = np.cumsum(np.concatenate([np.zeros((len(visited), 1)), gaps], axis=1), axis=1)
-        times = (self._nights[visited] + first)[:, None] + offsets
-        # a long night's visits can run past the next night's first one: keep time order
-        t = self.model["cadence"]["mjd_start"] + np.sort(times[inside])
-        n = len(t)
-        u = ndtr(rng.standard_normal((n, len(self._variables))) @ self._chol.T)
-        v = {name: self._quantile(name, u[:, i]) for i, name in enumerate(self._variables)}
-        exp_time = self._exp_values[np.searchsorted(self._exp_cdf, rng.random(n), side="right").clip(max=len(self._exp_values) - 1)]
-        k = rng.integers(len(self._camera[0]))
-        ccd, gain, rn, sat = (c[k] for c in self._camera)
-        cop = self.model["copula"]
+        offsets = np.cumsum(np.concatenate([np.zeros((len(obj), 1)), gaps], axis=1), axis=1)
+        times = ((nights[night] + first)[:, None] + offsets)[inside]
+        owner = np.repeat(obj, n_visits)
+        # a long night's visits can run past the next night's first one: time order within each object
+        order = np.lexsort((times, owner))
+        t = cad["mjd_start"] + times[order]
+        owner = owner[order]
+        # conditions per visit from the Gaussian copula (rows keep each object's draw order)
+        z = np.concatenate(z)
+        v = {}
+        for i, name in enumerate(self._variables):
+            x = z[:, 0] * self._chol[i, 0]
+            for j in range(1, n_vars):
+                x += z[:, j] * self._chol[i, j]
+            v[name] = np.interp(ndtr(x), self._levels, self._quantiles[name])
+        pick = np.searchsorted(self._exp_cdf, np.concatenate(u_exp), side="right")
+        exp_time = self._exp_values[pick.clip(max=len(self._exp_values) - 1)]
         limmag5 = limiting_magnitude(v["seeing_arcsec"], v["sky_adu"], v["zero_point"], exp_time,
                                      cop["limmag5_formula_gain"], cop["limmag5_formula_read_noise"],
                                      self.pixel_scale_arcsec) + v["limmag5_residual"]
-        cols = {"exp_time_s": exp_time, "seeing_arcsec": v["seeing_arcsec"], "airmass": v["airmass"],
-                "sky_adu": v["sky_adu"], "zero_point": v["zero_point"], "limmag5": limmag5}
-        mjd, cols, mask = _pack(self.n_epochs, t, cols, v["seeing_arcsec"] <= self.seeing_limit_arcsec)
-        f = rng.integers(len(self._field_ids))
-        return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn), saturation=float(sat),
-                                field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=self._field_b[f], **cols)
+        # epochs within the seeing limit, packed first in each object's row
+        keep = v["seeing_arcsec"] <= self.seeing_limit_arcsec
+        n_obj, width = len(rngs), self.n_epochs
+        starts = np.searchsorted(owner, np.arange(n_obj))
+        slot = np.cumsum(keep) - 1
+        slot -= np.concatenate([[0], np.cumsum(keep)])[starts][owner]
+        keep &= slot < width
+        columns = {"mjd": t, "exp_time_s": exp_time, "seeing_arcsec": v["seeing_arcsec"], "airmass": v["airmass"],
+                   "sky_adu": v["sky_adu"], "zero_point": v["zero_point"], "limmag5": limmag5}
+        table = np.full((len(columns), n_obj, width), np.nan)
+        for row, values in enumerate(columns.values()):
+            table[row, owner[keep], slot[keep]] = values[keep]
+        mask = np.zeros((n_obj, width), bool)
+        mask[owner[keep], slot[keep]] = True
+        out = []
+        for o in range(n_obj):
+            k, f = cam[o], field[o]
+            ccd, gain, rn, sat = (c[k] for c in self._camera)
+            cols = {name: table[row, o] for row, name in enumerate(columns)}
+            out.append(ObjectConditions(mask=mask[o], gain=float(gain), read_noise=float(rn), saturation=float(sat),
+                                        field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=self._field_b[f],
+                                        **cols))
+        return out
 
 
 def load_survey(directory: str | Path) -> Survey:

@@ -136,3 +136,23 @@ def test_seeing_limit_must_be_positive():
     with pytest.raises(ConditionsError, match="seeing limit"):
         make_sampler("hits", None, 0.0)
     assert not math.isnan(make_sampler("hits", None, 2.0).n_epochs)
+
+
+def test_model_draws_for_many_objects_equal_their_own_draws():
+    # draw_many computes all objects at once; each object's conditions must still come from its stream
+    # alone (the simulator relies on it: an object's stamps do not depend on its shard)
+    import dataclasses
+
+    model = ModelSampler(HITS_MODEL, 1.3)  # a strict seeing limit: some epochs dropped and packed
+    together = model.draw_many([np.random.default_rng(s) for s in range(40)])
+    for s in (0, 17, 39):
+        alone = model.draw(np.random.default_rng(s))
+        for f in dataclasses.fields(alone):
+            a, b = getattr(alone, f.name), getattr(together[s], f.name)
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a, b, err_msg=f.name)
+            else:
+                assert a == b, f.name
+        c = alone
+        assert (c.seeing_arcsec[c.mask] <= 1.3).all() and np.isnan(c.mjd[~c.mask]).all()
+        assert np.all(np.diff(c.mjd[c.mask]) > 0) and c.mask[:c.mask.sum()].all()
