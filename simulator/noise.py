@@ -26,7 +26,7 @@ from scipy.special import gammaln
 #: Means below this use numpy's sampler directly (PTRS is built for larger ones; numpy switches there too).
 PTRS_MIN_MEAN = 10.0
 #: Pixels noised per vectorised pass (arrays stay in cache).
-PASS_PIXELS = 1 << 16
+PASS_PIXELS = 1 << 15
 
 
 def ptrs_trial(mean: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
