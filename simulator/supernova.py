@@ -49,6 +49,7 @@ SN2_ABS_MAG_R_VEGA = {"IIP": (-15.66, 1.23), "IIL": (-17.44, 0.64)}  # Li et al.
 ANALYTIC_SN2 = {"IIP": 14, "IIL": 2}
 
 BATCH = 64  # supernova candidates drawn at once (most are too faint to see)
+_Z_CDF_STEP, _Z_STEP = 2.0, 4.0  # offsets between templates in the flat tables (> CDF and z ranges)
 TRUTH_KEYS = ("redshift", "stretch", "flux_scale", "av_mag", "abs_mag", "explosion_mjd", "salt2_x1", "salt2_c")
 
 
@@ -246,6 +247,13 @@ class SupernovaModel:
         self._salt2 = np.array([t.amp_param == "x0" for t in self.templates])
         self._abs_mean = np.array([t.abs_mag_mean for t in self.templates])
         self._abs_sigma = np.array([t.abs_mag_sigma for t in self.templates])
+        # every template's redshift inverse CDF and peak-magnitude curve in one increasing table each,
+        # template i shifted by i * _Z_CDF_STEP (CDFs span 0..1) and i * _Z_STEP (redshifts 0..3): one
+        # np.interp serves candidates of all templates
+        self._flat_cdf = np.concatenate([t.z_cdf + i * _Z_CDF_STEP for i, t in enumerate(self.templates)])
+        self._flat_support = np.concatenate([t.z_support for t in self.templates])
+        self._flat_z = np.concatenate([t.z_grid + i * _Z_STEP for i, t in enumerate(self.templates)])
+        self._flat_peak = np.concatenate([t.peak_mag_z for t in self.templates])
 
     def _tabulate(self, t: Template, z: float) -> tuple[float, np.ndarray]:
         """Dust-free observed g at M = 0 and zero distance modulus (K-correction and (1+z) included): the
@@ -317,11 +325,8 @@ class SupernovaModel:
         ia, ii = self._index_by_type["Ia"], self._index_by_type["II"]
         template = np.where(is_ia, ia[(pick * len(ia)).astype(int)], ii[(pick * len(ii)).astype(int)])
         u_z = rng.random(n)
-        z, peak = np.empty(n), np.empty(n)
-        for i in np.unique(template):
-            sel, t = template == i, self.templates[i]
-            z[sel] = np.interp(u_z[sel], t.z_cdf, t.z_support)
-            peak[sel] = np.interp(z[sel], t.z_grid, t.peak_mag_z)
+        z = np.interp(u_z + template * _Z_CDF_STEP, self._flat_cdf, self._flat_support)
+        peak = np.interp(z + template * _Z_STEP, self._flat_z, self._flat_peak)
         salt2 = self._salt2[template]
         stretch = _truncated_normals(rng, STRETCH_MEAN, STRETCH_SIGMA, 0.3, n)
         scale = _truncated_normals(rng, SCALE_MEAN, SCALE_SIGMA, 0.1, n)

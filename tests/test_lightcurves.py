@@ -225,3 +225,24 @@ def test_detection_bound_never_discards_a_detectable_supernova(sn_model):
                 assert not detected, f"candidate {truth} was discarded but is detected"
             kept += detected
     assert kept >= 5  # the sample also holds detectable ones
+
+
+def test_candidates_follow_each_templates_redshift_law(sn_model):
+    """Candidates of all templates are drawn together (one interpolation over every template's table):
+    each template's redshifts must still follow its own law and its own peak-magnitude curve."""
+    from scipy import stats
+
+    cand = sn_model._candidates(np.random.default_rng(9), 20000, 57000.0, 57100.0)
+    checked = 0
+    for i, t in enumerate(sn_model.templates):
+        sel = cand["template"] == i
+        if sel.sum() < 200:
+            continue
+        z = cand["redshift"][sel]
+        assert t.z_support[0] <= z.min() and z.max() <= t.z_support[-1]
+        assert stats.kstest(np.interp(z, t.z_support, t.z_cdf), "uniform").pvalue > 1e-3  # inverse-CDF draws
+        peak = np.interp(z, t.z_grid, t.peak_mag_z)
+        expected = peak + cand["abs_mag"][sel] + cand["dm"][sel] - 2.5 * np.log10(cand["flux_scale"][sel])
+        np.testing.assert_allclose(cand["brightest"][sel], expected, atol=1e-9)
+        checked += 1
+    assert checked >= 3
