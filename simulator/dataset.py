@@ -169,11 +169,12 @@ def _create(group: h5py.File, name: str, data) -> None:
 
 
 @contextmanager
-def _atomic_file(path: str | Path, attrs: dict, class_names):
-    """An HDF5 file open for writing under a temporary name; on success it gets the root attributes and
-    `label.class_names` and is renamed to `path`; on failure the temporary file is removed."""
+def _atomic_file(path: str | Path, attrs: dict, class_names, tmp: Path | None = None):
+    """An HDF5 file open for writing under a temporary name (`tmp`, default beside `path`); on success it
+    gets the root attributes and `label.class_names` and is renamed to `path`; on failure the temporary
+    file is removed."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             yield f
@@ -208,32 +209,65 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
 
 
 def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
-    """Concatenate shard files (in order) into the final dataset `out`, atomically, with one shard file
-    open at a time (a paper-scale run has ~840 shards; open-file limits are often 256-1024).
+    """Concatenate shard files (in order) into the final dataset `out`, atomically (see `Merger`)."""
+    n = 0
+    for path in shard_paths:
+        with h5py.File(path, "r") as f:
+            n += f["label"].shape[0]
+    with Merger(shard_paths, out, attrs, class_names, n) as merger:
+        for i in range(len(shard_paths)):
+            merger.add(i)
+
+
+class Merger:
+    """Builds the final dataset `out` (temp name, renamed when complete) from shard files while a run
+    still makes them: `add(i)` says shard i is on disk, and every shard whose predecessors are all in
+    is appended at once, in order, with one shard file open at a time (a paper-scale run has ~840
+    shards; open-file limits are often 256-1024). A context manager: leaving it with an error removes
+    the temporary file (`tmp`: default beside `out`).
 
     Every dataset is written chunk by chunk, in row order: chunks a shard already holds compressed the
     same way are copied as bytes (`read_direct_chunk`); chunks straddling shards are rebuilt from their
-    rows with the same compression code, so the chunks do not depend on the shard size or the workers."""
-    specs, n = {}, 0
+    rows with the same compression code, so the chunks do not depend on the shard size or the workers,
+    and the file's bytes not on the workers."""
 
-    def spec(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            specs[name] = (obj.shape[1:], obj.dtype)
+    def __init__(self, shard_paths: list[Path], out: str | Path, attrs: dict, class_names, n_rows: int,
+                 tmp: Path | None = None):
+        self.paths, self.n_rows = list(shard_paths), n_rows
+        self._file_cm = _atomic_file(out, attrs, class_names, tmp)
+        self._ready: set[int] = set()
+        self._next, self._row, self._writers = 0, 0, None
 
-    for i, path in enumerate(shard_paths):
+    def __enter__(self) -> "Merger":
+        self._file = self._file_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None and self._next < len(self.paths):
+            exc = (RuntimeError, RuntimeError(f"merge left after {self._next} of {len(self.paths)} shards"), None)
+            self._file_cm.__exit__(*exc)
+            raise exc[1]
+        return self._file_cm.__exit__(*exc)
+
+    def add(self, index: int) -> None:
+        """Shard `index` is complete on disk: append it and any later ones it was holding up."""
+        self._ready.add(index)
+        while self._next in self._ready:
+            self._append(self.paths[self._next])
+            self._ready.discard(self._next)
+            self._next += 1
+
+    def _append(self, path: Path) -> None:
         with h5py.File(path, "r") as f:
-            if i == 0:
-                f.visititems(spec)
-            n += f["label"].shape[0]
-    with _atomic_file(out, attrs, class_names) as g:
-        writers = [_ChunkWriter(g, k, n, *specs[k]) for k in sorted(specs)]
-        a = 0
-        for path in shard_paths:
-            with h5py.File(path, "r") as f:
-                b = a + f["label"].shape[0]
-                for w in writers:
-                    w.take(f[w.name], a, b)
-            a = b
+            if self._writers is None:  # datasets as in the first shard, sorted by name
+                specs = {}
+                f.visititems(lambda name, obj: specs.__setitem__(name, (obj.shape[1:], obj.dtype))
+                             if isinstance(obj, h5py.Dataset) else None)
+                self._writers = [_ChunkWriter(self._file, k, self.n_rows, *specs[k]) for k in sorted(specs)]
+            a, b = self._row, self._row + f["label"].shape[0]
+            for w in self._writers:
+                w.take(f[w.name], a, b)
+            self._row = b
 
 
 class _ChunkWriter:

@@ -2,8 +2,9 @@
 
 Objects are cut into shards of `shard_size`. Each finished shard is written to `OUT.parts/` under a
 temporary name and renamed, so a killed run loses at most the shards in flight; rerunning with the same
-options skips the shards already there. When all are present they are merged into `OUT` (temp + rename)
-and the parts are removed. Workers only compute arrays; this process writes every file, so a Dask cluster
+options skips the shards already there. Meanwhile `OUT` is built under a temporary name from the shards
+in order, each appended as soon as all earlier ones are in (`dataset.Merger`); when the last is in it is
+renamed to `OUT` and the parts are removed. Workers only compute arrays; this process writes every file, so a Dask cluster
 needs no shared filesystem (but a `conditions` directory must be readable on the workers).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from survey_params.sampling import CONDITIONS_ENV
 
-from .dataset import FORMAT_VERSION, merge, pack_chunks, package_version, write_arrays
+from .dataset import FORMAT_VERSION, Merger, pack_chunks, package_version, write_arrays
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .templates import TEMPLATES_ENV
@@ -110,13 +111,21 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     pending = [r for r in shards if not path_of[r].exists()]
     done = sum(b - a for (a, b) in shards if path_of[(a, b)].exists())
     total = shards[-1][1]
+    index = {r: i for i, r in enumerate(shards)}
     with ExitStack() as stack:
-        results = _results(cfg, pending, stack)
+        results = _results(cfg, pending, stack)  # workers start here: before the output file is open
         bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
                                        disable=not cfg.progress))
+        # the output is built while shards arrive, each appended once all earlier ones are in
+        # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
+        merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes, total,
+                                            tmp=parts / "merging.h5"))
+        for r in shards:
+            if r not in pending:
+                merger.add(index[r])
         for (a, b), arrays in results:
             write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+            merger.add(index[(a, b)])
             bar.update(b - a)
-    merge([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes)
     shutil.rmtree(parts)
     return out

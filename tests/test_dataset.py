@@ -153,6 +153,7 @@ def test_resume_after_kill_loses_nothing(tmp_path):
     run_cli(*args, "--out", str(out))
     assert sha(out) == sha(ref)
     assert not parts.exists()  # the parts were merged and removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.h5", "ref.h5"]  # no partial output left beside
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs the resource module (POSIX)")
