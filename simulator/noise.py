@@ -102,6 +102,7 @@ def add_ccd_noise_streams(rngs: Sequence[np.random.Generator], image_adu: np.nda
 
 
 def _noise_pass(rngs, image, counts, sky, gain, read_noise, saturation) -> np.ndarray:
+    """`add_ccd_noise_streams` for a few whole streams (arrays small enough to stay in cache)."""
     n_pix = image.shape[1] * image.shape[2]
     per_pixel = lambda v: np.repeat(np.asarray(v, np.float64), n_pix)  # noqa: E731
     g = per_pixel(gain)
@@ -132,7 +133,7 @@ def _noise_pass(rngs, image, counts, sky, gain, read_noise, saturation) -> np.nd
 def _box_muller(w: np.ndarray) -> np.ndarray:
     """Standard normals from uniforms `w` (even length), two per consecutive pair (Box and Muller 1958):
     the radius in float64 (tails to 8.6 sigma), the angle's cosine and sine in float32 (numpy's float64
-    ones cost 15 ns each; the float32 rounding moves a value by < 1e-6 of itself)."""
+    ones cost 15 ns each; float32 moves a value by < 1e-6 of the radius, < 1e-5 sigma)."""
     pairs = w.reshape(-1, 2)
     radius = np.sqrt(-2.0 * np.log1p(-pairs[:, 0]))
     angle = (2.0 * np.pi * pairs[:, 1]).astype(np.float32)

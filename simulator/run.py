@@ -4,8 +4,9 @@ Objects are cut into shards of `shard_size`. Each finished shard is written to `
 temporary name and renamed, so a killed run loses at most the shards in flight; rerunning with the same
 options skips the shards already there. Meanwhile `OUT` is built under a temporary name from the shards
 in order, each appended as soon as all earlier ones are in (`dataset.Merger`); when the last is in it is
-renamed to `OUT` and the parts are removed. Workers only compute arrays; this process writes every file, so a Dask cluster
-needs no shared filesystem (but a `conditions` directory must be readable on the workers).
+renamed to `OUT` and the parts are removed. Workers only compute arrays; this process writes every file,
+so a Dask cluster needs no shared filesystem (but a `conditions` directory must be readable on the
+workers).
 """
 from __future__ import annotations
 
