@@ -2,7 +2,9 @@
 
 Object i has class `classes[i % C]` and its own random stream `SeedSequence(seed, spawn_key=(i,))`, so
 its stamps do not depend on which shard or worker made it. Draw order per object is fixed: conditions,
-light curve, window, host, per-epoch centring and PSF shear, orientation, zero-point error, then noise.
+light curve, window, host, per-epoch centring and PSF shear, orientation, zero-point error, PSF width
+jitter, then noise. The draws are made object by object; the arithmetic on them for the whole shard at
+once, element by element, so an object's values do not depend on the others.
 """
 from __future__ import annotations
 
@@ -86,21 +88,21 @@ MAX_CONDITION_DRAWS = 100
 
 
 class _Drawn(NamedTuple):
-    """One object's draws, kept from its set-up until its stamps get noise (with the same `rng`)."""
+    """One object's random draws (the arithmetic on them is done for the whole shard afterwards)."""
 
-    rng: np.random.Generator
+    rng: np.random.Generator  # its stream, kept for the noise
     label: int
-    cond: object  # ObjectConditions of the window
-    mag: np.ndarray
+    full: object  # ObjectConditions of all its epochs
+    full_mag: np.ndarray
+    window: np.ndarray  # the epochs (indices into `full`) of its sequence, in time order
     truth: dict
     host: dict | None
-    dx: np.ndarray
-    dy: np.ndarray
+    offsets: np.ndarray  # (2, T): centring dx, dy
+    psf_shear: np.ndarray | None  # (2, T): g1, g2
     rotation: int
     mirror: bool
-    valid: np.ndarray
-    zp_error: np.ndarray
-    fwhm_arcsec: np.ndarray
+    zp_error: np.ndarray | None  # (T,)
+    fwhm_jitter: np.ndarray | None  # (T,): log of the PSF FWHM's per-epoch factor
 
 
 def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
@@ -113,101 +115,69 @@ def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
 
 
 def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
-    """Arrays for objects start..stop-1, keyed by dataset path (see `simulator.dataset`)."""
+    """Arrays for objects start..stop-1, keyed by dataset path (see `simulator.dataset`).
+
+    Each object's random draws come first, one object after the other; the arithmetic on them (windows,
+    fluxes, PSF widths, the output arrays) is then done for all objects at once, element by element."""
     cfg, sampler, renderer, models = _setup(cfg_json)
-    n_cls = len(cfg.classes)
     T, S = n_epochs(cfg), cfg.stamp_size
     scale = sampler.pixel_scale_arcsec
-    draws, host_rows, stamp_parts = [], [], []
     rngs = [object_rng(cfg.seed, i) for i in range(start, stop)]
     first_conditions = sampler.draw_many(rngs)  # each object's first draw, all at once
-    for i, rng, first in zip(range(start, stop), rngs, first_conditions):
-        label = i % n_cls
-        cname = cfg.classes[label]
-        for attempt in range(MAX_CONDITION_DRAWS):
-            full = sampler.draw(rng) if attempt else first
-            drawn = MODELS[cname](rng, full, cfg, models)
-            if drawn is not None:
-                break
-        else:
-            raise RuntimeError(f"object {i}: no {cname} detectable in {MAX_CONDITION_DRAWS} draws of conditions; "
-                               "is the survey too shallow?")
-        full_mag, truth = drawn
-        window, alert = choose_window(rng, cname, full_mag, full, cfg, T)
-        cond = full.window(window, T)
-        mag = np.full(T, np.inf)
-        mag[:len(window)] = full_mag[window]
-        truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first
-        frac = cfg.host_fraction_supernova if cname == "supernova" else cfg.host_fraction_other
-        has_host = cname == "galaxy" or rng.random() < frac
-        host = (draw_host(rng, cfg, scale, centred=cname == "galaxy", redshift=truth.get("redshift"))
-                if has_host else None)
-        dx, dy = rng.uniform(-0.5, 0.5, (2, T))
-        psf_g1, psf_g2 = (rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else np.zeros((2, T)))
-        rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))
-        zp_error = rng.normal(0.0, cfg.zero_point_error_mag, T) if cfg.zero_point_error_mag > 0 else np.zeros(T)
-        fwhm_arcsec = psf_fwhm_arcsec(cond.seeing_arcsec, cfg.psf_fwhm_per_seeing, cfg.psf_fwhm_offset_arcsec)
-        if cfg.psf_fwhm_scatter > 0:
-            fwhm_arcsec = fwhm_arcsec * np.exp(rng.normal(0.0, cfg.psf_fwhm_scatter, T))
-        valid = np.flatnonzero(cond.mask)
-        zp_true = cond.zero_point[valid] + zp_error[valid]
-        trail_px = np.where(np.isfinite(mag[valid]), truth.get("trail_arcsec", 0.0) / scale, 0.0)
-        host_index = -1
-        if host is not None:
-            host_index = len(host_rows)
-            host_rows.append(host)
-        stamp_parts.append(StampParams(
-            flux_adu=np.nan_to_num(mag_to_adu(mag[valid], zp_true, cond.exp_time_s[valid])),
-            dx_px=dx[valid], dy_px=dy[valid], fwhm_px=fwhm_arcsec[valid] / scale,
-            psf_g1=psf_g1[valid], psf_g2=psf_g2[valid], host_index=np.full(len(valid), host_index),
-            host_flux_adu=(mag_to_adu(host["mag"], zp_true, cond.exp_time_s[valid])
-                           if host is not None else np.zeros(len(valid))),
-            trail_px=trail_px, trail_angle_rad=np.full(len(valid), truth.get("trail_angle_rad", 0.0))))
-        draws.append(_Drawn(rng, label, cond, mag, truth, host, dx, dy, rotation, mirror, valid, zp_error, fwhm_arcsec))
-    hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
-    noiseless = renderer.render(StampParams.concatenate(stamp_parts), hosts)
-
+    draws = [_draw_object(i, rng, first, cfg, sampler, models, T, scale)
+             for i, rng, first in zip(range(start, stop), rngs, first_conditions)]
     n = stop - start
-    out = {
-        "stamps": np.zeros((n, T, S, S), np.float32),
-        "mjd": np.full((n, T), np.nan),
-        "mask": np.zeros((n, T), bool),
-        "label": np.zeros(n, np.int16),
-        "split": split_of(cfg, np.arange(start, stop) // n_cls),
-        "truth/mag": np.full((n, T), np.inf, np.float32),
-        "truth/has_host": np.zeros(n, bool),
-        "truth/host_mag": np.full(n, np.nan, np.float32),
-        "truth/field": np.empty(n, dtype=object),
-        "truth/ccd": np.zeros(n, np.int32),
-        "truth/object_index": np.arange(start, stop, dtype=np.int64),
-        "truth/dx_px": np.full((n, T), np.nan, np.float32),
-        "truth/dy_px": np.full((n, T), np.nan, np.float32),
-        "truth/zero_point_error_mag": np.full((n, T), np.nan, np.float32),
-        "truth/psf_fwhm_arcsec": np.full((n, T), np.nan, np.float32),
-        "truth/rotation": np.zeros(n, np.uint8),
-        "truth/mirror": np.zeros(n, bool),
-        "truth/alert_epoch": np.full(n, -1, np.int16),
-        "truth/window_start": np.zeros(n, np.int16),
-        # contextual inputs (GOTO): what a broker knows beside the stamps, from catalogues and the pointing
-        "context/has_host": np.zeros(n, np.uint8),
-        "context/host_distance_arcsec": np.full(n, np.nan, np.float32),
-        "context/galactic_latitude_deg": np.full(n, np.nan, np.float32),
-    }
-    for k in TRUTH_FLOATS:
-        out[f"truth/{k}"] = np.full(n, np.nan)
-    for k in TRUTH_TEXT:
-        out[f"truth/{k}"] = np.full(n, "", dtype=object)
-    for k in EPOCH_FIELDS:
-        out[f"conditions/{k}"] = np.full((n, T), np.nan, np.float32)
-    for k in ("gain", "read_noise", "saturation"):
-        out[f"conditions/{k}"] = np.full((n, T), np.nan, np.float32)
-    for k in HOST_FIELDS:
-        out[f"truth/host/{k}"] = np.full(n, np.nan, np.float32)
+
+    # each object's window of its epochs, packed first into T slots
+    slot_epoch = np.full((n, T), -1)
+    for o, d in enumerate(draws):
+        slot_epoch[o, :len(d.window)] = d.window
+    mask = slot_epoch >= 0
+    owner, epoch = np.nonzero(mask)  # one row per stamp, objects in order, epochs in order
+    taken = slot_epoch[owner, epoch]
+
+    def windowed(values: list, fill: float) -> np.ndarray:  # per-object arrays over all epochs -> (n, T)
+        out = np.full((n, T), fill)
+        out[owner, epoch] = np.stack(values)[owner, taken]
+        return out
+
+    cond = {k: windowed([getattr(d.full, k) for d in draws], np.nan) for k in ("mjd",) + EPOCH_FIELDS}
+    mag = windowed([d.full_mag for d in draws], np.inf)
+    stacked = lambda name, default: np.stack([default if getattr(d, name) is None else getattr(d, name)  # noqa: E731
+                                              for d in draws])
+    offsets = np.stack([d.offsets for d in draws])
+    psf_shear = stacked("psf_shear", np.zeros((2, T)))
+    zp_error = stacked("zp_error", np.zeros(T))
+    fwhm_arcsec = psf_fwhm_arcsec(cond["seeing_arcsec"], cfg.psf_fwhm_per_seeing, cfg.psf_fwhm_offset_arcsec)
+    if cfg.psf_fwhm_scatter > 0:
+        fwhm_arcsec = fwhm_arcsec * np.exp(stacked("fwhm_jitter", None))
+    camera = {k: np.array([getattr(d.full, k) for d in draws]) for k in ("gain", "read_noise", "saturation")}
+
+    # rendering inputs, one row per stamp
+    hosts_of = [d.host for d in draws]
+    host_rows = [h for h in hosts_of if h is not None]
+    host_index = np.cumsum([h is not None for h in hosts_of]) - 1
+    has_host = np.array([h is not None for h in hosts_of])
+    host_mag = np.array([np.nan if h is None else h["mag"] for h in hosts_of])
+    trail_arcsec = np.array([d.truth.get("trail_arcsec", 0.0) for d in draws])
+    trail_angle = np.array([d.truth.get("trail_angle_rad", 0.0) for d in draws])
+    zp_true = cond["zero_point"][owner, epoch] + zp_error[owner, epoch]
+    exp_time = cond["exp_time_s"][owner, epoch]
+    stamp_mag = mag[owner, epoch]
+    with np.errstate(invalid="ignore"):  # no host: its NaN magnitude is replaced by 0 ADU below
+        host_flux = mag_to_adu(host_mag[owner], zp_true, exp_time)
+    params = StampParams(
+        flux_adu=np.nan_to_num(mag_to_adu(stamp_mag, zp_true, exp_time)),
+        dx_px=offsets[owner, 0, epoch], dy_px=offsets[owner, 1, epoch], fwhm_px=fwhm_arcsec[owner, epoch] / scale,
+        psf_g1=psf_shear[owner, 0, epoch], psf_g2=psf_shear[owner, 1, epoch],
+        host_index=np.where(has_host, host_index, -1)[owner],
+        host_flux_adu=np.where(has_host[owner], host_flux, 0.0),
+        trail_px=np.where(np.isfinite(stamp_mag), (trail_arcsec / scale)[owner], 0.0),
+        trail_angle_rad=trail_angle[owner])
+    hosts = (HostParams(**{k: np.array([h[k] for h in host_rows]) for k in HOST_FIELDS}) if host_rows else None)
+    noiseless = renderer.render(params, hosts)
 
     # orientation of each object's stamps, applied before the noise (drawn in the rotated pixel order)
-    counts = np.array([len(d.valid) for d in draws])
-    owner = np.repeat(np.arange(n), counts)  # object of each rendered stamp
-    epoch = np.concatenate([d.valid for d in draws])
     turn = np.array([d.rotation for d in draws])[owner]
     flip = np.array([d.mirror for d in draws])[owner]
     for r in range(4):
@@ -216,35 +186,83 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
             if len(rows) and (r or m):
                 oriented = np.rot90(noiseless[rows], r, axes=(1, 2))
                 noiseless[rows] = oriented[:, :, ::-1] if m else oriented
-    conds = [d.cond for d in draws]
-    camera = {k: np.array([getattr(c, k) for c in conds])[owner] for k in ("gain", "read_noise", "saturation")}
-    noisy = add_ccd_noise_streams([d.rng for d in draws], noiseless, counts,
-                                  np.concatenate([d.cond.sky_adu[d.valid] for d in draws]), camera["gain"],
-                                  camera["read_noise"], camera["saturation"])
+    noisy = add_ccd_noise_streams([d.rng for d in draws], noiseless, mask.sum(axis=1), cond["sky_adu"][owner, epoch],
+                                  camera["gain"][owner], camera["read_noise"][owner], camera["saturation"][owner])
+    return _output(cfg, start, stop, T, S, scale, draws, mask, owner, epoch, noisy, cond, mag, camera, offsets,
+                   zp_error, fwhm_arcsec)
+
+
+def _draw_object(i: int, rng: np.random.Generator, first, cfg: SimConfig, sampler, models, T: int,
+                 scale: float) -> _Drawn:
+    """Object i's random draws, in the order of the module docstring (`first`: its first conditions)."""
+    label = i % len(cfg.classes)
+    cname = cfg.classes[label]
+    for attempt in range(MAX_CONDITION_DRAWS):
+        full = sampler.draw(rng) if attempt else first
+        drawn = MODELS[cname](rng, full, cfg, models)
+        if drawn is not None:
+            break
+    else:
+        raise RuntimeError(f"object {i}: no {cname} detectable in {MAX_CONDITION_DRAWS} draws of conditions; "
+                           "is the survey too shallow?")
+    full_mag, truth = drawn
+    window, alert = choose_window(rng, cname, full_mag, full, cfg, T)
+    truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first
+    frac = cfg.host_fraction_supernova if cname == "supernova" else cfg.host_fraction_other
+    has_host = cname == "galaxy" or rng.random() < frac
+    host = (draw_host(rng, cfg, scale, centred=cname == "galaxy", redshift=truth.get("redshift"))
+            if has_host else None)
+    offsets = rng.uniform(-0.5, 0.5, (2, T))
+    psf_shear = rng.normal(0.0, cfg.psf_shear_rms, (2, T)) if cfg.psf_shear_rms > 0 else None
+    rotation, mirror = int(rng.integers(4)), bool(rng.integers(2))
+    zp_error = rng.normal(0.0, cfg.zero_point_error_mag, T) if cfg.zero_point_error_mag > 0 else None
+    fwhm_jitter = rng.normal(0.0, cfg.psf_fwhm_scatter, T) if cfg.psf_fwhm_scatter > 0 else None
+    return _Drawn(rng, label, full, full_mag, window, truth, host, offsets, psf_shear, rotation, mirror, zp_error,
+                  fwhm_jitter)
+
+
+def _output(cfg, start, stop, T, S, scale, draws, mask, owner, epoch, noisy, cond, mag, camera, offsets, zp_error,
+            fwhm_arcsec) -> dict:
+    """The shard's arrays under their dataset paths."""
+    n = stop - start
+    out = {
+        "stamps": np.zeros((n, T, S, S), np.float32),
+        "mjd": cond["mjd"],
+        "mask": mask,
+        "label": np.array([d.label for d in draws], np.int16),
+        "split": split_of(cfg, np.arange(start, stop) // len(cfg.classes)),
+        "truth/mag": mag.astype(np.float32),
+        "truth/has_host": np.array([d.host is not None for d in draws]),
+        "truth/host_mag": np.full(n, np.nan, np.float32),
+        "truth/field": np.array([d.full.field for d in draws], dtype=object),
+        "truth/ccd": np.array([d.full.ccd for d in draws], np.int32),
+        "truth/object_index": np.arange(start, stop, dtype=np.int64),
+        "truth/rotation": np.array([d.rotation for d in draws], np.uint8),
+        "truth/mirror": np.array([d.mirror for d in draws], bool),
+        "truth/alert_epoch": np.array([d.truth["alert_epoch"] for d in draws], np.int16),
+        "truth/window_start": np.array([d.truth["window_start"] for d in draws], np.int16),
+        # contextual inputs (GOTO): what a broker knows beside the stamps, from catalogues and the pointing
+        "context/has_host": np.zeros(n, np.uint8),
+        "context/host_distance_arcsec": np.full(n, np.nan, np.float32),
+        "context/galactic_latitude_deg": np.array([d.full.galactic_latitude_deg for d in draws], np.float32),
+    }
     out["stamps"][owner, epoch] = noisy
-    for k in ("gain", "read_noise", "saturation"):  # per CCD: stored at the valid epochs
-        out[f"conditions/{k}"][owner, epoch] = camera[k]
-    for key, name in (("truth/dx_px", "dx"), ("truth/dy_px", "dy"), ("truth/zero_point_error_mag", "zp_error"),
-                      ("truth/psf_fwhm_arcsec", "fwhm_arcsec")):
-        out[key][owner, epoch] = np.concatenate([getattr(d, name)[d.valid] for d in draws])
-    out["mjd"][:] = [c.mjd for c in conds]
-    out["mask"][:] = [c.mask for c in conds]
-    out["label"][:] = [d.label for d in draws]
-    out["truth/mag"][:] = [d.mag for d in draws]
-    out["truth/has_host"][:] = [d.host is not None for d in draws]
-    out["truth/field"][:] = [c.field for c in conds]
-    out["truth/ccd"][:] = [c.ccd for c in conds]
-    out["truth/rotation"][:] = [d.rotation for d in draws]
-    out["truth/mirror"][:] = [d.mirror for d in draws]
-    out["context/galactic_latitude_deg"][:] = [c.galactic_latitude_deg for c in conds]
+    for key, values in (("truth/dx_px", offsets[:, 0]), ("truth/dy_px", offsets[:, 1]),
+                        ("truth/zero_point_error_mag", zp_error), ("truth/psf_fwhm_arcsec", fwhm_arcsec)):
+        out[key] = np.full((n, T), np.nan, np.float32)
+        out[key][owner, epoch] = values[owner, epoch]
     for k in EPOCH_FIELDS:
-        out[f"conditions/{k}"][:] = [getattr(c, k) for c in conds]
-    for o, (truth, host) in enumerate((d.truth, d.host) for d in draws):
-        out["truth/alert_epoch"][o] = truth["alert_epoch"]
-        out["truth/window_start"][o] = truth["window_start"]
-        for k in TRUTH_FLOATS + TRUTH_TEXT:
-            if k in truth:
-                out[f"truth/{k}"][o] = truth[k]
+        out[f"conditions/{k}"] = cond[k].astype(np.float32)
+    for k in ("gain", "read_noise", "saturation"):  # per CCD: stored at the valid epochs
+        out[f"conditions/{k}"] = np.full((n, T), np.nan, np.float32)
+        out[f"conditions/{k}"][owner, epoch] = camera[k][owner]
+    for k in TRUTH_FLOATS:
+        out[f"truth/{k}"] = np.array([d.truth.get(k, np.nan) for d in draws], np.float64)
+    for k in TRUTH_TEXT:
+        out[f"truth/{k}"] = np.array([d.truth.get(k, "") for d in draws], dtype=object)
+    for k in HOST_FIELDS:
+        out[f"truth/host/{k}"] = np.full(n, np.nan, np.float32)
+    for o, host in enumerate(d.host for d in draws):
         if host is not None:
             out["context/has_host"][o] = 1
             out["context/host_distance_arcsec"][o] = np.hypot(host["dx_px"], host["dy_px"]) * scale

@@ -6,7 +6,7 @@ Two samplers share one interface (`n_epochs`, `pixel_scale_arcsec`, `draw(rng)`,
 - `ModelSampler` draws from the compact built-in model (`hits_builtin.py`, derived from the real logs).
 Epochs with seeing above `seeing_limit_arcsec` are dropped (paper: 2"); the remaining ones are packed at
 the front of fixed-length arrays of `n_epochs` (the longest sequence), and `mask` marks them. Choosing the
-window of N_d epochs an object is classified on is the simulator's job (`ObjectConditions.window`).
+window of N_d epochs an object is classified on is the simulator's job (`simulator.shard`).
 """
 from __future__ import annotations
 
@@ -51,15 +51,6 @@ class ObjectConditions:
     field: str
     ccd: int
     galactic_latitude_deg: float = math.nan  # of the field's centre; NaN when the survey has no position
-
-    def window(self, index: np.ndarray, n_epochs: int) -> "ObjectConditions":
-        """These conditions at epochs `index` only, packed first into arrays of length `n_epochs`."""
-        keep = np.zeros(len(self.mask), bool)
-        keep[index] = True
-        mjd, cols, mask = _pack(n_epochs, self.mjd, {k: getattr(self, k) for k in EPOCH_FIELDS}, keep)
-        return ObjectConditions(mjd=mjd, mask=mask, gain=self.gain, read_noise=self.read_noise,
-                                saturation=self.saturation, field=self.field, ccd=self.ccd,
-                                galactic_latitude_deg=self.galactic_latitude_deg, **cols)
 
 
 def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.ndarray]:
