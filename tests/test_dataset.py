@@ -134,6 +134,17 @@ def test_packed_chunks_are_standard_zlib_and_as_small_as_deflate(tmp_path):
     np.testing.assert_array_equal(read_arrays(path)[0]["stamps"], stamps)
 
 
+def test_dask_scheduler_gives_the_same_bytes(tmp_path):
+    # --scheduler: shards computed on a Dask cluster (here an in-process one), written by this process
+    from distributed import LocalCluster
+
+    base = dict(classes=("nonvariable", "galaxy", "asteroid"), n_per_class=40, seed=3, shard_size=32, progress=False)
+    local = simulate(SimConfig(**base), tmp_path / "local.h5")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = simulate(SimConfig(**base, scheduler=cluster.scheduler_address), tmp_path / "dask.h5")
+    assert sha(local) == sha(remote)
+
+
 def test_resume_after_kill_loses_nothing(tmp_path):
     args = ["--n-per-class", "150", "--seed", "5", "--no-progress", "--set", "shard_size=10"]
     ref = tmp_path / "ref.h5"
