@@ -208,17 +208,6 @@ def read_arrays(path: str | Path) -> tuple[dict, dict]:
     return arrays, attrs
 
 
-def merge(shard_paths: list[Path], out: str | Path, attrs: dict, class_names) -> None:
-    """Concatenate shard files (in order) into the final dataset `out`, atomically (see `Merger`)."""
-    n = 0
-    for path in shard_paths:
-        with h5py.File(path, "r") as f:
-            n += f["label"].shape[0]
-    with Merger(shard_paths, out, attrs, class_names, n) as merger:
-        for i in range(len(shard_paths)):
-            merger.add(i)
-
-
 class Merger:
     """Builds the final dataset `out` (temp name, renamed when complete) from shard files while a run
     still makes them: `add(i)` says shard i is on disk, and every shard whose predecessors are all in

@@ -145,6 +145,32 @@ def test_dask_scheduler_gives_the_same_bytes(tmp_path):
     assert sha(local) == sha(remote)
 
 
+def test_merger_appends_shards_in_order_whatever_their_arrival(tmp_path):
+    from simulator.dataset import Merger, read_arrays, write_arrays
+
+    rng = np.random.default_rng(0)
+    parts = [{"label": np.arange(a, b, dtype=np.int16), "stamps": rng.normal(size=(b - a, 3, 5, 5)).astype(np.float32)}
+             for a, b in ((0, 70), (70, 100), (100, 101))]
+    paths = [tmp_path / f"shard-{i}.h5" for i in range(3)]
+    for p, arrays in zip(paths, parts):
+        write_arrays(p, arrays, {}, ["a"])
+    out = tmp_path / "out.h5"
+    with Merger(paths, out, {"seed": 1}, ["a"], 101) as merger:
+        for i in (2, 0, 1):  # shard 2 waits for 0 and 1
+            merger.add(i)
+            assert not out.exists()
+    arrays, attrs = read_arrays(out)
+    np.testing.assert_array_equal(arrays["label"], np.arange(101))
+    np.testing.assert_array_equal(arrays["stamps"], np.concatenate([p["stamps"] for p in parts]))
+    assert attrs["seed"] == 1
+    incomplete = tmp_path / "incomplete.h5"
+    with pytest.raises(RuntimeError, match="after 1 of 3 shards"):
+        with Merger(paths, incomplete, {}, ["a"], 101) as merger:
+            merger.add(0)
+            merger.add(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"] + [p.name for p in paths]
+
+
 def test_resume_after_kill_loses_nothing(tmp_path):
     args = ["--n-per-class", "150", "--seed", "5", "--no-progress", "--set", "shard_size=10"]
     ref = tmp_path / "ref.h5"
