@@ -105,7 +105,7 @@ def _deflate_chunk(block: np.ndarray, rows: int, shuffle: bool) -> bytes:
 
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" (what zlib writes at level 1)
 _SPLIT_MIN_BYTES = 65536  # smaller chunks are deflated whole
-_ZERO_RUN_GRANULE = 64  # bytes: zero runs are found in steps of this
+_ZERO_RUN_GRANULE = 16  # bytes: zero runs are found in steps of this
 
 
 def _low_planes_blocks(raw: bytes, low: int) -> list:
