@@ -125,9 +125,8 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
         # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
         merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes, total,
                                             tmp=parts / "merging.h5"))
-        for r in shards:
-            if r not in pending:
-                merger.add(index[r])
+        for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
+            merger.add(index[r])
         for (a, b), arrays in results:
             write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
             merger.add(index[(a, b)])

@@ -156,8 +156,8 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
     # rendering inputs, one row per stamp
     hosts_of = [d.host for d in draws]
     host_rows = [h for h in hosts_of if h is not None]
-    host_index = np.cumsum([h is not None for h in hosts_of]) - 1
     has_host = np.array([h is not None for h in hosts_of])
+    host_index = np.cumsum(has_host) - 1  # row in `host_rows`, where there is a host
     host_mag = np.array([np.nan if h is None else h["mag"] for h in hosts_of])
     trail_arcsec = np.array([d.truth.get("trail_arcsec", 0.0) for d in draws])
     trail_angle = np.array([d.truth.get("trail_angle_rad", 0.0) for d in draws])
