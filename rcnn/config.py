@@ -64,7 +64,10 @@ class TrainConfig:
     flux_scale_adu: float = 100.0
     input_transform: str = "asinh"   # asinh | linear
     dtype: str = "float32"           # compute dtype; bfloat16 keeps float32 master weights (GPU/TPU)
-    prefetch: int = 4                # batches read ahead in a background thread
+    prefetch: int = 4                # batches read ahead (at least 2 per input process)
+    # input processes reading training batches; -1: none on the CPU backend (the network needs the cores),
+    # else min(8, cores - 2): one process reads ~10 batches of 256 per second (benchmarks/input_speed.py)
+    loader_workers: int = -1
     distributed: bool = False        # call jax.distributed.initialize() (multi-host)
     # fine-tuning (`rcnn finetune`): start from another run's best checkpoint, optionally with the
     # convolutional layers frozen (their batch-norm statistics still adapt to the new data)
@@ -85,7 +88,8 @@ class TrainConfig:
                   (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0"),
                   (not (self.context and self.model == "dmdt"), "context inputs are for the rcnn and lc models"),
                   (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0"),
-                  (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0")]
+                  (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0"),
+                  (self.loader_workers >= -1, "loader_workers must be >= 0, or -1 (auto)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{message}; got {dataclasses.asdict(self)}")

@@ -8,12 +8,15 @@ gets the photometry's eq. 4-scaled fluxes and errors (`photometry/lc_flux`, `lc_
 
 Sampling reads whole HDF5 chunks (64 objects): a training batch is a random subset of the objects of a
 few random chunks of its split, drawn from `default_rng([seed, step])`, so any step's batch is known
-without replaying earlier ones (exact resume). A background thread reads ahead `prefetch` batches.
+without replaying earlier ones (exact resume). `ReadAhead` reads `prefetch` batches ahead, in a thread or in
+`loader_workers` processes.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import h5py
@@ -132,13 +135,10 @@ class SequenceData:
         objects = np.concatenate(chosen)
         return rng.choice(objects, size=batch_size, replace=len(objects) < batch_size)
 
-    def batches(self, split: str, batch_size: int, limit: int | None = None):
-        """Consecutive batches covering a split in index order (evaluation), at most `limit`."""
-        pool = self.indices(split)
-        for k, start in enumerate(range(0, len(pool), batch_size)):
-            if limit is not None and k >= limit:
-                return
-            yield self.read(pool[start:start + batch_size])
+    def batches(self, split: str, batch_size: int, limit: int | None = None, workers: int = 0):
+        """Consecutive batches covering a split in index order (evaluation), at most `limit`, read ahead
+        (`ReadAhead`: a thread, or `workers` processes)."""
+        yield from (batch for _, batch in read_ahead(self, self.indices(split), batch_size, limit, workers))
 
 
 def read_context(f: h5py.File, names: list[str], path) -> np.ndarray:
@@ -204,13 +204,18 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0) * factor  # eq. 4
     mjd = np.asarray(mjd, dtype=np.float64)
     out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
-    if stamps is not None:
-        stamps = np.asarray(stamps, dtype=np.float64)
-        img = (stamps - np.asarray(sky_adu)[..., None, None]) * scale[..., None, None]
+    if stamps is not None:  # float32 in place: the input pipeline's main cost after decompression
+        stamps = np.asarray(stamps, dtype=np.float32)
+        img = stamps - np.asarray(sky_adu, np.float32)[..., None, None]
+        img *= (scale / cfg.flux_scale_adu).astype(np.float32)[..., None, None]  # eq. 4, then `_transform`'s scale
         # sentinel (real HiTS -9999) and absurd pixels carry no signal: the sky level (0) instead
-        img = np.where((stamps <= BAD_LOW) | (stamps >= BAD_HIGH), 0.0, img)
-        _check_finite(img, mask, "stamps")
-        out["images"] = np.where(mask[..., None, None], _transform(cfg, img), 0.0).astype(np.float32)
+        np.copyto(img, np.float32(0), where=(stamps <= BAD_LOW) | (stamps >= BAD_HIGH))
+        if not np.isfinite(img.sum(dtype=np.float64)):  # the finer check only when something is off
+            _check_finite(img, mask, "stamps")
+        if cfg.input_transform == "asinh":
+            np.arcsinh(img, out=img)
+        np.copyto(img, np.float32(0), where=~mask[..., None, None])
+        out["images"] = img
     if lc_flux is not None and cfg.model == "dmdt":
         from .dmdt import asinh_mag, dmdt_images
 
@@ -259,42 +264,128 @@ def train_batch(data: SequenceData, cfg: TrainConfig, step: int) -> dict:
     return augment(batch, rng) if cfg.augment else batch
 
 
-class Prefetcher:
-    """Reads the batches of steps start..stop-1 ahead in a background thread (h5py releases the GIL while
-    decompressing); iterate to get them in order."""
+def loader_workers(setting: int, backend: str, cores: int | None = None) -> int:
+    """Input processes for `setting` (`TrainConfig.loader_workers`): -1 (auto) is none on the CPU backend,
+    whose network steps need every core and last ~100 times longer than a batch's reading, else
+    min(8, cores - 2), two cores left for the training loop and the accelerator's host work."""
+    if setting >= 0:
+        return setting
+    if backend == "cpu":
+        return 0
+    return max(1, min(8, (cores or os.cpu_count() or 1) - 2))
 
-    def __init__(self, data: SequenceData, cfg: TrainConfig, start: int, stop: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(cfg.prefetch, 1))
+
+_WORKER: dict = {}
+
+
+def _worker_start(path: str, cfg: TrainConfig) -> None:
+    _WORKER["data"] = SequenceData(path, cfg)
+
+
+def _worker_call(fn, item):
+    return fn(_WORKER["data"], item)
+
+
+def read_ahead(data: SequenceData, index: np.ndarray, batch_size: int, limit: int | None = None, workers: int = 0):
+    """(rows, batch) for consecutive slices of `index` of `batch_size` objects (at most `limit` of them),
+    read ahead by a `ReadAhead`, closed when the iteration ends or is abandoned."""
+    slices = [index[start:start + batch_size] for start in range(0, len(index), batch_size)][:limit]
+    with ReadAhead(data, read_rows, slices, workers) as reader:
+        yield from reader
+
+
+def step_batch(data: SequenceData, step: int) -> dict:
+    """`train_batch` with the dataset's own config (a `ReadAhead` function)."""
+    return train_batch(data, data.cfg, step)
+
+
+def read_rows(data: SequenceData, idx: np.ndarray) -> dict:
+    """`SequenceData.read` (a `ReadAhead` function)."""
+    return data.read(idx)
+
+
+class ReadAhead:
+    """(item, fn(data, item)) for each of `items` in order, computed up to `ahead` items in advance by a
+    background thread (h5py releases the GIL while decompressing) or, with `workers` > 0, by that many
+    processes, each with the dataset open (a batch of 256 takes ~0.1 s, mostly chunk decompression, which
+    h5py serialises across threads). `fn` is a module-level function of (SequenceData, item), so the results
+    are the same either way. An error raised by `fn` is raised by the iteration, at its item."""
+
+    def __init__(self, data: SequenceData, fn, items, workers: int = 0, ahead: int = 4):
+        self._items = iter(items)
+        self._pool = None
+        if workers > 0:
+            import multiprocessing
+            from collections import deque
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: fork would copy the threads JAX and h5py run, and their locks, into the children
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_start, initargs=(str(data.path), data.cfg))
+            self._fn, self._pending = fn, deque()
+            for _ in range(max(ahead, 2 * workers)):
+                self._submit()
+            return
+        self._queue: queue.Queue = queue.Queue(maxsize=max(ahead, 1))
         self._stop = threading.Event()
+        end = object()
 
         def work():
-            for step in range(start, stop):
+            for item in self._items:
                 if self._stop.is_set():
                     return
                 try:
-                    item = (step, train_batch(data, cfg, step))
+                    result = (item, fn(data, item), None)
                 except Exception as exc:  # handed to the consumer, raised there
-                    item = (step, exc)
-                self._queue.put(item)
-                if isinstance(item[1], Exception):
+                    result = (item, None, exc)
+                self._queue.put(result)
+                if result[2] is not None:
                     return
-            self._queue.put((None, None))  # end of the steps
+            self._queue.put((end, None, None))
 
+        self._end = end
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
+
+    def _submit(self) -> None:
+        item = next(self._items, self)
+        if item is not self:
+            self._pending.append((item, self._pool.submit(_worker_call, self._fn, item)))
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        step, item = self._queue.get()
-        if step is None:
+        if self._pool is not None:
+            if not self._pending:
+                raise StopIteration
+            item, future = self._pending.popleft()
+            self._submit()
+            try:
+                return item, future.result()
+            except BrokenProcessPool as exc:
+                raise RuntimeError("an input worker process died (out of memory? set loader_workers lower, or "
+                                   "0 to read in a thread)") from exc
+        item, result, exc = self._queue.get()
+        if item is self._end:
             raise StopIteration
-        if isinstance(item, Exception):
-            raise item
-        return step, item
+        if exc is not None:
+            raise exc
+        return item, result
 
     def close(self) -> None:
+        if self._pool is not None:
+            for _, future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            return
         self._stop.set()
         while not self._queue.empty():
             self._queue.get_nowait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .data import SequenceData, context_array, prepare_inputs
+from .data import SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
@@ -93,9 +93,12 @@ def predict(classifier: Classifier, data_path: str | Path, split: str | None = "
     index = np.arange(data.n_objects) if split is None else data.indices(split)
     if not len(index):
         raise RunError(f"{data_path}: no objects in the {split} split")
+    import jax
+
     probs, masks = [], []
-    for start in range(0, len(index), batch_size):
-        p, m = classifier.predict_batch(data.read(index[start:start + batch_size]))
+    workers = loader_workers(classifier.cfg.loader_workers, jax.default_backend())
+    for _, batch in read_ahead(data, index, batch_size, workers=workers):
+        p, m = classifier.predict_batch(batch)
         probs.append(p)
         masks.append(m)
     return Predictions(np.concatenate(probs), np.concatenate(masks), data.label[index], index, classifier.class_names)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .data import Prefetcher, SequenceData
+from .data import ReadAhead, SequenceData, loader_workers, step_batch
 
 
 class RunError(ValueError):
@@ -119,7 +119,7 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
         saved_cfg = saved
     mine = dataclasses.asdict(cfg)
     diff = {k: (saved_cfg.get(k), v) for k, v in mine.items()
-            if k not in ("iterations", "prefetch") and saved_cfg.get(k) != v}
+            if k not in ("iterations", "prefetch", "loader_workers") and saved_cfg.get(k) != v}
     if saved.get("_data") not in (None, str(data_path.resolve())):
         diff["data"] = (saved.get("_data"), str(data_path.resolve()))
     if diff:
@@ -192,7 +192,8 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     result: dict = {}
     if start >= cfg.iterations:
         return _last_metrics(metrics_file)
-    prefetch = Prefetcher(data, cfg, start, cfg.iterations)
+    prefetch = ReadAhead(data, step_batch, range(start, cfg.iterations),
+                         loader_workers(cfg.loader_workers, jax.default_backend()), cfg.prefetch)
     bar = tqdm(total=cfg.iterations, initial=start, unit="it", desc=f"train {cfg.model}", disable=not progress)
     losses, t_start, seqs = [], time.perf_counter(), 0
     try:

@@ -171,6 +171,66 @@ def _copy_with(src, dst, edit):
     return dst
 
 
+def test_inputs_follow_eq_4(dataset, tmp_path):
+    """`read` gives asinh((image - sky) x 10^((zp_ref - zp) / 2.5) / flux_scale), zp_ref the first epoch's,
+    computed here in float64; sentinel pixels and padded epochs 0."""
+    def mark(f):
+        s = f["stamps"][5]
+        s[2, 4, 4] = -9999.0  # a real HiTS sentinel
+        f["stamps"][5] = s
+        m = f["mask"][6]
+        m[-3:] = False
+        f["mask"][6] = m
+    path = _copy_with(dataset, tmp_path / "marked.h5", mark)
+    cfg = TrainConfig(**TINY)
+    idx = np.array([6, 5, 0])
+    got = SequenceData(path, cfg).read(idx)["images"]
+    with h5py.File(path) as f:
+        t = got.shape[1]
+        stamps, mask = f["stamps"][()][idx, :t].astype(np.float64), f["mask"][()][idx, :t]
+        sky, zp = f["conditions/sky_adu"][()][idx, :t], f["conditions/zero_point"][()][idx, :t]
+    expect = np.arcsinh((stamps - sky[..., None, None]) * 10 ** ((zp[:, :1] - zp) / 2.5)[..., None, None]
+                        / cfg.flux_scale_adu)
+    expect[stamps <= -1000] = 0.0
+    expect[~mask] = 0.0
+    assert got.dtype == np.float32 and (~mask).sum() >= 3 and got[1, 2, 4, 4] == 0.0
+    np.testing.assert_allclose(got, expect, rtol=2e-5, atol=2e-6)
+
+
+def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
+    """Training batches and evaluation batches read by input processes equal those read in a thread and
+    those computed directly; a bad object's error reaches the consumer at its batch."""
+    from rcnn.data import ReadAhead, loader_workers, step_batch, train_batch
+
+    cfg = TrainConfig(**TINY)
+    data = SequenceData(dataset, cfg)
+    direct = [train_batch(data, cfg, step) for step in range(3, 7)]
+    for workers in (0, 2):
+        with ReadAhead(data, step_batch, range(3, 7), workers, ahead=2) as reader:
+            got = list(reader)
+        assert [step for step, _ in got] == [3, 4, 5, 6]
+        for (_, batch), want in zip(got, direct):
+            assert batch.keys() == want.keys()
+            for k in want:
+                np.testing.assert_array_equal(batch[k], want[k])
+    thread, procs = (list(data.batches("train", 40, workers=w)) for w in (0, 2))
+    assert len(thread) == len(procs) == -(-len(data.indices("train")) // 40)
+    for a, b in zip(thread, procs):
+        np.testing.assert_array_equal(a["images"], b["images"])
+
+    def poison(f):
+        s = f["stamps"][1]
+        s[0, 3, 3] = np.nan
+        f["stamps"][1] = s
+    bad = SequenceData(_copy_with(dataset, tmp_path / "nan.h5", poison), cfg)
+    with pytest.raises(DatasetError, match="'stamps' of object 1 is not finite at epoch 0"):
+        list(bad.batches(["train", "validation", "test"][bad.split[1]], 40, workers=1))
+    assert loader_workers(-1, "cpu") == 0 and loader_workers(-1, "gpu", cores=16) == 8
+    assert loader_workers(-1, "gpu", cores=2) == 1 and loader_workers(3, "cpu") == 3
+    with pytest.raises(ValueError, match="loader_workers must be"):
+        TrainConfig(loader_workers=-2)
+
+
 def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     cfg = TrainConfig(**TINY)
     no_mask = _copy_with(dataset, tmp_path / "a.h5", lambda f: f.__delitem__("mask"))
