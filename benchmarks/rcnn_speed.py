@@ -6,7 +6,8 @@ XLA's count) and the achieved model GFLOP/s as a fraction of the peak, for XLA's
 `--xla_cpu_experimental_ynn_fusion_type=` (YNNPACK fusions off) and with `...=reduce` (YNNPACK for
 reductions only), then `reduce` and the default flags again with glibc's transparent-huge-page tunable
 (what `rcnn` sets for its network commands), each in its own process (XLA reads its flags, glibc its
-tunables, once). Synthetic inputs: this measures the model, not I/O.
+tunables, once). The kernel's share of the training steps' CPU time is mostly page zeroing: XLA maps each
+step's buffers afresh. Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,12 +94,15 @@ def child(args) -> dict:
         holder["state"], loss = train_step(holder["state"], batch, key)
         loss.block_until_ready()
 
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t_train = _timed(step, args.steps)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime  # over the warm-up and timed steps
     t_infer = _timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), args.steps)
     model_gflop = model_gflop_per_sequence(cfg, t)
     return {"peak_gflops": peak, "train_seq_s": b / t_train, "infer_seq_s": b / t_infer,
             "gflop_per_seq": model_gflop, "xla_gflop_per_seq": flops / b / 1e9,
-            "achieved_gflops": model_gflop * b / t_train,
+            "achieved_gflops": model_gflop * b / t_train, "kernel_share": system / (user + system),
             "device": str(jax.devices()[0].platform)}
 
 
@@ -132,7 +137,8 @@ def main() -> None:
         parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | train {r['train_seq_s']:.1f} seq/s "
                      f"({r['gflop_per_seq']:.2f} model GFLOP/seq [XLA counts {r['xla_gflop_per_seq']:.2f}], "
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
-                     f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak) | inference {r['infer_seq_s']:.1f} seq/s")
+                     f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
+                     f"| inference {r['infer_seq_s']:.1f} seq/s")
     print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}): " + " || ".join(parts))
 
 

@@ -372,19 +372,24 @@ def test_brightness_augmentation(dataset):
 
 def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
     """`rcnn train` picks YNNPACK reductions only on the jaxlib it was checked on, all fusions off elsewhere,
-    and leaves a user's own setting alone."""
+    the memory-optimised scheduler for batches of 128 or more on that jaxlib, and leaves a user's own
+    settings alone."""
     import importlib.metadata
 
     from rcnn import cli
 
-    for jaxlib_version, expected in (("0.10.2", "reduce"), ("0.99.0", "")):
-        monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-        monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
-        cli.use_fast_cpu_flags()
-        assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {cli.CPU_XLA_FLAG}{expected}"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-    cli.use_fast_cpu_flags()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce", True), ("0.99.0", "", False)):
+        for batch in (None, 64, 128, 256):
+            monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+            monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
+            cli.use_fast_cpu_flags(batch)
+            want = f"--xla_dump_to=/tmp/x {cli.CPU_XLA_FLAG}{expected}"
+            if scheduler and batch and batch >= 128:  # big batches: the memory-optimised scheduler
+                want += " " + cli.MEMORY_SCHEDULER_FLAG
+            assert os.environ["XLA_FLAGS"] == want
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x")
+    cli.use_fast_cpu_flags(256)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x"
 
 
 @pytest.mark.skipif(not huge_pages_available(),
