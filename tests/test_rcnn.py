@@ -387,6 +387,9 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
             if scheduler and batch and batch >= 128:  # big batches: the memory-optimised scheduler
                 want += " " + cli.MEMORY_SCHEDULER_FLAG
             assert os.environ["XLA_FLAGS"] == want
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    cli.use_fast_cpu_flags(256, "lc")  # the light-curve model trains faster with XLA's defaults
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x")
     cli.use_fast_cpu_flags(256)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x"
