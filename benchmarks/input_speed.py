@@ -2,8 +2,10 @@
 
 Prints one line: the time of one batch in this process (chunk decompression, eq. 4 scaling, augmentation)
 and its parts, then the batches/s and sequences/s that `rcnn train`'s `ReadAhead` delivers with 0 (a thread) and with
-1..`--workers` input processes (`loader_workers`), their start-up time apart. An accelerator consumes
-batches of 256 at 10,000 sequences/s (issue 5's H100 target) only if the pipeline keeps up: ~40 batches/s.
+1..`--workers` input processes (`loader_workers`), their start-up time apart, and the same for the
+evaluation reading of `rcnn evaluate`/`classify` (consecutive objects: fewer chunks per batch). An accelerator consumes
+batches of 256 at 10,000 sequences/s (issue 5's H100 target) only if the pipeline keeps up: ~40 batches/s
+(inference at 50,000/s: ~195).
 Without `--data` it simulates a HiTS dataset (built-in model, `--n-per-class` objects per class) first.
 Usage: PYTHONPATH=. python benchmarks/input_speed.py [--data DATA.h5] [--batch 256] [--workers 2]
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.config import TrainConfig
-from rcnn.data import ReadAhead, SequenceData, augment, step_batch, train_batch
+from rcnn.data import ReadAhead, SequenceData, augment, read_ahead, step_batch, train_batch
 
 
 def _parts(data: SequenceData, cfg: TrainConfig, steps: range) -> dict:
@@ -42,17 +44,30 @@ def _parts(data: SequenceData, cfg: TrainConfig, steps: range) -> dict:
     return {k: 1e3 * statistics.median(v) for k, v in (("read", read), ("augment", aug), ("batch", whole))}
 
 
-def _prefetch_rate(data: SequenceData, cfg: TrainConfig, workers: int, n: int) -> tuple[float, float]:
-    """(batches/s after the first batch, seconds to the first batch) of `rcnn train`'s `ReadAhead` over
-    n + 1 steps."""
+def _rate(reader, warm: int) -> tuple[float, float]:
+    """(items/s after the first `warm` items, seconds to the first item) of an iterator just created."""
     t0 = time.perf_counter()
-    with ReadAhead(data, step_batch, range(n + 1), workers, cfg.prefetch) as reader:
+    next(reader)
+    first = time.perf_counter() - t0
+    for _ in range(warm - 1):  # the processes start meanwhile
         next(reader)
-        t1 = time.perf_counter()
-        for _ in reader:
-            pass
-        t2 = time.perf_counter()
-    return n / (t2 - t1), t1 - t0
+    t1, n = time.perf_counter(), 0
+    for _ in reader:
+        n += 1
+    return n / (time.perf_counter() - t1), first
+
+
+def _prefetch_rate(data: SequenceData, cfg: TrainConfig, workers: int, n: int) -> tuple[float, float]:
+    """`rcnn train`'s `ReadAhead` over n steps after 2 x workers + 4 warm-up steps."""
+    warm = 2 * workers + 4
+    with ReadAhead(data, step_batch, range(n + warm), workers, cfg.prefetch) as reader:
+        return _rate(reader, warm)
+
+
+def _evaluation_rate(data: SequenceData, batch: int, workers: int) -> float:
+    """Batches/s of `rcnn evaluate`/`classify`'s reading (consecutive objects, no augmentation) over the
+    dataset, after 2 x workers + 4 warm-up batches."""
+    return _rate(read_ahead(data, np.arange(data.n_objects), batch, workers=workers), 2 * workers + 4)[0]
 
 
 def main() -> None:
@@ -79,9 +94,11 @@ def main() -> None:
             rate, startup = _prefetch_rate(data, cfg, workers, args.batches)
             label = "thread" if workers == 0 else f"{workers} process{'es' if workers > 1 else ''}"
             rates.append(f"{label} {rate:.1f} batches/s = {rate * args.batch:.0f} seq/s (first batch {startup:.1f} s)")
+        evaluation = [f"{w} {_evaluation_rate(data, args.batch, w):.1f}" for w in range(args.workers + 1)]
     print(f"input_speed (batch {args.batch}, {data.n_objects} objects x {data.n_epochs} epochs): one batch "
           f"{parts['batch']:.0f} ms (read + eq. 4 {parts['read']:.0f} ms, augment {parts['augment']:.0f} ms) | "
-          + " | ".join(rates))
+          + " | ".join(rates) + " || evaluation reading, batches/s with 0 (thread) .. N processes: "
+          + ", ".join(evaluation))
 
 
 if __name__ == "__main__":

@@ -278,12 +278,35 @@ def loader_workers(setting: int, backend: str, cores: int | None = None) -> int:
 _WORKER: dict = {}
 
 
-def _worker_start(path: str, cfg: TrainConfig) -> None:
+def _worker_start(path: str, cfg: TrainConfig, slots: list[str]) -> None:
+    from multiprocessing.shared_memory import SharedMemory
+
     _WORKER["data"] = SequenceData(path, cfg)
+    _WORKER["slots"] = [SharedMemory(name) for name in slots]
 
 
-def _worker_call(fn, item):
-    return fn(_WORKER["data"], item)
+def _worker_call(fn, item, slot: int):
+    """fn's dict of arrays written into shared-memory `slot` (its layout returned: a 9 MB batch through
+    a pipe costs the consumer more than reading it); pickled whole if it does not fit."""
+    result = fn(_WORKER["data"], item)
+    buf = _WORKER["slots"][slot].buf
+    layout, offset = [], 0
+    for key, value in result.items():
+        value = np.ascontiguousarray(value)
+        if offset + value.nbytes > len(buf):
+            return result
+        np.frombuffer(buf, np.uint8, value.nbytes, offset)[:] = value.reshape(-1).view(np.uint8)
+        layout.append((key, value.dtype.str, value.shape, offset))
+        offset += -(-value.nbytes // 64) * 64
+    return layout
+
+
+def _from_slot(block, layout) -> dict:
+    """Copies of the arrays `_worker_call` wrote into a shared-memory block."""
+    if isinstance(layout, dict):
+        return layout
+    return {key: np.frombuffer(block.buf, np.dtype(dtype), int(np.prod(shape)), offset).reshape(shape).copy()
+            for key, dtype, shape, offset in layout}
 
 
 def read_ahead(data: SequenceData, index: np.ndarray, batch_size: int, limit: int | None = None, workers: int = 0):
@@ -309,21 +332,30 @@ class ReadAhead:
     background thread (h5py releases the GIL while decompressing) or, with `workers` > 0, by that many
     processes, each with the dataset open (a batch of 256 takes ~0.1 s, mostly chunk decompression, which
     h5py serialises across threads). `fn` is a module-level function of (SequenceData, item), so the results
-    are the same either way. An error raised by `fn` is raised by the iteration, at its item."""
+    are the same either way. The processes hand results back through shared-memory slots, one per item in
+    flight, sized from the first item (computed here); an error raised by `fn` is raised by the iteration,
+    at its item."""
 
     def __init__(self, data: SequenceData, fn, items, workers: int = 0, ahead: int = 4):
         self._items = iter(items)
-        self._pool = None
+        self._pool, self._closed = None, False
         if workers > 0:
             import multiprocessing
             from collections import deque
             from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing.shared_memory import SharedMemory
 
+            first = next(self._items, self)  # computed here: it sizes the shared-memory slots
+            self._first = None if first is self else (first, fn(data, first))
+            size = sum(np.asarray(v).nbytes + 64 for v in self._first[1].values()) if self._first else 64
+            n = max(ahead, 2 * workers)
+            self._slots = [SharedMemory(create=True, size=size * 5 // 4 + 4096) for _ in range(n)]
             # spawn: fork would copy the threads JAX and h5py run, and their locks, into the children
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_start, initargs=(str(data.path), data.cfg))
-            self._fn, self._pending = fn, deque()
-            for _ in range(max(ahead, 2 * workers)):
+                                             initializer=_worker_start,
+                                             initargs=(str(data.path), data.cfg, [b.name for b in self._slots]))
+            self._fn, self._pending, self._count = fn, deque(), 0
+            for _ in range(n):
                 self._submit()
             return
         self._queue: queue.Queue = queue.Queue(maxsize=max(ahead, 1))
@@ -350,22 +382,30 @@ class ReadAhead:
     def _submit(self) -> None:
         item = next(self._items, self)
         if item is not self:
-            self._pending.append((item, self._pool.submit(_worker_call, self._fn, item)))
+            slot = self._count % len(self._slots)
+            self._pending.append((item, slot, self._pool.submit(_worker_call, self._fn, item, slot)))
+            self._count += 1
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self._closed:
+            raise StopIteration
         if self._pool is not None:
+            if self._first is not None:
+                first, self._first = self._first, None
+                return first
             if not self._pending:
                 raise StopIteration
-            item, future = self._pending.popleft()
-            self._submit()
+            item, slot, future = self._pending.popleft()
             try:
-                return item, future.result()
+                result = _from_slot(self._slots[slot], future.result())
             except BrokenProcessPool as exc:
                 raise RuntimeError("an input worker process died (out of memory? set loader_workers lower, or "
                                    "0 to read in a thread)") from exc
+            self._submit()  # into the slot just copied out
+            return item, result
         item, result, exc = self._queue.get()
         if item is self._end:
             raise StopIteration
@@ -374,10 +414,17 @@ class ReadAhead:
         return item, result
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._pool is not None:
-            for _, future in self._pending:
+            for _, _, future in self._pending:
                 future.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
+            for block in self._slots:
+                block.close()
+                block.unlink()
+            self._pending.clear()
             return
         self._stop.set()
         while not self._queue.empty():

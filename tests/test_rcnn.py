@@ -200,6 +200,8 @@ def test_inputs_follow_eq_4(dataset, tmp_path):
 def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
     """Training batches and evaluation batches read by input processes equal those read in a thread and
     those computed directly; a bad object's error reaches the consumer at its batch."""
+    from multiprocessing.shared_memory import SharedMemory
+
     from rcnn.data import ReadAhead, loader_workers, step_batch, train_batch
 
     cfg = TrainConfig(**TINY)
@@ -208,6 +210,9 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
     for workers in (0, 2):
         with ReadAhead(data, step_batch, range(3, 7), workers, ahead=2) as reader:
             got = list(reader)
+        for block in getattr(reader, "_slots", []):  # the processes' shared-memory slots are removed
+            with pytest.raises(FileNotFoundError):
+                SharedMemory(block.name)
         assert [step for step, _ in got] == [3, 4, 5, 6]
         for (_, batch), want in zip(got, direct):
             assert batch.keys() == want.keys()
