@@ -285,10 +285,12 @@ def _worker_start(path: str, cfg: TrainConfig, slots: list[str]) -> None:
     _WORKER["slots"] = [SharedMemory(name) for name in slots]
 
 
-def _worker_call(fn, item, slot: int):
+def _worker_call(fn, item, slot: int | None):
     """fn's dict of arrays written into shared-memory `slot` (its layout returned: a 9 MB batch through
     a pipe costs the consumer more than reading it); pickled whole if it does not fit."""
     result = fn(_WORKER["data"], item)
+    if slot is None:
+        return result
     buf = _WORKER["slots"][slot].buf
     layout, offset = [], 0
     for key, value in result.items():
@@ -299,6 +301,15 @@ def _worker_call(fn, item, slot: int):
         layout.append((key, value.dtype.str, value.shape, offset))
         offset += -(-value.nbytes // 64) * 64
     return layout
+
+
+def _shm_room(nbytes: int) -> bool:
+    """Whether shared memory has `nbytes` free (POSIX /dev/shm where it exists; elsewhere assumed)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return True
+    return st.f_bavail * st.f_frsize >= nbytes
 
 
 def _from_slot(block, layout) -> dict:
@@ -349,7 +360,9 @@ class ReadAhead:
             self._first = None if first is self else (first, fn(data, first))
             size = sum(np.asarray(v).nbytes + 64 for v in self._first[1].values()) if self._first else 64
             n = max(ahead, 2 * workers)
-            self._slots = [SharedMemory(create=True, size=size * 5 // 4 + 4096) for _ in range(n)]
+            size = size * 5 // 4 + 4096
+            # a full /dev/shm (Docker's default is 64 MB) would kill the writers with SIGBUS: pickle instead
+            self._slots = [SharedMemory(create=True, size=size) for _ in range(n)] if _shm_room(2 * n * size) else []
             # spawn: fork would copy the threads JAX and h5py run, and their locks, into the children
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_worker_start,
@@ -382,7 +395,7 @@ class ReadAhead:
     def _submit(self) -> None:
         item = next(self._items, self)
         if item is not self:
-            slot = self._count % len(self._slots)
+            slot = self._count % len(self._slots) if self._slots else None
             self._pending.append((item, slot, self._pool.submit(_worker_call, self._fn, item, slot)))
             self._count += 1
 
@@ -400,7 +413,9 @@ class ReadAhead:
                 raise StopIteration
             item, slot, future = self._pending.popleft()
             try:
-                result = _from_slot(self._slots[slot], future.result())
+                result = future.result()
+                if slot is not None:
+                    result = _from_slot(self._slots[slot], result)
             except BrokenProcessPool as exc:
                 raise RuntimeError("an input worker process died (out of memory? set loader_workers lower, or "
                                    "0 to read in a thread)") from exc

@@ -218,6 +218,14 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
             assert batch.keys() == want.keys()
             for k in want:
                 np.testing.assert_array_equal(batch[k], want[k])
+    import rcnn.data
+
+    with pytest.MonkeyPatch.context() as mp:  # no room in /dev/shm: pickled through the pipe instead
+        mp.setattr(rcnn.data, "_shm_room", lambda nbytes: False)
+        with ReadAhead(data, step_batch, range(3, 5), 1, ahead=2) as reader:
+            assert reader._slots == []
+            for (_, batch), want in zip(reader, direct):
+                np.testing.assert_array_equal(batch["images"], want["images"])
     thread, procs = (list(data.batches("train", 40, workers=w)) for w in (0, 2))
     assert len(thread) == len(procs) == -(-len(data.indices("train")) // 40)
     for a, b in zip(thread, procs):
