@@ -92,12 +92,12 @@ def use_fast_cpu_flags(batch_size: int | None = None, model: str = "rcnn") -> No
     (rcnn_speed.py --model lc), so it gets neither."""
     if model == "lc":
         return
-    flags = os.environ.get("XLA_FLAGS", "")
+    flags, jaxlib = os.environ.get("XLA_FLAGS", ""), _jaxlib_minor()
     extra = []
     if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        extra.append(CPU_XLA_FLAG + CHECKED_YNN_TYPES.get(_jaxlib_minor(), ""))
+        extra.append(CPU_XLA_FLAG + CHECKED_YNN_TYPES.get(jaxlib, ""))
     if (model == "rcnn" and (batch_size or 0) >= MEMORY_SCHEDULER_MIN_BATCH and "xla_cpu_scheduler_type" not in flags
-            and _jaxlib_minor() in CHECKED_SCHEDULER):
+            and jaxlib in CHECKED_SCHEDULER):
         extra.append(MEMORY_SCHEDULER_FLAG)
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
 

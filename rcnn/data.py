@@ -182,8 +182,9 @@ class NonFinite(ValueError):
 
 
 def _transform(cfg: TrainConfig, x: np.ndarray) -> np.ndarray:
-    x = x / cfg.flux_scale_adu
-    return np.arcsinh(x) if cfg.input_transform == "asinh" else x
+    """The input scale and compression, in place on `x` (a float array the caller owns), returned."""
+    x /= cfg.flux_scale_adu
+    return np.arcsinh(x, out=x) if cfg.input_transform == "asinh" else x
 
 
 def _check_finite(values: np.ndarray, mask: np.ndarray, name: str) -> None:
@@ -207,14 +208,12 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     if stamps is not None:  # float32 in place: the input pipeline's main cost after decompression
         stamps = np.asarray(stamps, dtype=np.float32)
         img = stamps - np.asarray(sky_adu, np.float32)[..., None, None]
-        img *= (scale / cfg.flux_scale_adu).astype(np.float32)[..., None, None]  # eq. 4, then `_transform`'s scale
+        img *= scale.astype(np.float32)[..., None, None]  # eq. 4
         # sentinel (real HiTS -9999) and absurd pixels carry no signal: the sky level (0) instead
         np.copyto(img, np.float32(0), where=(stamps <= BAD_LOW) | (stamps >= BAD_HIGH))
         if not np.isfinite(img.sum(dtype=np.float64)):  # the finer check only when something is off
             _check_finite(img, mask, "stamps")
-        if cfg.input_transform == "asinh":
-            np.arcsinh(img, out=img)
-        np.copyto(img, np.float32(0), where=~mask[..., None, None])
+        np.copyto(_transform(cfg, img), np.float32(0), where=~mask[..., None, None])
         out["images"] = img
     if lc_flux is not None and cfg.model == "dmdt":
         from .dmdt import asinh_mag, dmdt_images
@@ -312,10 +311,8 @@ def _shm_room(nbytes: int) -> bool:
     return st.f_bavail * st.f_frsize >= nbytes
 
 
-def _from_slot(block, layout) -> dict:
+def _from_slot(block, layout: list) -> dict:
     """Copies of the arrays `_worker_call` wrote into a shared-memory block."""
-    if isinstance(layout, dict):
-        return layout
     return {key: np.frombuffer(block.buf, np.dtype(dtype), int(np.prod(shape)), offset).reshape(shape).copy()
             for key, dtype, shape, offset in layout}
 
@@ -358,9 +355,9 @@ class ReadAhead:
 
             first = next(self._items, self)  # computed here: it sizes the shared-memory slots
             self._first = None if first is self else (first, fn(data, first))
-            size = sum(np.asarray(v).nbytes + 64 for v in self._first[1].values()) if self._first else 64
+            nbytes = sum(np.asarray(v).nbytes + 64 for v in self._first[1].values()) if self._first else 0
+            size = nbytes * 5 // 4 + 4096
             n = max(ahead, 2 * workers)
-            size = size * 5 // 4 + 4096
             # a full /dev/shm (Docker's default is 64 MB) would kill the writers with SIGBUS: pickle instead
             self._slots = [SharedMemory(create=True, size=size) for _ in range(n)] if _shm_room(2 * n * size) else []
             # spawn: fork would copy the threads JAX and h5py run, and their locks, into the children
@@ -414,7 +411,7 @@ class ReadAhead:
             item, slot, future = self._pending.popleft()
             try:
                 result = future.result()
-                if slot is not None:
+                if isinstance(result, list):  # a layout in the item's slot, not the dict itself
                     result = _from_slot(self._slots[slot], result)
             except BrokenProcessPool as exc:
                 raise RuntimeError("an input worker process died (out of memory? set loader_workers lower, or "
