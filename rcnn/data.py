@@ -182,9 +182,8 @@ class NonFinite(ValueError):
 
 
 def _transform(cfg: TrainConfig, x: np.ndarray) -> np.ndarray:
-    """The input scale and compression, in place on `x` (a float array the caller owns), returned."""
-    x /= cfg.flux_scale_adu
-    return np.arcsinh(x, out=x) if cfg.input_transform == "asinh" else x
+    x = x / cfg.flux_scale_adu
+    return np.arcsinh(x) if cfg.input_transform == "asinh" else x
 
 
 def _check_finite(values: np.ndarray, mask: np.ndarray, name: str) -> None:
@@ -208,12 +207,15 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     if stamps is not None:  # float32 in place: the input pipeline's main cost after decompression
         stamps = np.asarray(stamps, dtype=np.float32)
         img = stamps - np.asarray(sky_adu, np.float32)[..., None, None]
-        img *= scale.astype(np.float32)[..., None, None]  # eq. 4
+        # eq. 4 and `_transform`'s scale in one factor (float64, then float32), the asinh in place below
+        img *= (scale / cfg.flux_scale_adu).astype(np.float32)[..., None, None]
         # sentinel (real HiTS -9999) and absurd pixels carry no signal: the sky level (0) instead
         np.copyto(img, np.float32(0), where=(stamps <= BAD_LOW) | (stamps >= BAD_HIGH))
         if not np.isfinite(img.sum(dtype=np.float64)):  # the finer check only when something is off
             _check_finite(img, mask, "stamps")
-        np.copyto(_transform(cfg, img), np.float32(0), where=~mask[..., None, None])
+        if cfg.input_transform == "asinh":
+            np.arcsinh(img, out=img)
+        np.copyto(img, np.float32(0), where=~mask[..., None, None])
         out["images"] = img
     if lc_flux is not None and cfg.model == "dmdt":
         from .dmdt import asinh_mag, dmdt_images
