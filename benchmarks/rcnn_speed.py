@@ -2,12 +2,14 @@
 
 Prints one line: matmul peak GFLOP/s (f32 2048^2, jit, best of 10), training sequences/s (one jit train
 step: forward, backward, Adam; median), inference sequences/s, the model FLOPs per training sequence (and
-XLA's count) and the achieved model GFLOP/s as a fraction of the peak, for XLA's default CPU flags, with
-`--xla_cpu_experimental_ynn_fusion_type=` (YNNPACK fusions off) and with `...=reduce` (YNNPACK for
-reductions only), then `reduce` and the default flags again with glibc's transparent-huge-page tunable
-(what `rcnn` sets for its network commands), each in its own process (XLA reads its flags, glibc its
-tunables, once). The kernel's share of the training steps' CPU time is mostly page zeroing: XLA maps each
-step's buffers afresh. Synthetic inputs: this measures the model, not I/O.
+XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kernel's share of the CPU time
+(mostly page zeroing), each in its own process (XLA reads its flags, glibc its tunables, once):
+  - as `rcnn train` runs: its XLA flags (rcnn.cli.use_fast_cpu_flags), glibc tunables
+    (rcnn.cli.with_runtime_tunables) and computations on the calling thread (rcnn.cli.run_on_calling_thread);
+  - as `rcnn evaluate`/`classify` run: XLA's default flags with the same tunables and thread;
+  - as `rcnn train` ran before the memory tunables: its flags, the huge-page tunable only, a worker thread;
+  - XLA's defaults alone.
+Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ import subprocess
 import sys
 import time
 
-from rcnn.cli import HUGE_PAGE_TUNABLE, with_huge_pages
+from rcnn.cli import (HUGE_PAGE_TUNABLE, KEEP_MEMORY_TUNABLES, run_on_calling_thread, use_fast_cpu_flags,
+                       with_runtime_tunables)
 
 
 def _timed(fn, repeats: int, best: bool = False) -> float:
@@ -59,6 +62,8 @@ def model_gflop_per_sequence(cfg, t: int, n_classes: int = 7) -> float:
 
 
 def child(args) -> dict:
+    if args.sync:
+        run_on_calling_thread()
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -113,22 +118,27 @@ def main() -> None:
     ap.add_argument("--model", default="rcnn", choices=("rcnn", "lc"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
     parts = []
     base = os.environ.get("XLA_FLAGS", "")
-    ynn = " --xla_cpu_experimental_ynn_fusion_type="
-    plain = os.environ.get("GLIBC_TUNABLES", "").replace(HUGE_PAGE_TUNABLE, "").strip(":")
-    huge = with_huge_pages(plain)
-    for label, flags, tunables in (("default flags", base, plain), ("ynn fusion off", (base + ynn).strip(), plain),
-                                   ("ynn reductions only", (base + ynn + "reduce").strip(), plain),
-                                   ("ynn reductions + glibc huge pages", (base + ynn + "reduce").strip(), huge),
-                                   ("default flags + glibc huge pages", base, huge)):
+    use_fast_cpu_flags(args.batch, args.model)
+    train_flags = os.environ["XLA_FLAGS"]
+    os.environ["XLA_FLAGS"] = base
+    ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
+    plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
+    tuned = with_runtime_tunables(plain)
+    huge_only = ":".join(t for t in (plain, HUGE_PAGE_TUNABLE) if t)
+    for label, flags, tunables, sync in (("as rcnn train", train_flags, tuned, True),
+                                         ("as rcnn evaluate", base, tuned, True),
+                                         ("rcnn train before the memory tunables", train_flags, huge_only, False),
+                                         ("XLA defaults", base, plain, False)):
         env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
         cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
-               "--model", args.model, "--dtype", args.dtype]
+               "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             parts.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode})")

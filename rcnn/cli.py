@@ -102,18 +102,28 @@ def use_fast_cpu_flags(batch_size: int | None = None, model: str = "rcnn") -> No
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
 
 
-#: glibc tunable for the commands that run a network (benchmarks/rcnn_speed.py, 2 cores, batch 256): XLA
-#: allocates each step's activation buffers (hundreds of MB) anew with malloc, which maps them fresh from
-#: the kernel, so every step faults them in 4 KiB pages (~11 million faults in the benchmark). Backed by
-#: transparent huge pages (glibc >= 2.35 then madvises them) the faults drop ~60x and training runs ~20%
-#: faster, inference ~15%. glibc reads tunables only at process start, hence `reexec_with_huge_pages`.
+#: glibc tunables for the commands that run a network (benchmarks/rcnn_speed.py, 2 cores, batch 256). XLA
+#: allocates each step's buffers (GBs at batch 256) anew with malloc. glibc maps any block over 32 MB
+#: afresh and unmaps it when freed, so every step the kernel faults in and zeroes them: ~11 million 4 KiB
+#: faults per benchmark run. With transparent huge pages (glibc >= 2.35 then madvises its mappings) the
+#: faults drop ~60x and training runs ~20% faster, inference ~15%; the zeroing remains (3-5 s of kernel
+#: time per 15 s step). `KEEP_MEMORY_TUNABLES` end it: no mmap for large blocks and no trimming, so the
+#: process keeps its peak heap and reuses it (kernel time ~0.05 s per step, training a further ~15-20%
+#: faster), provided the blocks come from glibc's main arena, i.e. XLA runs on the calling thread
+#: (`run_on_calling_thread`): a worker thread's arena maps large blocks whatever `mmap_max` says. glibc reads
+#: tunables only at process start, hence `reexec_with_tunables`.
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+KEEP_MEMORY_TUNABLES = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=17179869184")
 NETWORK_COMMANDS = ("train", "finetune", "evaluate", "classify")
+
+
+def glibc_linux() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 def huge_pages_available() -> bool:
     """Whether glibc's huge-page tunable can act here: Linux, glibc, transparent huge pages not "never"."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not glibc_linux():
         return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -122,30 +132,46 @@ def huge_pages_available() -> bool:
         return False
 
 
-def with_huge_pages(tunables: str) -> str:
-    """A GLIBC_TUNABLES value: `tunables` (possibly empty) with `HUGE_PAGE_TUNABLE` appended."""
-    return ":".join(t for t in (tunables, HUGE_PAGE_TUNABLE) if t)
+def with_runtime_tunables(tunables: str) -> str:
+    """A GLIBC_TUNABLES value: `tunables` (possibly empty) with each of `HUGE_PAGE_TUNABLE` (where
+    `huge_pages_available`) and `KEEP_MEMORY_TUNABLES` appended that it does not already name: a user's own
+    value (e.g. glibc.malloc.hugetlb=0 to opt out) wins."""
+    given = [t for t in tunables.split(":") if t]
+    named = {t.split("=")[0] for t in given}
+    ours = ((HUGE_PAGE_TUNABLE,) if huge_pages_available() else ()) + KEEP_MEMORY_TUNABLES
+    return ":".join(given + [t for t in ours if t.split("=")[0] not in named])
 
 
-def reexec_with_huge_pages() -> None:
-    """Restart this command line once with `HUGE_PAGE_TUNABLE` added to GLIBC_TUNABLES where
-    `huge_pages_available`. A GLIBC_TUNABLES that already names glibc.malloc.hugetlb (any value, e.g. 0 to
-    opt out) is left alone, which also stops a second restart."""
+def reexec_with_tunables() -> None:
+    """Restart this command line once (Linux with glibc) with `with_runtime_tunables` of GLIBC_TUNABLES, unless
+    that adds nothing, which also stops a second restart."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables or not getattr(sys, "orig_argv", None) or not huge_pages_available():
+    if not glibc_linux() or not getattr(sys, "orig_argv", None) or with_runtime_tunables(tunables) == tunables:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": with_huge_pages(tunables)})
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": with_runtime_tunables(tunables)})
+
+
+def run_on_calling_thread() -> None:
+    """Run XLA's CPU computations on the calling thread instead of a worker thread (JAX's
+    `jax_cpu_enable_async_dispatch`), for `KEEP_MEMORY_TUNABLES` to act. Before jax's first computation:
+    JAX reads it when it makes the CPU client. Nothing is lost on CPU, where a step keeps every core busy."""
+    import jax
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command in NETWORK_COMMANDS:
-        reexec_with_huge_pages()  # only for a real command line: an API call keeps its process
+    command_line = argv is None and args.command in NETWORK_COMMANDS  # an API call keeps its process
+    if command_line:
+        reexec_with_tunables()
     if args.command == "finetune":
         use_fast_cpu_flags()
     if args.command != "train":
+        if command_line:
+            run_on_calling_thread()
         return _other(args)
     from .config import load_config
 
@@ -155,6 +181,8 @@ def main(argv=None) -> int:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2
     use_fast_cpu_flags(cfg.batch_size, cfg.model)  # before jax is imported
+    if command_line:
+        run_on_calling_thread()
     from .data import DatasetError
     from .train import RunError, train
 

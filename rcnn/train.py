@@ -35,6 +35,17 @@ def _mesh():
     return Mesh(np.array(jax.devices()), ("data",))
 
 
+def _put(batch: dict, sharding):
+    """`jax.device_put` of a batch that, on CPU, also waits for the copy: XLA runs a step whose inputs are
+    still in flight later, on its worker thread, where its buffers miss the keep-memory tunables of the
+    `rcnn` commands (`rcnn.cli.KEEP_MEMORY_TUNABLES`): every few steps ~9 s of page zeroing at batch 256.
+    On an accelerator the copy overlaps the step in flight, so it does not wait."""
+    import jax
+
+    out = jax.device_put(batch, sharding)
+    return jax.block_until_ready(out) if jax.default_backend() == "cpu" else out
+
+
 def make_functions(model, tx, cfg: TrainConfig, weights):
     """jit-compiled train and eval steps."""
     import jax
@@ -198,7 +209,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     losses, t_start, seqs = [], time.perf_counter(), 0
     try:
         for step, batch in prefetch:
-            batch = jax.device_put({k: v for k, v in batch.items()}, shard)
+            batch = _put(dict(batch), shard)
             state, loss = train_step(state, batch, jax.random.fold_in(base_key, step))
             losses.append(loss)
             seqs += cfg.batch_size
@@ -249,7 +260,7 @@ def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard) -> 
 
     total, correct, n = 0.0, 0.0, 0.0
     for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
-        out = eval_step(state, jax.device_put(_pad(batch, cfg.batch_size), shard))
+        out = eval_step(state, _put(_pad(batch, cfg.batch_size), shard))
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:

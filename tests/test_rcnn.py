@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from photometry.dataset import run_photometry
-from rcnn.cli import huge_pages_available
+from rcnn.cli import glibc_linux, huge_pages_available
 from rcnn.config import TrainConfig
 from rcnn.data import DatasetError, SequenceData
 from rcnn.losses import class_weights, sequence_loss
@@ -410,14 +410,15 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
 
 @pytest.mark.skipif(not huge_pages_available(),
                     reason="glibc's huge-page tunable needs Linux with glibc and transparent huge pages")
-def test_network_commands_restart_once_with_huge_pages(tmp_path):
-    """A network command line restarts itself once with glibc's huge-page tunable added to the user's
-    tunables; other commands, and a user's own hugetlb setting (0 opts out), run without a restart."""
-    from rcnn.cli import HUGE_PAGE_TUNABLE
+def test_network_commands_restart_once_with_tunables(tmp_path):
+    """A network command line restarts itself once with glibc's huge-page and keep-memory tunables added to
+    the user's tunables; other commands run without a restart, and a user's own value of one of ours wins."""
+    from rcnn.cli import HUGE_PAGE_TUNABLE, KEEP_MEMORY_TUNABLES
 
     script = ("import os, sys; print('TUNABLES', os.environ.get('GLIBC_TUNABLES'), flush=True); "
               "from rcnn.cli import main; sys.exit(main())")
     missing = str(tmp_path / "none")
+    ours = ":".join((HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES)
 
     def tunables_seen(command: list[str], tunables: str | None) -> list[str]:
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -429,8 +430,44 @@ def test_network_commands_restart_once_with_huge_pages(tmp_path):
         return [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("TUNABLES")]
 
     evaluate = ["evaluate", missing, "--data", missing, "--out", str(tmp_path / "report")]
-    assert tunables_seen(evaluate, None) == ["None", HUGE_PAGE_TUNABLE]
+    assert tunables_seen(evaluate, None) == ["None", ours]
     assert tunables_seen(evaluate, "glibc.malloc.arena_max=2") == [
-        "glibc.malloc.arena_max=2", f"glibc.malloc.arena_max=2:{HUGE_PAGE_TUNABLE}"]
-    assert tunables_seen(evaluate, "glibc.malloc.hugetlb=0") == ["glibc.malloc.hugetlb=0"]
+        "glibc.malloc.arena_max=2", f"glibc.malloc.arena_max=2:{ours}"]
+    assert tunables_seen(evaluate, "glibc.malloc.hugetlb=0:glibc.malloc.mmap_max=4") == [
+        "glibc.malloc.hugetlb=0:glibc.malloc.mmap_max=4",
+        f"glibc.malloc.hugetlb=0:glibc.malloc.mmap_max=4:{KEEP_MEMORY_TUNABLES[1]}"]
+    assert tunables_seen(evaluate, ours) == [ours]  # nothing to add: no restart
     assert tunables_seen(["baseline", missing, "--out", str(tmp_path / "b")], None) == ["None"]
+
+
+@pytest.mark.skipif(not glibc_linux(), reason="glibc's malloc tunables need Linux with glibc")
+def test_keep_memory_tunables_reuse_xla_buffers():
+    """Under `KEEP_MEMORY_TUNABLES`, a computation's 64 MB temporary buffer is reused from one execution to
+    the next when XLA runs on the calling thread (`run_on_calling_thread`), where from XLA's worker thread it
+    is mapped, faulted in and zeroed afresh every time: what the network commands' setup is for."""
+    from rcnn.cli import KEEP_MEMORY_TUNABLES
+
+    script = """
+import resource, sys
+from rcnn.cli import run_on_calling_thread
+if sys.argv[1] == "sync":
+    run_on_calling_thread()
+import jax, jax.numpy as jnp
+x, w = jnp.ones((16384, 1024), jnp.float32), jnp.ones((1024, 8), jnp.float32)
+f = jax.jit(lambda x, w: (jnp.sin(x) @ w).sum())  # sin(x), 64 MB, is a temporary buffer
+f(x, w).block_until_ready(); f(x, w).block_until_ready()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    f(x, w).block_until_ready()
+print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+"""
+    env = {**os.environ, "GLIBC_TUNABLES": ":".join(KEEP_MEMORY_TUNABLES)}
+
+    def faults(mode: str) -> int:
+        proc = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.split("FAULTS")[1])
+
+    reused, fresh = faults("sync"), faults("async")
+    assert fresh >= 4 * 32  # 4 x 64 MB faulted in again: 2 MB huge pages at the least
+    assert reused * 10 < fresh, (reused, fresh)
