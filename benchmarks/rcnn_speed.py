@@ -126,7 +126,7 @@ def main() -> None:
     parts = []
     base = os.environ.get("XLA_FLAGS", "")
     use_fast_cpu_flags(args.batch, args.model)
-    train_flags = os.environ["XLA_FLAGS"]
+    train_flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = base
     ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
