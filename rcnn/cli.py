@@ -108,7 +108,7 @@ def use_fast_cpu_flags(batch_size: int | None = None, model: str = "rcnn") -> No
 #: faults per benchmark run. With transparent huge pages (glibc >= 2.35 then madvises its mappings) the
 #: faults drop ~60x and training runs ~20% faster, inference ~15%; the zeroing remains (3-5 s of kernel
 #: time per 15 s step). `KEEP_MEMORY_TUNABLES` end it: no mmap for large blocks and no trimming, so the
-#: process keeps its peak heap and reuses it (kernel time ~0.05 s per step, training a further ~15-20%
+#: process keeps its peak heap and reuses it (kernel time ~0.05 s per step, training a further ~25%
 #: faster), provided the blocks come from glibc's main arena, i.e. XLA runs on the calling thread
 #: (`run_on_calling_thread`): a worker thread's arena maps large blocks whatever `mmap_max` says. glibc reads
 #: tunables only at process start, hence `reexec_with_tunables`.
@@ -118,6 +118,7 @@ NETWORK_COMMANDS = ("train", "finetune", "evaluate", "classify")
 
 
 def glibc_linux() -> bool:
+    """Whether glibc's malloc tunables can act here: Linux with glibc."""
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
