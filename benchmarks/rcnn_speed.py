@@ -6,7 +6,7 @@ XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kerne
 (mostly page zeroing), each in its own process (XLA reads its flags, glibc its tunables, once):
   - as `rcnn train` runs: its XLA flags (rcnn.cli.use_fast_cpu_flags), glibc tunables
     (rcnn.cli.with_runtime_tunables) and computations on the calling thread (rcnn.cli.run_on_calling_thread);
-  - as `rcnn evaluate`/`classify` run: XLA's default flags with the same tunables and thread;
+  - as `rcnn evaluate`/`classify` run (inference only): XLA's default flags, the same tunables and thread;
   - as `rcnn train` ran before the memory tunables: its flags, the huge-page tunable only, a worker thread;
   - XLA's defaults alone.
 Synthetic inputs: this measures the model, not I/O.
@@ -91,6 +91,10 @@ def child(args) -> dict:
     train_step, eval_step = make_functions(model, tx, cfg, np.ones(7, np.float32))
     state = init_state(model, tx, cfg, batch)
     key = jax.random.PRNGKey(0)
+    device = str(jax.devices()[0].platform)
+    if args.infer_only:
+        t_infer = _timed(lambda: jax.block_until_ready(eval_step(state, batch)), args.steps)
+        return {"peak_gflops": peak, "infer_seq_s": b / t_infer, "device": device}
     flops = train_step.lower(state, batch, key).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
     holder = {"state": state}
@@ -108,7 +112,7 @@ def child(args) -> dict:
     return {"peak_gflops": peak, "train_seq_s": b / t_train, "infer_seq_s": b / t_infer,
             "gflop_per_seq": model_gflop, "xla_gflop_per_seq": flops / b / 1e9,
             "achieved_gflops": model_gflop * b / t_train, "kernel_share": system / (user + system),
-            "device": str(jax.devices()[0].platform)}
+            "device": device}
 
 
 def main() -> None:
@@ -119,6 +123,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--infer-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -132,18 +137,23 @@ def main() -> None:
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
     huge_only = ":".join(t for t in (plain, HUGE_PAGE_TUNABLE) if t)
-    for label, flags, tunables, sync in (("as rcnn train", train_flags, tuned, True),
-                                         ("as rcnn evaluate", base, tuned, True),
-                                         ("rcnn train before the memory tunables", train_flags, huge_only, False),
-                                         ("XLA defaults", base, plain, False)):
+    for label, flags, tunables, sync, train in (
+            ("as rcnn train", train_flags, tuned, True, True), ("as rcnn evaluate", base, tuned, True, False),
+            ("rcnn train before the memory tunables", train_flags, huge_only, False, True),
+            ("XLA defaults", base, plain, False, True)):
         env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
         cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
-               "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else [])
+               "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else []) + (
+                   [] if train else ["--infer-only"])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             parts.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode})")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not train:  # evaluate only runs inference
+            parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | inference "
+                         f"{r['infer_seq_s']:.1f} seq/s")
+            continue
         parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | train {r['train_seq_s']:.1f} seq/s "
                      f"({r['gflop_per_seq']:.2f} model GFLOP/seq [XLA counts {r['xla_gflop_per_seq']:.2f}], "
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "

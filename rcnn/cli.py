@@ -146,12 +146,15 @@ def with_runtime_tunables(tunables: str) -> str:
 def reexec_with_tunables() -> None:
     """Restart this command line once (Linux with glibc) with `with_runtime_tunables` of GLIBC_TUNABLES, unless
     that adds nothing, which also stops a second restart."""
+    if not glibc_linux() or not getattr(sys, "orig_argv", None):
+        return
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if not glibc_linux() or not getattr(sys, "orig_argv", None) or with_runtime_tunables(tunables) == tunables:
+    wanted = with_runtime_tunables(tunables)
+    if wanted == tunables:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": with_runtime_tunables(tunables)})
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": wanted})
 
 
 def run_on_calling_thread() -> None:
