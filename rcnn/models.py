@@ -15,6 +15,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rcnn.conv import conv_general_dilated
+
 
 def _windows(x: jnp.ndarray, n_w: int) -> jnp.ndarray:
     """(B, T, ...) -> (B, T - n_w + 1, ..., n_w): item k stacks entries k..k+n_w-1 on a new last axis."""
@@ -109,7 +111,8 @@ class RCNN(nn.Module):
         x = nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape))
         for _ in range(2):
             for _ in range(self.conv_blocks):
-                x = nn.Conv(self.conv_filters, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)(x)
+                x = nn.Conv(self.conv_filters, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32,
+                            conv_general_dilated=conv_general_dilated)(x)
                 x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
             x = _pool(x, train)
         if self.fusion == "early":

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import h5py
 import jax
@@ -65,6 +66,59 @@ def test_max_pool_matches_flax_values_and_gradients(size):
     for pre in (lambda v: v, nn.relu):
         grads = [jax.grad(lambda v, f=f: (f(pre(v)) * w).sum())(x) for f in (max_pool_2x2, ref)]
         np.testing.assert_array_equal(*grads)
+
+
+def test_identity_dot_conv_matches_lax_values_and_gradients():
+    """`rcnn.conv.conv_general_dilated` (CPU: weight gradient through an identity dot) gives lax's values
+    and, jitted, its gradients for 64 channels behind a batch-norm-like ReLU producer; it takes the dot only
+    from `MIN_CHANNELS` channels on, and only on CPU."""
+    from jax import lax
+
+    from rcnn import conv
+
+    rng = np.random.default_rng(3)
+    a = jnp.asarray(rng.normal(size=(4, 21, 21, 64)).astype(np.float32))
+    rhs = jnp.asarray(rng.normal(size=(3, 3, 64, 64)).astype(np.float32) / 24)
+    cot = jnp.asarray(rng.normal(size=(4, 21, 21, 64)).astype(np.float32))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(f, a, rhs):
+        x = jax.nn.relu(a * 1.3 - 0.2)
+        return (f(x, rhs, (1, 1), "SAME", dimension_numbers=dn) * cot[..., :rhs.shape[-1]]).sum()
+
+    ours, ref = (jax.jit(jax.value_and_grad(partial(loss, f), argnums=(0, 1)))
+                 for f in (conv.conv_general_dilated, lax.conv_general_dilated))
+    (v1, g1), (v2, g2) = ours(a, rhs), ref(a, rhs)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    for x, y in zip(g1, g2):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+    primitives = lambda f, a, rhs: str(jax.make_jaxpr(jax.grad(partial(loss, f), argnums=1))(a, rhs))  # noqa: E731
+    assert jax.default_backend() != "cpu" or "dot_general" in primitives(conv.conv_general_dilated, a, rhs)
+    assert "dot_general" not in primitives(lax.conv_general_dilated, a, rhs)
+    narrow = a[..., :conv.MIN_CHANNELS - 1], rhs[:, :, :conv.MIN_CHANNELS - 1]
+    assert "dot_general" not in primitives(conv.conv_general_dilated, *narrow)
+
+
+def test_rcnn_gradients_equal_with_and_without_the_identity_dot(monkeypatch):
+    """A 64-filter RCNN's training gradients are the same whether its convolutions take the identity dot."""
+    from rcnn import conv
+
+    rng = np.random.default_rng(4)
+    model = RCNN(n_classes=3, conv_filters=64, conv_blocks=1, dense_units=16, rnn_units=8, dropout=0.0)
+    args = (rng.normal(size=(2, 6, 21, 21)).astype(np.float32), np.zeros((2, 6), np.float32), np.ones((2, 6), bool))
+    variables = _init(model, *args)
+
+    def grads():
+        def loss(params):
+            out, _ = model.apply({**variables, "params": params}, *args, train=True, mutable=["batch_stats"])
+            return (out[0] ** 2).sum()
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    ours = grads()
+    monkeypatch.setattr(conv, "MIN_CHANNELS", 10 ** 9)
+    ref = grads()
+    for x, y in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * float(jnp.abs(y).max()))
 
 
 def test_full_size_rcnn_matches_table_3():
