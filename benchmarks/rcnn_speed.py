@@ -7,8 +7,8 @@ XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kerne
   - as `rcnn train` runs: its XLA flags (rcnn.cli.use_fast_cpu_flags), glibc tunables
     (rcnn.cli.with_runtime_tunables) and computations on the calling thread (rcnn.cli.run_on_calling_thread);
   - as `rcnn evaluate`/`classify` run (inference only): XLA's default flags, the same tunables and thread;
-  - as `rcnn train` ran before the memory tunables: its flags, the huge-page tunable only, a worker thread;
-  - XLA's defaults alone.
+  - as `rcnn train` ran before the identity-dot convolution (rcnn.conv): the same, with plain lax convolutions;
+  - XLA's defaults alone: default flags and tunables, a worker thread, plain lax convolutions.
 Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
 """
@@ -64,6 +64,9 @@ def model_gflop_per_sequence(cfg, t: int, n_classes: int = 7) -> float:
 def child(args) -> dict:
     if args.sync:
         run_on_calling_thread()
+    if args.plain_conv:
+        import rcnn.conv
+        rcnn.conv.MIN_CHANNELS = sys.maxsize  # every convolution takes plain lax
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -124,6 +127,7 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--infer-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--plain-conv", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -136,15 +140,15 @@ def main() -> None:
     ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
-    huge_only = ":".join(t for t in (plain, HUGE_PAGE_TUNABLE) if t)
-    for label, flags, tunables, sync, train in (
-            ("as rcnn train", train_flags, tuned, True, True), ("as rcnn evaluate", base, tuned, True, False),
-            ("rcnn train before the memory tunables", train_flags, huge_only, False, True),
-            ("XLA defaults", base, plain, False, True)):
+    for label, flags, tunables, sync, train, plain_conv in (
+            ("as rcnn train", train_flags, tuned, True, True, False),
+            ("as rcnn evaluate", base, tuned, True, False, False),
+            ("rcnn train before the identity-dot convolution", train_flags, tuned, True, True, True),
+            ("XLA defaults", base, plain, False, True, True)):
         env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
         cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
                "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else []) + (
-                   [] if train else ["--infer-only"])
+                   [] if train else ["--infer-only"]) + (["--plain-conv"] if plain_conv else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             parts.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode})")
