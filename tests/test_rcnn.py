@@ -509,9 +509,10 @@ if sys.argv[1] == "sync":
 import jax, jax.numpy as jnp
 x, w = jnp.ones((16384, 1024), jnp.float32), jnp.ones((1024, 8), jnp.float32)
 f = jax.jit(lambda x, w: (jnp.sin(x) @ w).sum())  # sin(x), 64 MB, is a temporary buffer
-f(x, w).block_until_ready(); f(x, w).block_until_ready()
+for _ in range(6):  # warm up: compile, and let the heap settle
+    f(x, w).block_until_ready()
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(8):
     f(x, w).block_until_ready()
 print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 """
@@ -523,5 +524,6 @@ print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
         return int(proc.stdout.split("FAULTS")[1])
 
     reused, fresh = faults("sync"), faults("async")
-    assert fresh >= 4 * 32  # 4 x 64 MB faulted in again: 2 MB huge pages at the least
-    assert reused * 10 < fresh, (reused, fresh)
+    assert fresh >= 8 * 32  # 8 x 64 MB faulted in again: 2 MB huge pages at the least
+    # reuse: at most a stray heap extension (one 64 MB buffer, 16,384 small pages; seen once in CI)
+    assert reused * 4 < fresh, (reused, fresh)
