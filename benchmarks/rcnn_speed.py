@@ -9,8 +9,11 @@ XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kerne
   - as `rcnn evaluate`/`classify` run (inference only): XLA's default flags, the same tunables and thread;
   - as `rcnn train` ran before the identity-dot convolution (rcnn.conv): the same, with plain lax convolutions;
   - XLA's defaults alone: default flags and tunables, a worker thread, plain lax convolutions.
+With --repeats R the variants run R times interleaved (timings on a shared machine drift by ~10% between
+runs): medians are printed, each run's training figure after them, and the median ratio of paired runs
+as `rcnn train` / before the identity-dot convolution.
 Synthetic inputs: this measures the model, not I/O.
-Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--model rcnn|lc]
+Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--repeats 1] [--model rcnn|lc]
 """
 from __future__ import annotations
 
@@ -124,6 +127,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--model", default="rcnn", choices=("rcnn", "lc"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="interleaved runs of each variant (medians printed; XLA defaults run once)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--infer-only", action="store_true", help=argparse.SUPPRESS)
@@ -132,7 +137,6 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    parts = []
     base = os.environ.get("XLA_FLAGS", "")
     use_fast_cpu_flags(args.batch, args.model)
     train_flags = os.environ.get("XLA_FLAGS", "")
@@ -140,29 +144,45 @@ def main() -> None:
     ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
-    for label, flags, tunables, sync, train, plain_conv in (
-            ("as rcnn train", train_flags, tuned, True, True, False),
-            ("as rcnn evaluate", base, tuned, True, False, False),
-            ("rcnn train before the identity-dot convolution", train_flags, tuned, True, True, True),
-            ("XLA defaults", base, plain, False, True, True)):
-        env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
-        cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
-               "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else []) + (
-                   [] if train else ["--infer-only"]) + (["--plain-conv"] if plain_conv else [])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            parts.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode})")
+    variants = (("as rcnn train", train_flags, tuned, True, True, False),
+                ("as rcnn evaluate", base, tuned, True, False, False),
+                ("rcnn train before the identity-dot convolution", train_flags, tuned, True, True, True),
+                ("XLA defaults", base, plain, False, True, True))
+    runs: dict[str, list] = {v[0]: [] for v in variants}
+    for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
+        for label, flags, tunables, sync, train, plain_conv in variants:
+            if label == "XLA defaults" and repeat:  # the slow reference runs once
+                continue
+            env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
+            cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else []) + (
+                       [] if train else ["--infer-only"]) + (["--plain-conv"] if plain_conv else [])
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                runs[label].append(proc.stderr.strip().splitlines()[-1] if proc.stderr else str(proc.returncode))
+                continue
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    parts = []
+    for label, *_, train, _ in variants:
+        ok = [r for r in runs[label] if isinstance(r, dict)]
+        if not ok:
+            parts.append(f"{label}: failed ({runs[label][-1]})")
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = {k: statistics.median(x[k] for x in ok) if isinstance(ok[0][k], float) else ok[0][k] for k in ok[0]}
+        each = lambda key: " " + "/".join(f"{x[key]:.1f}" for x in ok) if len(ok) > 1 else ""  # noqa: E731
+        head = f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | "
         if not train:  # evaluate only runs inference
-            parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | inference "
-                         f"{r['infer_seq_s']:.1f} seq/s")
+            parts.append(head + f"inference {r['infer_seq_s']:.1f} seq/s{each('infer_seq_s')}")
             continue
-        parts.append(f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | train {r['train_seq_s']:.1f} seq/s "
+        parts.append(head + f"train {r['train_seq_s']:.1f} seq/s{each('train_seq_s')} "
                      f"({r['gflop_per_seq']:.2f} model GFLOP/seq [XLA counts {r['xla_gflop_per_seq']:.2f}], "
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
+    pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs["as rcnn train"],
+             runs["rcnn train before the identity-dot convolution"]) if isinstance(a, dict) and isinstance(b, dict)]
+    if pairs:
+        parts.append(f"train / before, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
     print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}): " + " || ".join(parts))
 
 
