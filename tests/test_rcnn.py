@@ -511,19 +511,20 @@ x, w = jnp.ones((16384, 1024), jnp.float32), jnp.ones((1024, 8), jnp.float32)
 f = jax.jit(lambda x, w: (jnp.sin(x) @ w).sum())  # sin(x), 64 MB, is a temporary buffer
 for _ in range(6):  # warm up: compile, and let the heap settle
     f(x, w).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(8):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
-print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 """
     env = {**os.environ, "GLIBC_TUNABLES": ":".join(KEEP_MEMORY_TUNABLES)}
 
-    def faults(mode: str) -> int:
+    def faults(mode: str) -> float:
+        """Median page faults of one execution: a rare one-off heap extension (one 64 MB buffer, 16,384
+        small pages; 3 runs in 40 even after the warm-up) is not the per-execution behaviour tested."""
         proc = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        return int(proc.stdout.split("FAULTS")[1])
+        return float(np.median([int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FAULTS")]))
 
     reused, fresh = faults("sync"), faults("async")
-    assert fresh >= 8 * 32  # 8 x 64 MB faulted in again: 2 MB huge pages at the least
-    # reuse: at most a stray heap extension (one 64 MB buffer, 16,384 small pages; seen once in CI)
-    assert reused * 4 < fresh, (reused, fresh)
+    assert fresh >= 32  # 64 MB faulted in again per execution: 2 MB huge pages at the least
+    assert reused * 10 < fresh, (reused, fresh)
