@@ -6,7 +6,7 @@ The fused transpose runs 3-4x slower than a plain one (0.3-0.6 s against ~0.13 s
 activation at batch 256, ~1.2 s of a ~12.5 s step). Here the backward first multiplies the activations by
 the identity matrix over channels: a dot is not a producer XLA fuses into its consumers, so the transpose
 that follows it is a plain copy. In f32 (and bf16) the product is exact for finite values: each output is
-one input times 1 plus zeros. Measured +8% training throughput at batch 256 (benchmarks/README.md).
+one input times 1 plus zeros. Training +4-5% at batch 256 in paired runs (benchmarks/README.md).
 Values and gradients equal `lax.conv_general_dilated`'s; accelerators and inputs with fewer than
 `MIN_CHANNELS` channels (the RCNN's first convolution, on the n_w stacked images) take plain `lax`.
 """
