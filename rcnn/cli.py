@@ -171,22 +171,24 @@ def main(argv=None) -> int:
     command_line = argv is None and args.command in NETWORK_COMMANDS  # an API call keeps its process
     if command_line:
         reexec_with_tunables()
-    if args.command == "finetune":
-        use_fast_cpu_flags()
-    if args.command != "train":
-        if command_line:
-            run_on_calling_thread()
-        return _other(args)
-    from .config import load_config
+    cfg = None
+    if args.command == "train":
+        from .config import load_config
 
-    try:
-        cfg = load_config(args.config, args.set, {"model": args.model})
-    except (ValueError, OSError) as exc:
-        print(f"rcnn train: error: {exc}", file=sys.stderr)
-        return 2
-    use_fast_cpu_flags(cfg.batch_size, cfg.model)  # before jax is imported
+        try:
+            cfg = load_config(args.config, args.set, {"model": args.model})
+        except (ValueError, OSError) as exc:
+            print(f"rcnn train: error: {exc}", file=sys.stderr)
+            return 2
+        use_fast_cpu_flags(cfg.batch_size, cfg.model)  # XLA_FLAGS: before jax is imported
+    elif args.command == "finetune":
+        use_fast_cpu_flags()
     if command_line:
         run_on_calling_thread()
+    return _other(args) if cfg is None else _train(args, cfg)
+
+
+def _train(args, cfg) -> int:
     from .data import DatasetError
     from .train import RunError, train
 
