@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import astuple, dataclass
 
 from rcnn.cli import (HUGE_PAGE_TUNABLE, KEEP_MEMORY_TUNABLES, run_on_calling_thread, use_fast_cpu_flags,
                        with_runtime_tunables)
@@ -121,6 +122,19 @@ def child(args) -> dict:
             "device": device}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One child configuration: XLA_FLAGS, GLIBC_TUNABLES, XLA on the calling thread, training timed (else
+    inference only), plain lax convolutions, run in the first repeat only."""
+    label: str
+    flags: str
+    tunables: str
+    sync: bool
+    train: bool
+    plain_conv: bool
+    once: bool = False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
@@ -144,14 +158,15 @@ def main() -> None:
     ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
-    variants = (("as rcnn train", train_flags, tuned, True, True, False),
-                ("as rcnn evaluate", base, tuned, True, False, False),
-                ("rcnn train before the identity-dot convolution", train_flags, tuned, True, True, True),
-                ("XLA defaults", base, plain, False, True, True))
-    runs: dict[str, list] = {v[0]: [] for v in variants}
+    as_train = Variant("as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
+    before = Variant("rcnn train before the identity-dot convolution", train_flags, tuned, sync=True, train=True,
+                     plain_conv=True)
+    variants = (as_train, Variant("as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), before,
+                Variant("XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
+    runs: dict[str, list] = {v.label: [] for v in variants}
     for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
-        for label, flags, tunables, sync, train, plain_conv in variants:
-            if label == "XLA defaults" and repeat:  # the slow reference runs once
+        for label, flags, tunables, sync, train, plain_conv, once in map(astuple, variants):
+            if once and repeat:  # the slow reference runs once
                 continue
             env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
             cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
@@ -163,7 +178,7 @@ def main() -> None:
                 continue
             runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     parts = []
-    for label, *_, train, _ in variants:
+    for label, train in ((v.label, v.train) for v in variants):
         ok = [r for r in runs[label] if isinstance(r, dict)]
         if not ok:
             parts.append(f"{label}: failed ({runs[label][-1]})")
@@ -179,8 +194,8 @@ def main() -> None:
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
-    pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs["as rcnn train"],
-             runs["rcnn train before the identity-dot convolution"]) if isinstance(a, dict) and isinstance(b, dict)]
+    pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs[before.label])
+             if isinstance(a, dict) and isinstance(b, dict)]
     if pairs:
         parts.append(f"train / before, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
     print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}): " + " || ".join(parts))
