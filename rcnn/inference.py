@@ -66,11 +66,16 @@ class Classifier:
 
     def predict_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, S, C), step mask (B, S)) for a batch of prepared inputs (`rcnn.data`)."""
+        probs, mask = self._launch(batch)
+        return np.asarray(probs), mask
+
+    def _launch(self, batch: dict):
+        """`predict_batch` without waiting: the probabilities are a device array still being computed on an
+        accelerator (JAX dispatches asynchronously), so the caller can launch the next batch first."""
         from .models import model_inputs
 
         inputs = {k: batch[k] for k in model_inputs(self.model)}
-        probs = np.asarray(self._forward(self.variables, inputs))
-        return probs, np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
+        return self._forward(self.variables, inputs), np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 
     def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
                         context: dict | None = None):
@@ -95,10 +100,11 @@ def predict(classifier: Classifier, data_path: str | Path, split: str | None = "
         raise RunError(f"{data_path}: no objects in the {split} split")
     import jax
 
-    probs, masks = [], []
+    done = []  # (probabilities, step mask) per batch, each fetched to the host once the next one is launched
     workers = loader_workers(classifier.cfg.loader_workers, jax.default_backend())
     for _, batch in read_ahead(data, index, batch_size, workers=workers):
-        p, m = classifier.predict_batch(batch)
-        probs.append(p)
-        masks.append(m)
-    return Predictions(np.concatenate(probs), np.concatenate(masks), data.label[index], index, classifier.class_names)
+        done.append(classifier._launch(batch))  # on an accelerator it runs while the previous batch comes back
+        if len(done) > 1:
+            done[-2] = (np.asarray(done[-2][0]), done[-2][1])
+    probs = np.concatenate([np.asarray(p) for p, _ in done])
+    return Predictions(probs, np.concatenate([m for _, m in done]), data.label[index], index, classifier.class_names)

@@ -154,6 +154,19 @@ def test_classify_arrays_for_brokers(run_4class):
     assert step_mask.shape == (3, 18)
 
 
+def test_predict_in_batches_equals_one_batch(run_4class):
+    """`predict` fetches each batch's probabilities after launching the next: same rows, same order."""
+    from rcnn.inference import Classifier, predict
+
+    run, data = run_4class
+    clf = Classifier(run)
+    whole = predict(clf, data, split=None, batch_size=10_000)
+    parts = predict(clf, data, split=None, batch_size=7)  # several batches, the last one shorter
+    assert len(whole.index) > 14 and np.array_equal(parts.index, whole.index)
+    assert np.array_equal(parts.step_mask, whole.step_mask) and np.array_equal(parts.labels, whole.labels)
+    np.testing.assert_allclose(parts.probs, whole.probs, atol=1e-5)  # other batch shapes: other roundings
+
+
 def test_evaluate_bad_inputs(run_4class, tmp_path):
     run, data = run_4class
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--out", str(tmp_path)],
