@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 from rcnn.cli import (HUGE_PAGE_TUNABLE, KEEP_MEMORY_TUNABLES, run_on_calling_thread, use_fast_cpu_flags,
                        with_runtime_tunables)
@@ -165,28 +165,28 @@ def main() -> None:
                 Variant("XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
     runs: dict[str, list] = {v.label: [] for v in variants}
     for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
-        for label, flags, tunables, sync, train, plain_conv, once in map(astuple, variants):
-            if once and repeat:  # the slow reference runs once
+        for v in variants:
+            if v.once and repeat:  # the slow reference runs once
                 continue
-            env = {**os.environ, "XLA_FLAGS": flags, "GLIBC_TUNABLES": tunables}
+            env = {**os.environ, "XLA_FLAGS": v.flags, "GLIBC_TUNABLES": v.tunables}
             cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--model", args.model, "--dtype", args.dtype] + (["--sync"] if sync else []) + (
-                       [] if train else ["--infer-only"]) + (["--plain-conv"] if plain_conv else [])
+                   "--model", args.model, "--dtype", args.dtype] + (["--sync"] if v.sync else []) + (
+                       [] if v.train else ["--infer-only"]) + (["--plain-conv"] if v.plain_conv else [])
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode:
-                runs[label].append(proc.stderr.strip().splitlines()[-1] if proc.stderr else str(proc.returncode))
+                runs[v.label].append(proc.stderr.strip().splitlines()[-1] if proc.stderr else str(proc.returncode))
                 continue
-            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[v.label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     parts = []
-    for label, train in ((v.label, v.train) for v in variants):
-        ok = [r for r in runs[label] if isinstance(r, dict)]
+    for v in variants:
+        label, ok = v.label, [r for r in runs[v.label] if isinstance(r, dict)]
         if not ok:
             parts.append(f"{label}: failed ({runs[label][-1]})")
             continue
         r = {k: statistics.median(x[k] for x in ok) if isinstance(ok[0][k], float) else ok[0][k] for k in ok[0]}
         each = lambda key: " " + "/".join(f"{x[key]:.1f}" for x in ok) if len(ok) > 1 else ""  # noqa: E731
         head = f"{label} [{r['device']}]: matmul peak {r['peak_gflops']:.0f} GFLOP/s | "
-        if not train:  # evaluate only runs inference
+        if not v.train:  # evaluate only runs inference
             parts.append(head + f"inference {r['infer_seq_s']:.1f} seq/s{each('infer_seq_s')}")
             continue
         parts.append(head + f"train {r['train_seq_s']:.1f} seq/s{each('train_seq_s')} "
