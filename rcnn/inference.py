@@ -62,7 +62,9 @@ class Classifier:
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
         from .models import apply_model
 
-        self._forward = jax.jit(lambda v, b: jax.nn.softmax(apply_model(self.model, v, b, train=False)[0], axis=-1))
+        self._forward = jax.jit(lambda v, b, rows: jax.nn.softmax(apply_model(self.model, v, b, train=False,
+                                                                             cnn_rows=rows)[0], axis=-1),
+                                static_argnums=(2,))
 
     def predict_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, S, C), step mask (B, S)) for a batch of prepared inputs (`rcnn.data`)."""
@@ -73,9 +75,11 @@ class Classifier:
         """`predict_batch` without waiting: the probabilities are a device array still being computed on an
         accelerator (JAX dispatches asynchronously), so the caller can launch the next batch first."""
         from .models import model_inputs
+        from .train import cnn_rows
 
         inputs = {k: batch[k] for k in model_inputs(self.model)}
-        return self._forward(self.variables, inputs), np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
+        rows = cnn_rows(self.model, self.cfg, batch["mask"])
+        return self._forward(self.variables, inputs, rows), np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 
     def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
                         context: dict | None = None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from rcnn.conv import conv_general_dilated
 
@@ -98,12 +99,18 @@ class RCNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images, dt, mask, context=None, train: bool = False):
+    def __call__(self, images, dt, mask, context=None, train: bool = False, cnn_rows: int | None = None):
+        """`cnn_rows` (early fusion; see `cnn_rows_for`): the convolutional stack runs on that many rows, the
+        valid steps gathered first, instead of on every step; padding steps get zero features."""
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
         if self.fusion == "early":
             x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps, 1, 1, 1)
+            if cnn_rows is not None:
+                rows = jnp.nonzero(step_mask.reshape(-1), size=cnn_rows, fill_value=0)[0]
+                m = (jnp.arange(cnn_rows) < jnp.sum(step_mask)).reshape(cnn_rows, 1, 1, 1)
+                x = x[rows]
         else:
             x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t, 1, 1, 1)
         x = x.astype(self.dtype)
@@ -115,7 +122,10 @@ class RCNN(nn.Module):
                             conv_general_dilated=conv_general_dilated)(x)
                 x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
             x = _pool(x, train)
-        if self.fusion == "early":
+        if self.fusion == "early" and cnn_rows is not None:  # back to (B, steps, F), zeros on padding steps
+            f = jnp.where(m.reshape(cnn_rows, 1), x.reshape(cnn_rows, -1), 0)
+            x = jnp.zeros((b * steps, f.shape[1]), f.dtype).at[rows].add(f).reshape(b, steps, -1)
+        elif self.fusion == "early":
             x = x.reshape(b, steps, -1)
         else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
             f = x.reshape(b, t, -1)
@@ -204,7 +214,24 @@ def model_inputs(model: nn.Module) -> tuple[str, ...]:
     return keys + (("context",) if model.context else ())
 
 
-def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False):
-    """Run either model on a batch dict (see `rcnn.data`)."""
+def cnn_rows_for(model: nn.Module, mask: np.ndarray, devices: int = 1) -> int | None:
+    """How many rows the RCNN's convolutional stack needs for a batch with image mask `mask` (B, T): its
+    valid steps rounded up to the next eighth of the batch's steps (so at most 8 compiled sizes), or None
+    (every step) when that is all of them, for other models, and on more than one device (a gather across
+    the data-parallel shards would move the images between devices). Padding is ~35% of the steps of a
+    simulated HiTS set (objects with fewer than T epochs); the convolutions are ~90% of a step's FLOPs."""
+    if not isinstance(model, RCNN) or model.fusion != "early" or devices > 1:
+        return None
+    step_mask = np.asarray(mask)[:, model.n_w - 1:]
+    total = step_mask.size
+    eighth = -(-total // 8)
+    rows = max(-(-int(step_mask.sum()) // eighth), 1) * eighth
+    return None if rows >= total else rows
+
+
+def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False,
+                cnn_rows: int | None = None):
+    """Run either model on a batch dict (see `rcnn.data`); `cnn_rows` for the RCNN (`cnn_rows_for`)."""
     args = tuple(batch[k] for k in model_inputs(model))
-    return model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable)
+    extra = {} if cnn_rows is None else {"cnn_rows": cnn_rows}
+    return model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable, **extra)

@@ -6,6 +6,9 @@ val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_
 keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A larger
 `iterations` extends a finished run.
 
+With `pack_steps` (one device, early-fusion RCNN) each step's convolutional stack runs on the batch's
+valid steps only (`cnn_rows`, a static argument of the steps: one compiled step per size, at most 8).
+
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
 replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
 `jax.distributed.initialize()` so the mesh spans every host.
@@ -47,7 +50,8 @@ def _put(batch: dict, sharding):
 
 
 def make_functions(model, tx, cfg: TrainConfig, weights):
-    """jit-compiled train and eval steps."""
+    """jit-compiled train and eval steps; their last argument, static, is the RCNN's `cnn_rows`
+    (`rcnn.models.cnn_rows_for`: one compiled step per size, at most 8)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -57,10 +61,10 @@ def make_functions(model, tx, cfg: TrainConfig, weights):
 
     w = jnp.asarray(weights)
 
-    def loss_fn(params, batch_stats, batch, key):
+    def loss_fn(params, batch_stats, batch, key, cnn_rows):
         (logits, step_mask), updates = apply_model(model, {"params": params, "batch_stats": batch_stats}, batch,
                                                    train=True, rngs={"dropout": key},
-                                                   mutable=["batch_stats", "intermediates"])
+                                                   mutable=["batch_stats", "intermediates"], cnn_rows=cnn_rows)
         labels = batch.get("step_label", batch["label"])
         loss = sequence_loss(logits, labels, step_mask, cfg.loss, w, cfg.focal_gamma)
         if cfg.aux_loss_weight > 0:  # double supervision: the features alone must classify each step too
@@ -68,19 +72,19 @@ def make_functions(model, tx, cfg: TrainConfig, weights):
             loss = loss + cfg.aux_loss_weight * sequence_loss(aux, labels, step_mask, cfg.loss, w, cfg.focal_gamma)
         return loss, updates["batch_stats"]
 
-    @partial(jax.jit, donate_argnums=(0,))
-    def train_step(state, batch, key):
+    @partial(jax.jit, donate_argnums=(0,), static_argnums=(3,))
+    def train_step(state, batch, key, cnn_rows=None):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["batch_stats"],
-                                                                               batch, key)
+                                                                               batch, key, cnn_rows)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {**state, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                 "step": state["step"] + 1}, loss
 
-    @jax.jit
-    def eval_step(state, batch):
+    @partial(jax.jit, static_argnums=(2,))
+    def eval_step(state, batch, cnn_rows=None):
         logits, step_mask = apply_model(model, {"params": state["params"], "batch_stats": state["batch_stats"]},
-                                        batch, train=False)
+                                        batch, train=False, cnn_rows=cnn_rows)
         loss = sequence_loss(logits, batch["label"], step_mask, cfg.loss, w, cfg.focal_gamma, batch["weight"])
         last = jnp.maximum(jnp.sum(step_mask, axis=1) - 1, 0)
         pred = jnp.argmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], axis=-1)
@@ -105,6 +109,15 @@ def _args(model, batch):
     from .models import model_inputs
 
     return tuple(batch[k] for k in model_inputs(model))
+
+
+def cnn_rows(model, cfg: TrainConfig, mask: np.ndarray) -> int | None:
+    """The static `cnn_rows` argument of the steps for a batch's image mask (None: every step)."""
+    import jax
+
+    from .models import cnn_rows_for
+
+    return cnn_rows_for(model, mask, jax.device_count()) if cfg.pack_steps else None
 
 
 def _pad(batch: dict, size: int) -> dict:
@@ -209,15 +222,16 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     losses, t_start, seqs = [], time.perf_counter(), 0
     try:
         for step, batch in prefetch:
+            rows = cnn_rows(model, cfg, batch["mask"])
             batch = _put(dict(batch), shard)
-            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step))
+            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), rows)
             losses.append(loss)
             seqs += cfg.batch_size
             bar.update(1)
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.iterations:
                 train_loss = float(np.mean(jax.device_get(losses)))
-                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard)
+                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard, model)
                 elapsed = time.perf_counter() - t_start
                 result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
                           "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
@@ -255,12 +269,13 @@ def _optimizer(cfg: TrainConfig):
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
-def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard) -> tuple[float, float]:
+def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, model) -> tuple[float, float]:
     import jax
 
     total, correct, n = 0.0, 0.0, 0.0
     for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
-        out = eval_step(state, _put(_pad(batch, cfg.batch_size), shard))
+        batch = _pad(batch, cfg.batch_size)
+        out = eval_step(state, _put(batch, shard), cnn_rows(model, cfg, batch["mask"]))
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:
