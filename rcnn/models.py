@@ -101,7 +101,7 @@ class RCNN(nn.Module):
     @nn.compact
     def __call__(self, images, dt, mask, context=None, train: bool = False, cnn_rows: int | None = None):
         """`cnn_rows` (early fusion; see `cnn_rows_for`): the convolutional stack runs on that many rows, the
-        valid steps gathered first, instead of on every step; padding steps get zero features."""
+        valid steps gathered first, instead of on every step. Padding steps get zero features either way."""
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
@@ -125,8 +125,8 @@ class RCNN(nn.Module):
         if self.fusion == "early" and cnn_rows is not None:  # back to (B, steps, F), zeros on padding steps
             f = jnp.where(m.reshape(cnn_rows, 1), x.reshape(cnn_rows, -1), 0)
             x = jnp.zeros((b * steps, f.shape[1]), f.dtype).at[rows].add(f).reshape(b, steps, -1)
-        elif self.fusion == "early":
-            x = x.reshape(b, steps, -1)
+        elif self.fusion == "early":  # zeros on padding steps too: the same outputs there, gathered or not
+            x = jnp.where(step_mask[..., None], x.reshape(b, steps, -1), 0)
         else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
             f = x.reshape(b, t, -1)
             x = _windows(f, self.n_w).reshape(b, steps, -1)

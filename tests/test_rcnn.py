@@ -156,7 +156,7 @@ def test_padding_does_not_change_valid_steps(train_mode):
 def test_cnn_on_valid_steps_only_matches_every_step():
     """With `cnn_rows` the convolutional stack runs on the valid steps gathered (plus a few padding rows);
     the logits at valid steps, the batch-norm statistics and the training gradients equal those of the
-    stack on every step, and padding steps get zero features."""
+    stack on every step, and padding steps get zero features on both paths (the same outputs there too)."""
     from rcnn.models import cnn_rows_for
 
     rng = np.random.default_rng(5)
@@ -187,9 +187,11 @@ def test_cnn_on_valid_steps_only_matches_every_step():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     ev = [model.apply(variables, images, dt, mask, cnn_rows=r)[0] for r in (rows, None)]
     np.testing.assert_allclose(np.asarray(ev[0])[step_mask], np.asarray(ev[1])[step_mask], rtol=1e-5, atol=1e-5)
-    _, inter = model.apply(variables, images, dt, mask, cnn_rows=rows, capture_intermediates=True)
-    dense_out = inter["intermediates"]["_Head_0"]["Dense_0"]["__call__"][0]  # of zero features: its bias
-    assert np.allclose(np.asarray(dense_out)[~step_mask], variables["params"]["_Head_0"]["Dense_0"]["bias"])
+    np.testing.assert_allclose(ev[0], ev[1], rtol=1e-5, atol=1e-5)  # padding steps too
+    for r in (rows, None):
+        _, inter = model.apply(variables, images, dt, mask, cnn_rows=r, capture_intermediates=True)
+        dense_out = inter["intermediates"]["_Head_0"]["Dense_0"]["__call__"][0]  # of zero features: its bias
+        assert np.allclose(np.asarray(dense_out)[~step_mask], variables["params"]["_Head_0"]["Dense_0"]["bias"])
 
 
 def test_cnn_rows_for_rounds_up_to_eighths():
