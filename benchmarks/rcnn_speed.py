@@ -9,11 +9,15 @@ XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kerne
   - as `rcnn evaluate`/`classify` run (inference only): XLA's default flags, the same tunables and thread;
   - as `rcnn train` ran before the identity-dot convolution (rcnn.conv): the same, with plain lax convolutions;
   - XLA's defaults alone: default flags and tunables, a worker thread, plain lax convolutions.
+With --masks DATA.h5 the sequences take mask rows drawn from that dataset (padding as in real sets), and
+one more variant runs as `rcnn train` with `pack_steps: false` (the convolutions on every step): the
+model FLOPs then count the convolutions on valid steps only, the work `pack_steps` leaves.
 With --repeats R the variants run R times interleaved (timings on a shared machine drift by ~10% between
 runs): medians are printed, each run's training figure after them, and the median ratio of paired runs
 as `rcnn train` / before the identity-dot convolution.
 Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--repeats 1] [--model rcnn|lc]
+       [--masks DATA.h5]
 """
 from __future__ import annotations
 
@@ -42,11 +46,11 @@ def _timed(fn, repeats: int, best: bool = False) -> float:
     return min(times) if best else statistics.median(times)
 
 
-def model_gflop_per_sequence(cfg, t: int, n_classes: int = 7) -> float:
+def model_gflop_per_sequence(cfg, t: int, n_classes: int = 7, conv_fraction: float = 1.0) -> float:
     """Model FLOPs of one training sequence of T images, the usual count for a utilisation figure: 2 x the
     multiply-adds of the convolutions, dense layers and recurrent cell per step, times 3 for training
     (forward, input gradient, weight gradient). XLA's own count (also printed) leaves some of the
-    convolution gradients out."""
+    convolution gradients out. `conv_fraction`: the share of steps the convolutions run on."""
     steps = t - cfg.n_w + 1
     madds = 0
     if cfg.model == "rcnn":
@@ -56,6 +60,7 @@ def model_gflop_per_sequence(cfg, t: int, n_classes: int = 7) -> float:
                 madds += size * size * 9 * channels * cfg.conv_filters
                 channels = cfg.conv_filters
             size = (size + 1) // 2
+        madds *= conv_fraction
         features = size * size * channels
     else:
         features = 2 * cfg.n_w  # fluxes and errors of the stacked epochs
@@ -78,44 +83,54 @@ def child(args) -> dict:
 
     from rcnn.config import TrainConfig
     from rcnn.models import build_model
-    from rcnn.train import init_state, make_functions
+    from rcnn.train import cnn_rows, init_state, make_functions
 
     a = jnp.ones((2048, 2048), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
     peak = 2 * 2048 ** 3 / _timed(lambda: mm(a).block_until_ready(), 10, best=True) / 1e9
-    cfg = TrainConfig(model=args.model, batch_size=args.batch, dtype=args.dtype)
+    cfg = TrainConfig(model=args.model, batch_size=args.batch, dtype=args.dtype, pack_steps=not args.no_pack)
     rng = np.random.default_rng(0)
     b, t = args.batch, 20
-    batch = {"mask": np.ones((b, t), bool), "dt": np.cumsum(rng.uniform(0, 1, (b, t)), 1).astype(np.float32),
+    mask = np.ones((b, t), bool)
+    if args.masks:
+        import h5py
+
+        with h5py.File(args.masks, "r") as f:
+            rows = f["mask"][:, :t]
+        mask[:, :rows.shape[1]] = rows[rng.choice(len(rows), b)]
+        mask[:, rows.shape[1]:] = False
+    batch = {"mask": mask, "dt": np.cumsum(rng.uniform(0, 1, (b, t)), 1).astype(np.float32),
              "label": rng.integers(0, 7, b).astype(np.int32), "weight": np.ones(b, np.float32)}
     if args.model == "rcnn":
-        batch["images"] = rng.normal(size=(b, t, 21, 21)).astype(np.float32)
+        batch["images"] = np.where(mask[..., None, None], rng.normal(size=(b, t, 21, 21)), 0).astype(np.float32)
     else:
         batch["flux"], batch["flux_err"] = rng.normal(size=(2, b, t)).astype(np.float32)
     batch = jax.device_put(batch)
     model = build_model(cfg, 7)
+    n_rows = cnn_rows(model, cfg, mask)
     tx = optax.adam(cfg.learning_rate)
     train_step, eval_step = make_functions(model, tx, cfg, np.ones(7, np.float32))
     state = init_state(model, tx, cfg, batch)
     key = jax.random.PRNGKey(0)
     device = str(jax.devices()[0].platform)
     if args.infer_only:
-        t_infer = _timed(lambda: jax.block_until_ready(eval_step(state, batch)), args.steps)
+        t_infer = _timed(lambda: jax.block_until_ready(eval_step(state, batch, n_rows)), args.steps)
         return {"peak_gflops": peak, "infer_seq_s": b / t_infer, "device": device}
-    flops = train_step.lower(state, batch, key).compile().cost_analysis()
+    flops = train_step.lower(state, batch, key, n_rows).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
     holder = {"state": state}
 
     def step():
-        holder["state"], loss = train_step(holder["state"], batch, key)
+        holder["state"], loss = train_step(holder["state"], batch, key, n_rows)
         loss.block_until_ready()
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t_train = _timed(step, args.steps)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime  # over the warm-up and timed steps
-    t_infer = _timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), args.steps)
-    model_gflop = model_gflop_per_sequence(cfg, t)
+    t_infer = _timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch, n_rows)), args.steps)
+    step_mask = mask[:, cfg.n_w - 1:]
+    model_gflop = model_gflop_per_sequence(cfg, t, conv_fraction=1.0 if n_rows is None else step_mask.mean())
     return {"peak_gflops": peak, "train_seq_s": b / t_train, "infer_seq_s": b / t_infer,
             "gflop_per_seq": model_gflop, "xla_gflop_per_seq": flops / b / 1e9,
             "achieved_gflops": model_gflop * b / t_train, "kernel_share": system / (user + system),
@@ -125,7 +140,7 @@ def child(args) -> dict:
 @dataclass(frozen=True)
 class Variant:
     """One child configuration: XLA_FLAGS, GLIBC_TUNABLES, XLA on the calling thread, training timed (else
-    inference only), plain lax convolutions, run in the first repeat only."""
+    inference only), plain lax convolutions, run in the first repeat only, `pack_steps` off."""
     label: str
     flags: str
     tunables: str
@@ -133,6 +148,7 @@ class Variant:
     train: bool
     plain_conv: bool
     once: bool = False
+    no_pack: bool = False
 
 
 def main() -> None:
@@ -143,7 +159,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved runs of each variant (medians printed; XLA defaults run once)")
+    ap.add_argument("--masks", help="dataset (HDF5) whose mask rows the sequences take (default: every image valid)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-pack", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--infer-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--plain-conv", action="store_true", help=argparse.SUPPRESS)
@@ -161,8 +179,12 @@ def main() -> None:
     as_train = Variant("as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
     before = Variant("rcnn train before the identity-dot convolution", train_flags, tuned, sync=True, train=True,
                      plain_conv=True)
+    every_step = Variant("as rcnn train with pack_steps false", train_flags, tuned, sync=True, train=True,
+                         plain_conv=False, no_pack=True)
     variants = (as_train, Variant("as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), before,
                 Variant("XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
+    if args.masks:
+        variants = variants[:1] + (every_step,) + variants[1:]
     runs: dict[str, list] = {v.label: [] for v in variants}
     for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
         for v in variants:
@@ -171,7 +193,8 @@ def main() -> None:
             env = {**os.environ, "XLA_FLAGS": v.flags, "GLIBC_TUNABLES": v.tunables}
             cmd = [sys.executable, __file__, "--child", "--batch", str(args.batch), "--steps", str(args.steps),
                    "--model", args.model, "--dtype", args.dtype] + (["--sync"] if v.sync else []) + (
-                       [] if v.train else ["--infer-only"]) + (["--plain-conv"] if v.plain_conv else [])
+                       [] if v.train else ["--infer-only"]) + (["--plain-conv"] if v.plain_conv else []) + (
+                       ["--masks", args.masks] if args.masks else []) + (["--no-pack"] if v.no_pack else [])
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode:
                 runs[v.label].append(proc.stderr.strip().splitlines()[-1] if proc.stderr else str(proc.returncode))
@@ -194,11 +217,13 @@ def main() -> None:
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
-    pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs[before.label])
-             if isinstance(a, dict) and isinstance(b, dict)]
-    if pairs:
-        parts.append(f"train / before, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
-    print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}): " + " || ".join(parts))
+    for ref, name in ((before, "before"), (every_step, "every step")):
+        pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs.get(ref.label, []))
+                 if isinstance(a, dict) and isinstance(b, dict)]
+        if pairs:
+            parts.append(f"train / {name}, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
+    masks = f", masks of {args.masks}" if args.masks else ""
+    print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}{masks}): " + " || ".join(parts))
 
 
 if __name__ == "__main__":
