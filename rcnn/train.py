@@ -7,7 +7,7 @@ keys are pure functions of (seed, step), so the continuation is identical to an 
 `iterations` extends a finished run.
 
 With `pack_steps` (one device, early-fusion RCNN) each step's convolutional stack runs on the batch's
-valid steps only (`cnn_rows`, a static argument of the steps: one compiled step per size, at most 8).
+valid steps only (`cnn_rows`, a static argument of the steps: one compiled step per size, at most 16).
 
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
 replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
@@ -51,7 +51,7 @@ def _put(batch: dict, sharding):
 
 def make_functions(model, tx, cfg: TrainConfig, weights):
     """jit-compiled train and eval steps; their last argument, static, is the RCNN's `cnn_rows`
-    (`rcnn.models.cnn_rows_for`: one compiled step per size, at most 8)."""
+    (`rcnn.models.cnn_rows_for`: one compiled step per size, at most 16)."""
     import jax
     import jax.numpy as jnp
     import optax

@@ -164,12 +164,12 @@ def test_cnn_on_valid_steps_only_matches_every_step():
     b, t = 6, 12
     images = rng.normal(size=(b, t, 21, 21)).astype(np.float32)
     dt = np.cumsum(rng.uniform(0, 1, (b, t)), axis=1).astype(np.float32)
-    mask = np.arange(t)[None, :] < np.array([12, 9, 7, 5, 3, 4])[:, None]
+    mask = np.arange(t)[None, :] < np.array([12, 9, 7, 5, 3, 3])[:, None]
     images = np.where(mask[..., None, None], images, 0).astype(np.float32)
     variables = _init(model, images, dt, mask)
     rows = cnn_rows_for(model, mask)
     step_mask = mask[:, 2:]
-    assert step_mask.sum() == 28 and rows == 32  # 28 valid of 60 steps, rounded up to eighths of 8 rows
+    assert step_mask.sum() == 27 and rows == 28  # 27 valid of 60 steps, rounded up to sixteenths of 4 rows
 
     def loss(params, rows):
         (logits, _), upd = model.apply({**variables, "params": params}, images, dt, mask, train=True,
@@ -194,14 +194,16 @@ def test_cnn_on_valid_steps_only_matches_every_step():
         assert np.allclose(np.asarray(dense_out)[~step_mask], variables["params"]["_Head_0"]["Dense_0"]["bias"])
 
 
-def test_cnn_rows_for_rounds_up_to_eighths():
-    from rcnn.models import cnn_rows_for
+def test_cnn_rows_for_rounds_up_to_buckets():
+    from rcnn.models import ROW_BUCKETS, cnn_rows_for
 
+    assert ROW_BUCKETS == 16
     model = RCNN(n_classes=3)
     mask = np.arange(20)[None, :] < np.array([20, 12, 7, 3])[:, None]   # steps valid: 18 + 10 + 5 + 1 = 34 of 72
-    assert cnn_rows_for(model, mask) == 36                               # eighths of 72 are 9 rows
+    assert cnn_rows_for(model, mask) == 35                               # sixteenths of 72: 5 rows (rounded up)
     assert cnn_rows_for(model, np.ones((4, 20), bool)) is None           # every step valid: no gather
-    assert cnn_rows_for(model, np.zeros((4, 20), bool)) == 9             # at least one eighth
+    assert cnn_rows_for(model, np.zeros((4, 20), bool)) == 5             # at least one bucket
+    assert cnn_rows_for(model, np.arange(20)[None, :] < np.array([20, 20, 20, 19])[:, None]) is None  # 71 -> 75
     assert cnn_rows_for(model, mask, devices=2) is None                  # no gather across shards
     assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None
     assert cnn_rows_for(LightCurveClassifier(n_classes=3), mask) is None
