@@ -107,7 +107,7 @@ def child(args) -> dict:
         batch["flux"], batch["flux_err"] = rng.normal(size=(2, b, t)).astype(np.float32)
     batch = jax.device_put(batch)
     model = build_model(cfg, 7)
-    n_rows = cnn_rows(model, cfg, mask)
+    n_rows = cnn_rows(model, cfg, mask, devices=1)  # the batch sits on one device
     tx = optax.adam(cfg.learning_rate)
     train_step, eval_step = make_functions(model, tx, cfg, np.ones(7, np.float32))
     state = init_state(model, tx, cfg, batch)

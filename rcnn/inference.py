@@ -78,7 +78,7 @@ class Classifier:
         from .train import cnn_rows
 
         inputs = {k: batch[k] for k in model_inputs(self.model)}
-        rows = cnn_rows(self.model, self.cfg, batch["mask"])
+        rows = cnn_rows(self.model, self.cfg, batch["mask"], devices=1)  # batches stay on one device here
         return self._forward(self.variables, inputs, rows), np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 
     def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,

@@ -13,6 +13,7 @@ see it.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -99,18 +100,23 @@ class RCNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images, dt, mask, context=None, train: bool = False, cnn_rows: int | None = None):
-        """`cnn_rows` (early fusion; see `cnn_rows_for`): the convolutional stack runs on that many rows, the
-        valid steps gathered first, instead of on every step. Padding steps get zero features either way."""
+    def __call__(self, images, dt, mask, context=None, train: bool = False,
+                 cnn_rows: tuple[int, int] | None = None):
+        """`cnn_rows` = (groups, rows) (early fusion; see `cnn_rows_for`): the batch is cut into `groups`
+        consecutive blocks (the data-parallel shards) and the convolutional stack runs on `rows` rows of each,
+        its valid steps gathered first, instead of on every step. Padding steps get zero features either way."""
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
         if self.fusion == "early":
             x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps, 1, 1, 1)
-            if cnn_rows is not None:
-                rows = jnp.nonzero(step_mask.reshape(-1), size=cnn_rows, fill_value=0)[0]
-                m = (jnp.arange(cnn_rows) < jnp.sum(step_mask)).reshape(cnn_rows, 1, 1, 1)
-                x = x[rows]
+            if cnn_rows is not None:  # gathers within each block, so a sharded batch stays on its devices
+                groups, rows = cnn_rows
+                block = step_mask.reshape(groups, -1)
+                index = jax.vmap(lambda r: jnp.nonzero(r, size=rows, fill_value=0)[0])(block)
+                x = jnp.take_along_axis(x.reshape((groups, -1) + x.shape[1:]), index[:, :, None, None, None], axis=1)
+                x = x.reshape((groups * rows,) + x.shape[2:])
+                m = (jnp.arange(rows)[None] < jnp.sum(block, axis=1, keepdims=True)).reshape(groups * rows, 1, 1, 1)
         else:
             x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t, 1, 1, 1)
         x = x.astype(self.dtype)
@@ -123,8 +129,9 @@ class RCNN(nn.Module):
                 x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
             x = _pool(x, train)
         if self.fusion == "early" and cnn_rows is not None:  # back to (B, steps, F), zeros on padding steps
-            f = jnp.where(m.reshape(cnn_rows, 1), x.reshape(cnn_rows, -1), 0)
-            x = jnp.zeros((b * steps, f.shape[1]), f.dtype).at[rows].add(f).reshape(b, steps, -1)
+            at = jnp.maximum(jnp.cumsum(block, axis=1) - 1, 0)  # each valid step's row in its block's gather
+            f = jnp.take_along_axis(x.reshape(groups, rows, -1), at[..., None], axis=1)
+            x = jnp.where(block[..., None], f, 0).reshape(b, steps, -1)
         elif self.fusion == "early":  # zeros on padding steps too: the same outputs there, gathered or not
             x = jnp.where(step_mask[..., None], x.reshape(b, steps, -1), 0)
         else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
@@ -217,24 +224,25 @@ def model_inputs(model: nn.Module) -> tuple[str, ...]:
 ROW_BUCKETS = 16  # cnn_rows_for rounds up to 1/16 of a batch's steps: at most 16 compiled sizes
 
 
-def cnn_rows_for(model: nn.Module, mask: np.ndarray, devices: int = 1) -> int | None:
-    """How many rows the RCNN's convolutional stack needs for a batch with image mask `mask` (B, T): its
-    valid steps rounded up to the next 1/`ROW_BUCKETS` of the batch's steps, or None (every step) when
-    that is all of them, for other models, and on more than one device (a gather across the data-parallel
-    shards would move the images between devices). Padding is ~36% of the steps of a simulated HiTS set
-    (objects with fewer than T epochs); the convolutions are ~90% of a step's FLOPs. Batches of 256 from
-    the README demo's set: 67% of the steps computed for 64% valid, 2 distinct sizes over 200 batches."""
-    if not isinstance(model, RCNN) or model.fusion != "early" or devices > 1:
+def cnn_rows_for(model: nn.Module, mask: np.ndarray, groups: int = 1) -> tuple[int, int] | None:
+    """(groups, rows): the RCNN's `cnn_rows` for a batch with image mask `mask` (B, T) cut into `groups`
+    consecutive blocks (its data-parallel shards; 1 if B does not divide): the most valid steps of a block,
+    rounded up to the next 1/`ROW_BUCKETS` of a block's steps; None (every step) when that is all of them
+    and for other models. Padding is ~36% of the steps of a simulated HiTS set (objects with fewer than T
+    epochs); the convolutions are ~90% of a step's FLOPs. Batches of 256 from the README demo's set: 67%
+    of the steps computed for 64% valid, 2 distinct sizes over 200 batches."""
+    if not isinstance(model, RCNN) or model.fusion != "early":
         return None
     step_mask = np.asarray(mask)[:, model.n_w - 1:]
-    total = step_mask.size
-    bucket = -(-total // ROW_BUCKETS)
-    rows = max(-(-int(step_mask.sum()) // bucket), 1) * bucket
-    return None if rows >= total else rows
+    groups = groups if len(step_mask) % groups == 0 else 1
+    block = step_mask.reshape(groups, -1)
+    bucket = -(-block.shape[1] // ROW_BUCKETS)
+    rows = max(-(-int(block.sum(axis=1).max()) // bucket), 1) * bucket
+    return None if rows >= block.shape[1] else (groups, rows)
 
 
 def apply_model(model: nn.Module, variables: dict, batch: dict, train: bool, rngs=None, mutable=False,
-                cnn_rows: int | None = None):
+                cnn_rows: tuple[int, int] | None = None):
     """Run either model on a batch dict (see `rcnn.data`); `cnn_rows` for the RCNN (`cnn_rows_for`)."""
     args = tuple(batch[k] for k in model_inputs(model))
     extra = {} if cnn_rows is None else {"cnn_rows": cnn_rows}

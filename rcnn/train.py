@@ -6,8 +6,9 @@ val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_
 keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A larger
 `iterations` extends a finished run.
 
-With `pack_steps` (one device, early-fusion RCNN) each step's convolutional stack runs on the batch's
-valid steps only (`cnn_rows`, a static argument of the steps: one compiled step per size, at most 16).
+With `pack_steps` (early-fusion RCNN) each step's convolutional stack runs on the batch's valid steps only,
+gathered within each device's shard (`cnn_rows`, a static argument of the steps: one compiled step per
+size, at most 16).
 
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
 replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
@@ -111,13 +112,12 @@ def _args(model, batch):
     return tuple(batch[k] for k in model_inputs(model))
 
 
-def cnn_rows(model, cfg: TrainConfig, mask: np.ndarray) -> int | None:
-    """The static `cnn_rows` argument of the steps for a batch's image mask (None: every step)."""
-    import jax
-
+def cnn_rows(model, cfg: TrainConfig, mask: np.ndarray, devices: int) -> tuple[int, int] | None:
+    """The static `cnn_rows` argument of the steps for a batch's image mask, sharded over `devices`
+    (None: every step)."""
     from .models import cnn_rows_for
 
-    return cnn_rows_for(model, mask, jax.device_count()) if cfg.pack_steps else None
+    return cnn_rows_for(model, mask, devices) if cfg.pack_steps else None
 
 
 def _pad(batch: dict, size: int) -> dict:
@@ -222,7 +222,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     losses, t_start, seqs = [], time.perf_counter(), 0
     try:
         for step, batch in prefetch:
-            rows = cnn_rows(model, cfg, batch["mask"])
+            rows = cnn_rows(model, cfg, batch["mask"], n_dev)
             batch = _put(dict(batch), shard)
             state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), rows)
             losses.append(loss)
@@ -275,7 +275,7 @@ def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, mod
     total, correct, n = 0.0, 0.0, 0.0
     for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
         batch = _pad(batch, cfg.batch_size)
-        out = eval_step(state, _put(batch, shard), cnn_rows(model, cfg, batch["mask"]))
+        out = eval_step(state, _put(batch, shard), cnn_rows(model, cfg, batch["mask"], jax.device_count()))
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:

@@ -169,7 +169,7 @@ def test_cnn_on_valid_steps_only_matches_every_step():
     variables = _init(model, images, dt, mask)
     rows = cnn_rows_for(model, mask)
     step_mask = mask[:, 2:]
-    assert step_mask.sum() == 27 and rows == 28  # 27 valid of 60 steps, rounded up to sixteenths of 4 rows
+    assert step_mask.sum() == 27 and rows == (1, 28)  # 27 valid of 60 steps, rounded up to sixteenths of 4 rows
 
     def loss(params, rows):
         (logits, _), upd = model.apply({**variables, "params": params}, images, dt, mask, train=True,
@@ -188,7 +188,13 @@ def test_cnn_on_valid_steps_only_matches_every_step():
     ev = [model.apply(variables, images, dt, mask, cnn_rows=r)[0] for r in (rows, None)]
     np.testing.assert_allclose(np.asarray(ev[0])[step_mask], np.asarray(ev[1])[step_mask], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ev[0], ev[1], rtol=1e-5, atol=1e-5)  # padding steps too
-    for r in (rows, None):
+    halves = cnn_rows_for(model, mask, groups=2)  # blocks of 30 steps: 10 + 7 + 5 and 3 + 1 + 1 valid
+    assert halves == (2, 22)                      # the fuller block's 22, in sixteenths of 2 rows
+    (v3, (l3, s3)), g3 = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(variables["params"], halves)
+    np.testing.assert_allclose(np.asarray(l3)[step_mask], np.asarray(l2)[step_mask], rtol=1e-5, atol=1e-5)
+    for x, y in zip(jax.tree_util.tree_leaves((g3, s3)), jax.tree_util.tree_leaves((g2, s2))):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
+    for r in (rows, halves, None):
         _, inter = model.apply(variables, images, dt, mask, cnn_rows=r, capture_intermediates=True)
         dense_out = inter["intermediates"]["_Head_0"]["Dense_0"]["__call__"][0]  # of zero features: its bias
         assert np.allclose(np.asarray(dense_out)[~step_mask], variables["params"]["_Head_0"]["Dense_0"]["bias"])
@@ -200,11 +206,12 @@ def test_cnn_rows_for_rounds_up_to_buckets():
     assert ROW_BUCKETS == 16
     model = RCNN(n_classes=3)
     mask = np.arange(20)[None, :] < np.array([20, 12, 7, 3])[:, None]   # steps valid: 18 + 10 + 5 + 1 = 34 of 72
-    assert cnn_rows_for(model, mask) == 35                               # sixteenths of 72: 5 rows (rounded up)
+    assert cnn_rows_for(model, mask) == (1, 35)                          # sixteenths of 72: 5 rows (rounded up)
     assert cnn_rows_for(model, np.ones((4, 20), bool)) is None           # every step valid: no gather
-    assert cnn_rows_for(model, np.zeros((4, 20), bool)) == 5             # at least one bucket
+    assert cnn_rows_for(model, np.zeros((4, 20), bool)) == (1, 5)        # at least one bucket
     assert cnn_rows_for(model, np.arange(20)[None, :] < np.array([20, 20, 20, 19])[:, None]) is None  # 71 -> 75
-    assert cnn_rows_for(model, mask, devices=2) is None                  # no gather across shards
+    assert cnn_rows_for(model, mask, groups=2) == (2, 30)                # the fuller block: 28 of 36, in 3s
+    assert cnn_rows_for(model, mask, groups=3) == (1, 35)                # 4 sequences do not split in 3
     assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None
     assert cnn_rows_for(LightCurveClassifier(n_classes=3), mask) is None
 
@@ -415,6 +422,47 @@ def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
     assert out[2]["train_loss"] == pytest.approx(out[1]["train_loss"], rel=1e-4)
     assert out[2]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-4)
 
+
+
+_SHARDED_PACKING = """
+import json, jax, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from rcnn.config import TrainConfig
+from rcnn.models import build_model
+from rcnn.train import cnn_rows, init_state, make_functions
+cfg = TrainConfig(batch_size=8, conv_filters=8, dense_units=16, rnn_units=8, dropout=0.0)
+rng = np.random.default_rng(0)
+mask = np.arange(12)[None, :] < rng.integers(3, 13, 8)[:, None]
+batch = {"mask": mask, "dt": np.cumsum(np.ones((8, 12)), 1).astype(np.float32),
+         "label": rng.integers(0, 3, 8).astype(np.int32), "weight": np.ones(8, np.float32),
+         "images": np.where(mask[..., None, None], rng.normal(size=(8, 12, 21, 21)), 0).astype(np.float32)}
+model = build_model(cfg, 3)
+tx = optax.adam(cfg.learning_rate)
+train_step, _ = make_functions(model, tx, cfg, np.ones(3, np.float32))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+shard, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+sharded = jax.device_put(batch, shard)
+key = jax.random.PRNGKey(0)
+rows = cnn_rows(model, cfg, mask, jax.device_count())
+hlo = train_step.lower(jax.device_put(init_state(model, tx, cfg, batch), replicated), sharded, key, rows).compile().as_text()
+loss = {str(r): float(train_step(jax.device_put(init_state(model, tx, cfg, batch), replicated), sharded, key, r)[1])
+        for r in (rows, None)}
+print(json.dumps({"rows": rows, "loss": loss, "moves": [op for op in ("all-gather", "all-to-all", "collective-permute")
+                                                         if op + "(" in hlo or op + "-start(" in hlo]}))
+"""
+
+
+def test_packing_over_two_devices_stays_on_each_shard():
+    """With the batch sharded over 2 (virtual CPU) devices, the valid steps are gathered within each shard:
+    the compiled train step moves no activations between devices (only all-reduces) and its loss equals
+    the loss with the convolutions on every step."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_PACKING], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rows"][0] == 2 and out["moves"] == []
+    packed, every = out["loss"][str(tuple(out["rows"]))], out["loss"]["None"]
+    assert packed == pytest.approx(every, rel=1e-5)
 
 def test_tao_net_options():
     """late fusion keeps shapes; 'add' outputs are the running sum of the per-step outputs; the auxiliary
