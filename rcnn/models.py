@@ -221,22 +221,25 @@ def model_inputs(model: nn.Module) -> tuple[str, ...]:
     return keys + (("context",) if model.context else ())
 
 
-ROW_BUCKETS = 16  # cnn_rows_for rounds up to 1/16 of a batch's steps: at most 16 compiled sizes
+ROW_BUCKETS = 16      # cnn_rows_for rounds up to 1/16 of a batch's steps: at most 16 compiled sizes,
+MIN_BUCKET_ROWS = 256  # and to at least 256 rows: small batches' steps cost less than their compiles
 
 
-def cnn_rows_for(model: nn.Module, mask: np.ndarray, groups: int = 1) -> tuple[int, int] | None:
+def cnn_rows_for(model: nn.Module, mask: np.ndarray, groups: int = 1,
+                 min_bucket: int = MIN_BUCKET_ROWS) -> tuple[int, int] | None:
     """(groups, rows): the RCNN's `cnn_rows` for a batch with image mask `mask` (B, T) cut into `groups`
     consecutive blocks (its data-parallel shards; 1 if B does not divide): the most valid steps of a block,
-    rounded up to the next 1/`ROW_BUCKETS` of a block's steps; None (every step) when that is all of them
-    and for other models. Padding is ~36% of the steps of a simulated HiTS set (objects with fewer than T
-    epochs); the convolutions are ~90% of a step's FLOPs. Batches of 256 from the README demo's set: 67%
-    of the steps computed for 64% valid, 2 distinct sizes over 200 batches."""
+    rounded up to the next 1/`ROW_BUCKETS` of a block's steps or `min_bucket` rows, whichever is more;
+    None (every step) when that is all of them and for other models. Padding is ~36% of the steps of a
+    simulated HiTS set (objects with fewer than T epochs); the convolutions are ~90% of a step's FLOPs.
+    Batches of 256 from the README demo's set: 67% of the steps computed for 64% valid, 2 distinct sizes
+    over 200 batches."""
     if not isinstance(model, RCNN) or model.fusion != "early":
         return None
     step_mask = np.asarray(mask)[:, model.n_w - 1:]
     groups = groups if len(step_mask) % groups == 0 else 1
     block = step_mask.reshape(groups, -1)
-    bucket = -(-block.shape[1] // ROW_BUCKETS)
+    bucket = max(-(-block.shape[1] // ROW_BUCKETS), min_bucket)
     rows = max(-(-int(block.sum(axis=1).max()) // bucket), 1) * bucket
     return None if rows >= block.shape[1] else (groups, rows)
 

@@ -52,7 +52,7 @@ def _put(batch: dict, sharding):
 
 def make_functions(model, tx, cfg: TrainConfig, weights):
     """jit-compiled train and eval steps; their last argument, static, is the RCNN's `cnn_rows`
-    (`rcnn.models.cnn_rows_for`: one compiled step per size, at most 16)."""
+    (`rcnn.models.cnn_rows_for`: one compiled step per size, at most 16; buckets of at least 256 rows)."""
     import jax
     import jax.numpy as jnp
     import optax

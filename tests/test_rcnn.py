@@ -167,7 +167,7 @@ def test_cnn_on_valid_steps_only_matches_every_step():
     mask = np.arange(t)[None, :] < np.array([12, 9, 7, 5, 3, 3])[:, None]
     images = np.where(mask[..., None, None], images, 0).astype(np.float32)
     variables = _init(model, images, dt, mask)
-    rows = cnn_rows_for(model, mask)
+    rows = cnn_rows_for(model, mask, min_bucket=1)
     step_mask = mask[:, 2:]
     assert step_mask.sum() == 27 and rows == (1, 28)  # 27 valid of 60 steps, rounded up to sixteenths of 4 rows
 
@@ -188,7 +188,7 @@ def test_cnn_on_valid_steps_only_matches_every_step():
     ev = [model.apply(variables, images, dt, mask, cnn_rows=r)[0] for r in (rows, None)]
     np.testing.assert_allclose(np.asarray(ev[0])[step_mask], np.asarray(ev[1])[step_mask], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ev[0], ev[1], rtol=1e-5, atol=1e-5)  # padding steps too
-    halves = cnn_rows_for(model, mask, groups=2)  # blocks of 30 steps: 10 + 7 + 5 and 3 + 1 + 1 valid
+    halves = cnn_rows_for(model, mask, groups=2, min_bucket=1)  # blocks of 30 steps: 10 + 7 + 5 and 3 + 1 + 1 valid
     assert halves == (2, 22)                      # the fuller block's 22, in sixteenths of 2 rows
     (v3, (l3, s3)), g3 = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(variables["params"], halves)
     np.testing.assert_allclose(np.asarray(l3)[step_mask], np.asarray(l2)[step_mask], rtol=1e-5, atol=1e-5)
@@ -201,17 +201,21 @@ def test_cnn_on_valid_steps_only_matches_every_step():
 
 
 def test_cnn_rows_for_rounds_up_to_buckets():
-    from rcnn.models import ROW_BUCKETS, cnn_rows_for
+    from rcnn.models import MIN_BUCKET_ROWS, ROW_BUCKETS, cnn_rows_for
 
-    assert ROW_BUCKETS == 16
+    assert ROW_BUCKETS == 16 and MIN_BUCKET_ROWS == 256
     model = RCNN(n_classes=3)
+    rows = partial(cnn_rows_for, model, min_bucket=1)
     mask = np.arange(20)[None, :] < np.array([20, 12, 7, 3])[:, None]   # steps valid: 18 + 10 + 5 + 1 = 34 of 72
-    assert cnn_rows_for(model, mask) == (1, 35)                          # sixteenths of 72: 5 rows (rounded up)
-    assert cnn_rows_for(model, np.ones((4, 20), bool)) is None           # every step valid: no gather
-    assert cnn_rows_for(model, np.zeros((4, 20), bool)) == (1, 5)        # at least one bucket
-    assert cnn_rows_for(model, np.arange(20)[None, :] < np.array([20, 20, 20, 19])[:, None]) is None  # 71 -> 75
-    assert cnn_rows_for(model, mask, groups=2) == (2, 30)                # the fuller block: 28 of 36, in 3s
-    assert cnn_rows_for(model, mask, groups=3) == (1, 35)                # 4 sequences do not split in 3
+    assert rows(mask) == (1, 35)                                         # sixteenths of 72: 5 rows (rounded up)
+    assert rows(np.ones((4, 20), bool)) is None                          # every step valid: no gather
+    assert rows(np.zeros((4, 20), bool)) == (1, 5)                       # at least one bucket
+    assert rows(np.arange(20)[None, :] < np.array([20, 20, 20, 19])[:, None]) is None  # 71 -> 75
+    assert rows(mask, groups=2) == (2, 30)                               # the fuller block: 28 of 36, in 3s
+    assert rows(mask, groups=3) == (1, 35)                               # 4 sequences do not split in 3
+    assert cnn_rows_for(model, mask) is None                             # default: buckets of >= 256 rows
+    big = np.arange(20)[None, :] < np.where(np.arange(64) < 40, 20, 2)[:, None]  # 40 x 18 of 64 x 18 valid
+    assert cnn_rows_for(model, big) == (1, 768)                          # 720 valid: 3 x 256 (1/16 is 72)
     assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None
     assert cnn_rows_for(LightCurveClassifier(n_classes=3), mask) is None
 
@@ -429,7 +433,8 @@ import json, jax, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rcnn.config import TrainConfig
 from rcnn.models import build_model
-from rcnn.train import cnn_rows, init_state, make_functions
+from rcnn.models import cnn_rows_for
+from rcnn.train import init_state, make_functions
 cfg = TrainConfig(batch_size=8, conv_filters=8, dense_units=16, rnn_units=8, dropout=0.0)
 rng = np.random.default_rng(0)
 mask = np.arange(12)[None, :] < rng.integers(3, 13, 8)[:, None]
@@ -443,7 +448,7 @@ mesh = Mesh(np.array(jax.devices()), ("data",))
 shard, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 sharded = jax.device_put(batch, shard)
 key = jax.random.PRNGKey(0)
-rows = cnn_rows(model, cfg, mask, jax.device_count())
+rows = cnn_rows_for(model, mask, jax.device_count(), min_bucket=1)
 hlo = train_step.lower(jax.device_put(init_state(model, tx, cfg, batch), replicated), sharded, key, rows).compile().as_text()
 loss = {str(r): float(train_step(jax.device_put(init_state(model, tx, cfg, batch), replicated), sharded, key, r)[1])
         for r in (rows, None)}
