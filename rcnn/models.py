@@ -128,12 +128,11 @@ class RCNN(nn.Module):
                             conv_general_dilated=conv_general_dilated)(x)
                 x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
             x = _pool(x, train)
-        if self.fusion == "early" and cnn_rows is not None:  # back to (B, steps, F), zeros on padding steps
-            at = jnp.maximum(jnp.cumsum(block, axis=1) - 1, 0)  # each valid step's row in its block's gather
-            f = jnp.take_along_axis(x.reshape(groups, rows, -1), at[..., None], axis=1)
-            x = jnp.where(block[..., None], f, 0).reshape(b, steps, -1)
-        elif self.fusion == "early":  # zeros on padding steps too: the same outputs there, gathered or not
-            x = jnp.where(step_mask[..., None], x.reshape(b, steps, -1), 0)
+        if self.fusion == "early":
+            if cnn_rows is not None:  # each valid step's features from its row in its block's gather
+                at = jnp.maximum(jnp.cumsum(block, axis=1) - 1, 0)
+                x = jnp.take_along_axis(x.reshape(groups, rows, -1), at[..., None], axis=1)
+            x = jnp.where(step_mask[..., None], x.reshape(b, steps, -1), 0)  # zeros on padding, gathered or not
         else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
             f = x.reshape(b, t, -1)
             x = _windows(f, self.n_w).reshape(b, steps, -1)

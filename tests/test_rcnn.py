@@ -152,7 +152,6 @@ def test_padding_does_not_change_valid_steps(train_mode):
     assert np.allclose(np.asarray(a)[step_mask], np.asarray(b)[step_mask], atol=1e-5)
 
 
-
 def test_cnn_on_valid_steps_only_matches_every_step():
     """With `cnn_rows` the convolutional stack runs on the valid steps gathered (plus a few padding rows);
     the logits at valid steps, the batch-norm statistics and the training gradients equal those of the
@@ -218,6 +217,7 @@ def test_cnn_rows_for_rounds_up_to_buckets():
     assert cnn_rows_for(model, big) == (1, 768)                          # 720 valid: 3 x 256 (1/16 is 72)
     assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None
     assert cnn_rows_for(LightCurveClassifier(n_classes=3), mask) is None
+
 
 def test_jit_parity():
     rng = np.random.default_rng(1)
@@ -407,10 +407,11 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
 
 def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
     """The batch sharded over 2 (virtual CPU) devices gives the same training as 1 device (global BN, all-reduce).
-    Both run the convolutions on every step (`pack_steps` gathers on one device only): with the gather on the
-    one-device run the validation losses differed by 1.9e-4 relative after 4 iterations, likely rounding
-    amplified by Adam (the conv biases' gradients before batch norm are ~0 plus rounding noise, and Adam's
-    steps on them are +-learning rate whatever their size)."""
+    Both run the convolutions on every step: with `pack_steps` they would gather other row sets (the whole
+    batch against each shard), and when only the one-device run gathered, the validation losses differed by
+    1.9e-4 relative after 4 iterations, likely rounding amplified by Adam (the conv biases' gradients before
+    batch norm are ~0 plus rounding noise, and Adam's steps on them are +-learning rate whatever their size).
+    `test_packing_over_two_devices_stays_on_each_shard` compares one step with packing instead."""
     code = ("import json, sys; from rcnn.config import TrainConfig; from rcnn.train import train; import jax; "
             "r = train(sys.argv[1], sys.argv[2], TrainConfig(iterations=4, eval_every=4, batch_size=16, conv_filters=8, "
             "dense_units=16, rnn_units=8, pack_steps=False), progress=False); "
@@ -427,13 +428,11 @@ def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
     assert out[2]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-4)
 
 
-
 _SHARDED_PACKING = """
 import json, jax, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rcnn.config import TrainConfig
-from rcnn.models import build_model
-from rcnn.models import cnn_rows_for
+from rcnn.models import build_model, cnn_rows_for
 from rcnn.train import init_state, make_functions
 cfg = TrainConfig(batch_size=8, conv_filters=8, dense_units=16, rnn_units=8, dropout=0.0)
 rng = np.random.default_rng(0)
