@@ -33,7 +33,7 @@ class Classifier:
         import yaml
 
         from .models import build_model
-        from .train import _optimizer, init_state
+        from .train import _optimizer, init_state, restore_checkpoint
 
         run_dir = Path(run_dir)
         cfg_file = run_dir / "config.yaml"
@@ -56,7 +56,7 @@ class Classifier:
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
                    "context": np.zeros((1, max(self.cfg.n_context, 1)), np.float32)}
         abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
-        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = restore_checkpoint(manager, step, abstract, ckpt)
         manager.close()
         self.step = int(step)
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -2,7 +2,7 @@
 the dm-dt CNN baseline (Mahabal et al. 2017).
 
 RCNN, per step k (images k..k+n_w-1 stacked as channels, 21 x 21 x n_w): BN; conv_blocks x (conv 3x3 x 64 +
-BN + ReLU); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
+BN + ReLU; the convolutions have no bias, which the batch norm after each would cancel); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
 (2304); dense 1024 + ReLU + dropout; concatenate the n_w time differences (each image's MJD minus the
 sequence's first); LSTM 512 (or GRU, as TAO-Net) from a zero state; dense to class logits at every step.
 The light-curve classifier keeps the dense + recurrent + output part, on (n_w fluxes, n_w errors, n_w time
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn.batchnorm import BatchNorm
 from rcnn.conv import conv_general_dilated
 
 
@@ -109,24 +110,24 @@ class RCNN(nn.Module):
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
         if self.fusion == "early":
-            x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps, 1, 1, 1)
+            x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps)
             if cnn_rows is not None:  # gathers within each block, so a sharded batch stays on its devices
                 groups, rows = cnn_rows
                 block = step_mask.reshape(groups, -1)
                 index = jax.vmap(lambda r: jnp.nonzero(r, size=rows, fill_value=0)[0])(block)
                 x = jnp.take_along_axis(x.reshape((groups, -1) + x.shape[1:]), index[:, :, None, None, None], axis=1)
                 x = x.reshape((groups * rows,) + x.shape[2:])
-                m = (jnp.arange(rows)[None] < jnp.sum(block, axis=1, keepdims=True)).reshape(groups * rows, 1, 1, 1)
+                m = (jnp.arange(rows)[None] < jnp.sum(block, axis=1, keepdims=True)).reshape(groups * rows)
         else:
-            x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t, 1, 1, 1)
+            x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t)
         x = x.astype(self.dtype)
         norm = dict(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)
-        x = nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape))
+        x = BatchNorm(**norm)(x, m)
         for _ in range(2):
             for _ in range(self.conv_blocks):
                 x = nn.Conv(self.conv_filters, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32,
-                            conv_general_dilated=conv_general_dilated)(x)
-                x = nn.relu(nn.BatchNorm(**norm)(x, mask=jnp.broadcast_to(m, x.shape)))
+                            use_bias=False, conv_general_dilated=conv_general_dilated)(x)
+                x = nn.relu(BatchNorm(**norm)(x, m))
             x = _pool(x, train)
         if self.fusion == "early":
             if cnn_rows is not None:  # each valid step's features from its row in its block's gather
@@ -160,8 +161,7 @@ class LightCurveClassifier(nn.Module):
     def __call__(self, flux, flux_err, dt, mask, context=None, train: bool = False):
         step_mask = mask[:, self.n_w - 1:]
         x = jnp.concatenate([_windows(flux, self.n_w), _windows(flux_err, self.n_w)], axis=-1).astype(self.dtype)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)(
-            x, mask=jnp.broadcast_to(step_mask[..., None], x.shape))
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype)(x, step_mask)
         logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
                        self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train, context)
         return logits, step_mask
@@ -184,9 +184,8 @@ class DmdtCNN(nn.Module):
     def __call__(self, dmdt, mask, train: bool = False):
         b, s, h, w = dmdt.shape
         x = dmdt.reshape(b * s, h, w, 1).astype(self.dtype)
-        m = mask[:, self.n_w - 1:].reshape(b * s, 1, 1, 1)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
-                         param_dtype=jnp.float32)(x, mask=jnp.broadcast_to(m, x.shape))  # padded steps left out
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype)(
+            x, mask[:, self.n_w - 1:].reshape(b * s))  # padded steps left out
         conv = dict(padding="SAME", dtype=self.dtype, param_dtype=jnp.float32)
         x = nn.relu(nn.Conv(max(self.conv_filters // 2, 1), (3, 3), **conv)(x))
         x = nn.relu(nn.Conv(self.conv_filters, (3, 3), **conv)(x))

@@ -39,6 +39,21 @@ def _mesh():
     return Mesh(np.array(jax.devices()), ("data",))
 
 
+def restore_checkpoint(manager, step: int, abstract, where: Path):
+    """`manager`'s checkpoint `step` restored into the tree `abstract` (shapes and dtypes of this version's
+    state for the run's config), or a RunError naming the checkpoint, with orbax's account of the difference."""
+    import orbax.checkpoint as ocp
+
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as exc:
+        detail = " ".join(str(exc).split())
+        raise RunError(f"{where}: checkpoint {step} does not fit the model this version of stampseq builds from the "
+                       f"run's config.yaml; runs saved before the RCNN's convolutions lost their biases (which the "
+                       f"batch norm after each cancels) must be trained again. Orbax: {detail[:400]}"
+                       f"{' ...' if len(detail) > 400 else ''}") from None
+
+
 def _put(batch: dict, sharding):
     """`jax.device_put` of a batch that, on CPU, also waits for the copy: XLA runs a step whose inputs are
     still in flight later, on its worker thread, where its buffers miss the keep-memory tunables of the
@@ -205,7 +220,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     if resume and last.latest_step() is not None:
         start = int(last.latest_step())
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        state = last.restore(start, args=ocp.args.StandardRestore(abstract))
+        state = restore_checkpoint(last, start, abstract, run_dir / "checkpoints" / "last")
         state = jax.device_put(state, replicated)
         if metrics_file.exists():  # drop evaluations logged after the checkpoint (a kill between the two)
             lines = [ln for ln in metrics_file.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
