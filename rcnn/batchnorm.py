@@ -4,10 +4,10 @@ The values of `flax.linen.BatchNorm` with a mask (same parameters, batch statist
 and fast variance E[x^2] - E[x]^2), written so that XLA's CPU backend streams the activations fewer times.
 Flax takes the masked means as `mean(x, where=mask)`: each `where` is a select that XLA writes out in full
 (a 4608x21x21x64 f32 array at batch 256 is 520 MB) before its reduction, and its backward writes out
-`x - mean` and the scaled gradient for two more. Here the mask enters as a per-row factor, the output as
-`x * a + c` with per-channel `a`, `c`: the reductions read `x` and the incoming gradient directly (XLA
-fuses a product into its reductions but not a select), and the backward needs `sum(g)` and `sum(g * x)`
-only. Together with the RCNN's convolutions losing their (redundant) biases: batch-256 training steps
+`x - mean` and the scaled gradient for two more. Here the statistics are per-row sums of `x` and `x * x`
+weighted by the mask afterwards (small arrays), the output `x * a + c` with per-channel `a`, `c`: the
+reductions read `x` and the incoming gradient directly (XLA fuses a product into its reductions but not a
+select), and the backward needs `sum(g)` and `sum(g * x)` only. Together with the RCNN's convolutions losing their (redundant) biases: batch-256 training steps
 +5-8% in paired runs (benchmarks/README.md).
 """
 from __future__ import annotations
