@@ -64,8 +64,9 @@ class TrainConfig:
     flux_scale_adu: float = 100.0
     input_transform: str = "asinh"   # asinh | linear
     dtype: str = "float32"           # compute dtype; bfloat16 keeps float32 master weights (GPU/TPU)
-    # RCNN (early fusion): run the convolutional stack on each batch's valid steps only, gathered within each
-    # device's shard (`rcnn.models.cnn_rows_for`); the same model, ~1/3 less work on simulated HiTS sets
+    # RCNN: run the convolutional stack on each batch's valid steps (early fusion) or images (late) only,
+    # gathered within each device's shard (`rcnn.models.cnn_rows_for`); the same model, ~1/3 less work on
+    # simulated HiTS sets
     pack_steps: bool = True
     prefetch: int = 4                # batches read ahead (at least 2 per input process)
     # input processes reading training batches; -1: none on the CPU backend (the network needs the cores),

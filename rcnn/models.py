@@ -103,23 +103,25 @@ class RCNN(nn.Module):
     @nn.compact
     def __call__(self, images, dt, mask, context=None, train: bool = False,
                  cnn_rows: tuple[int, int] | None = None):
-        """`cnn_rows` = (groups, rows) (early fusion; see `cnn_rows_for`): the batch is cut into `groups`
-        consecutive blocks (the data-parallel shards) and the convolutional stack runs on `rows` rows of each,
-        its valid steps gathered first, instead of on every step. Padding steps get zero features either way."""
+        """`cnn_rows` = (groups, rows) (see `cnn_rows_for`): the batch is cut into `groups` consecutive blocks
+        (the data-parallel shards) and the convolutional stack runs on `rows` rows of each, its valid rows (steps
+        in early fusion, images in late) gathered first, instead of on every row. Padding rows get zero
+        features either way."""
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
-        if self.fusion == "early":
-            x, m = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w), step_mask.reshape(b * steps)
-            if cnn_rows is not None:  # gathers within each block, so a sharded batch stays on its devices
-                groups, rows = cnn_rows
-                block = step_mask.reshape(groups, -1)
-                index = jax.vmap(lambda r: jnp.nonzero(r, size=rows, fill_value=0)[0])(block)
-                x = jnp.take_along_axis(x.reshape((groups, -1) + x.shape[1:]), index[:, :, None, None, None], axis=1)
-                x = x.reshape((groups * rows,) + x.shape[2:])
-                m = (jnp.arange(rows)[None] < jnp.sum(block, axis=1, keepdims=True)).reshape(groups * rows)
-        else:
-            x, m = images.reshape(b * t, s, s, 1), mask.reshape(b * t)
+        if self.fusion == "early":  # a row per step: its n_w images as channels
+            row_mask, x = step_mask, _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w)
+        else:  # a row per image
+            row_mask, x = mask, images.reshape(b * t, s, s, 1)
+        m = row_mask.reshape(-1)
+        if cnn_rows is not None:  # gathers within each block, so a sharded batch stays on its devices
+            groups, rows = cnn_rows
+            block = row_mask.reshape(groups, -1)
+            index = jax.vmap(lambda r: jnp.nonzero(r, size=rows, fill_value=0)[0])(block)
+            x = jnp.take_along_axis(x.reshape((groups, -1) + x.shape[1:]), index[:, :, None, None, None], axis=1)
+            x = x.reshape((groups * rows,) + x.shape[2:])
+            m = (jnp.arange(rows)[None] < jnp.sum(block, axis=1, keepdims=True)).reshape(groups * rows)
         x = x.astype(self.dtype)
         norm = dict(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=jnp.float32)
         x = BatchNorm(**norm)(x, m)
@@ -129,14 +131,12 @@ class RCNN(nn.Module):
                             use_bias=False, conv_general_dilated=conv_general_dilated)(x)
                 x = nn.relu(BatchNorm(**norm)(x, m))
             x = _pool(x, train)
-        if self.fusion == "early":
-            if cnn_rows is not None:  # each valid step's features from its row in its block's gather
-                at = jnp.maximum(jnp.cumsum(block, axis=1) - 1, 0)
-                x = jnp.take_along_axis(x.reshape(groups, rows, -1), at[..., None], axis=1)
-            x = jnp.where(step_mask[..., None], x.reshape(b, steps, -1), 0)  # zeros on padding, gathered or not
-        else:  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
-            f = x.reshape(b, t, -1)
-            x = _windows(f, self.n_w).reshape(b, steps, -1)
+        if cnn_rows is not None:  # each valid row's features from its place in its block's gather
+            at = jnp.maximum(jnp.cumsum(block, axis=1) - 1, 0)
+            x = jnp.take_along_axis(x.reshape(groups, rows, -1), at[..., None], axis=1)
+        x = jnp.where(row_mask[..., None], x.reshape(row_mask.shape + (-1,)), 0)  # zeros on padding, gathered or not
+        if self.fusion == "late":  # per-image features (B, T, F) -> windows of n_w concatenated (B, steps, F * n_w)
+            x = _windows(x, self.n_w).reshape(b, steps, -1)
         logits = _Head(self.n_classes, self.dense_units, self.dropout, self.rnn_units, self.cell, self.output,
                        self.aux_head, self.dtype)(x, _windows(dt, self.n_w), step_mask, train, context)
         return logits, step_mask
@@ -226,17 +226,17 @@ MIN_BUCKET_ROWS = 256  # and to at least 256 rows: small batches' steps cost les
 def cnn_rows_for(model: nn.Module, mask: np.ndarray, groups: int = 1,
                  min_bucket: int = MIN_BUCKET_ROWS) -> tuple[int, int] | None:
     """(groups, rows): the RCNN's `cnn_rows` for a batch with image mask `mask` (B, T) cut into `groups`
-    consecutive blocks (its data-parallel shards; 1 if B does not divide): the most valid steps of a block,
-    rounded up to the next 1/`ROW_BUCKETS` of a block's steps or `min_bucket` rows, whichever is more;
-    None (every step) when that is all of them and for other models. Padding is ~36% of the steps of a
-    simulated HiTS set (objects with fewer than T epochs); the convolutions are ~90% of a step's FLOPs.
-    Batches of 256 from the README demo's set: 67% of the steps computed for 64% valid, 2 distinct sizes
-    over 200 batches."""
-    if not isinstance(model, RCNN) or model.fusion != "early":
+    consecutive blocks (its data-parallel shards; 1 if B does not divide): the most valid rows of a block
+    (steps in early fusion, images in late), rounded up to the next 1/`ROW_BUCKETS` of a block's rows or
+    `min_bucket` rows, whichever is more; None (every row) when that is all of them and for other models.
+    Padding is ~36% of the steps of a simulated HiTS set (objects with fewer than T epochs); the
+    convolutions are ~90% of a step's FLOPs. Batches of 256 from the README demo's set: 67% of the steps
+    computed for 64% valid, 2 distinct sizes over 200 batches."""
+    if not isinstance(model, RCNN):
         return None
-    step_mask = np.asarray(mask)[:, model.n_w - 1:]
-    groups = groups if len(step_mask) % groups == 0 else 1
-    block = step_mask.reshape(groups, -1)
+    row_mask = np.asarray(mask)[:, model.n_w - 1:] if model.fusion == "early" else np.asarray(mask)
+    groups = groups if len(row_mask) % groups == 0 else 1
+    block = row_mask.reshape(groups, -1)
     bucket = max(-(-block.shape[1] // ROW_BUCKETS), min_bucket)
     rows = max(-(-int(block.sum(axis=1).max()) // bucket), 1) * bucket
     return None if rows >= block.shape[1] else (groups, rows)

@@ -6,8 +6,8 @@ val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_
 keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A larger
 `iterations` extends a finished run.
 
-With `pack_steps` (early-fusion RCNN) each step's convolutional stack runs on the batch's valid steps only,
-gathered within each device's shard (`cnn_rows`, a static argument of the steps: one compiled step per
+With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps (early fusion) or images
+(late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one compiled step per
 size, at most 16).
 
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are

@@ -215,8 +215,41 @@ def test_cnn_rows_for_rounds_up_to_buckets():
     assert cnn_rows_for(model, mask) is None                             # default: buckets of >= 256 rows
     big = np.arange(20)[None, :] < np.where(np.arange(64) < 40, 20, 2)[:, None]  # 40 x 18 of 64 x 18 valid
     assert cnn_rows_for(model, big) == (1, 768)                          # 720 valid: 3 x 256 (1/16 is 72)
-    assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None
+    late = partial(cnn_rows_for, RCNN(n_classes=3, fusion="late"), min_bucket=1)  # a row per image
+    assert late(mask) == (1, 45) and late(mask, groups=2) == (2, 33)    # 42 of 80 in 5s; 32 of 40 in 3s
+    assert cnn_rows_for(RCNN(n_classes=3, fusion="late"), mask) is None  # 256-row buckets: all 80 rows
     assert cnn_rows_for(LightCurveClassifier(n_classes=3), mask) is None
+
+
+def test_late_fusion_on_valid_images_only_matches_every_image():
+    """Late fusion packs valid images (a row per image): the same logits at valid steps, batch-norm statistics
+    and gradients as the per-image CNN on every image, whole batch or per block of two."""
+    from rcnn.models import cnn_rows_for
+
+    rng = np.random.default_rng(6)
+    model = RCNN(n_classes=3, conv_filters=8, dense_units=16, rnn_units=8, dropout=0.0, fusion="late")
+    b, t = 4, 10
+    mask = np.arange(t)[None, :] < np.array([10, 6, 4, 3])[:, None]
+    images = np.where(mask[..., None, None], rng.normal(size=(b, t, 21, 21)), 0).astype(np.float32)
+    dt = np.cumsum(rng.uniform(0, 1, (b, t)), axis=1).astype(np.float32)
+    variables = _init(model, images, dt, mask)
+    step_mask = mask[:, 2:]
+
+    def loss(params, rows):
+        (logits, _), upd = model.apply({**variables, "params": params}, images, dt, mask, train=True,
+                                       mutable=["batch_stats"], cnn_rows=rows)
+        return jnp.sum(jnp.where(step_mask[..., None], logits, 0) ** 2), (logits, upd["batch_stats"])
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (v0, (l0, s0)), g0 = grad(variables["params"], None)
+    scale = max(float(jnp.abs(y).max()) for y in jax.tree_util.tree_leaves(g0))
+    for rows in (cnn_rows_for(model, mask, min_bucket=1), cnn_rows_for(model, mask, groups=2, min_bucket=1)):
+        assert rows in ((1, 24), (2, 16))  # 23 of 40 images valid, in 3s; the fuller block: 16 of 20, in 2s
+        (v, (lg, s)), g = grad(variables["params"], rows)
+        np.testing.assert_allclose(np.asarray(lg)[step_mask], np.asarray(l0)[step_mask], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(v, v0, rtol=1e-5)
+        for x, y in zip(jax.tree_util.tree_leaves((g, s)), jax.tree_util.tree_leaves((g0, s0))):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_jit_parity():
