@@ -7,8 +7,8 @@ Flax takes the masked means as `mean(x, where=mask)`: each `where` is a select t
 `x - mean` and the scaled gradient for two more. Here the statistics are per-row sums of `x` and `x * x`
 weighted by the mask afterwards (small arrays), the output `x * a + c` with per-channel `a`, `c`: the
 reductions read `x` and the incoming gradient directly (XLA fuses a product into its reductions but not a
-select), and the backward needs `sum(g)` and `sum(g * x)` only. Together with the RCNN's convolutions losing their (redundant) biases: batch-256 training steps
-+5-8% in paired runs (benchmarks/README.md).
+select), and the backward needs `sum(g)` and `sum(g * x)` only. Together with the RCNN's convolutions
+losing their (redundant) biases: batch-256 training steps +5-8% in paired runs (benchmarks/README.md).
 """
 from __future__ import annotations
 

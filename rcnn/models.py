@@ -2,9 +2,10 @@
 the dm-dt CNN baseline (Mahabal et al. 2017).
 
 RCNN, per step k (images k..k+n_w-1 stacked as channels, 21 x 21 x n_w): BN; conv_blocks x (conv 3x3 x 64 +
-BN + ReLU; the convolutions have no bias, which the batch norm after each would cancel); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
+BN + ReLU); max-pool 2x2 stride 2 (21 -> 11); conv_blocks x (conv + BN + ReLU); max-pool (11 -> 6); flatten
 (2304); dense 1024 + ReLU + dropout; concatenate the n_w time differences (each image's MJD minus the
 sequence's first); LSTM 512 (or GRU, as TAO-Net) from a zero state; dense to class logits at every step.
+The convolutions have no bias: the batch norm after each would cancel it.
 The light-curve classifier keeps the dense + recurrent + output part, on (n_w fluxes, n_w errors, n_w time
 differences) per step. Batch-norm statistics use valid steps only (padding is masked). Padding sits at the
 end of each sequence (valid epochs are packed first), and the recurrence is causal, so valid steps never

@@ -7,8 +7,8 @@ keys are pure functions of (seed, step), so the continuation is identical to an 
 `iterations` extends a finished run.
 
 With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps (early fusion) or images
-(late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one compiled step per
-size, at most 16).
+(late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one
+compiled step per size, at most 16).
 
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
 replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
