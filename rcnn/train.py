@@ -48,10 +48,10 @@ def restore_checkpoint(manager, step: int, abstract, where: Path):
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except ValueError as exc:
         detail = " ".join(str(exc).split())
+        hint = (" It holds convolution biases: runs saved before the RCNN's convolutions lost them (the batch norm "
+                "after each cancels them) must be trained again." if "Conv_0.bias" in detail else "")
         raise RunError(f"{where}: checkpoint {step} does not fit the model this version of stampseq builds from the "
-                       f"run's config.yaml; runs saved before the RCNN's convolutions lost their biases (which the "
-                       f"batch norm after each cancels) must be trained again. Orbax: {detail[:400]}"
-                       f"{' ...' if len(detail) > 400 else ''}") from None
+                       f"run's config.yaml.{hint} Orbax: {detail[:400]}{' ...' if len(detail) > 400 else ''}") from None
 
 
 def _put(batch: dict, sharding):

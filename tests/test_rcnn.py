@@ -440,7 +440,8 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
 
 def test_a_checkpoint_that_does_not_fit_the_model_gets_a_clear_error(dataset, tmp_path):
     """A run whose checkpoint holds other parameters than its config.yaml now builds (here: the recurrent cell
-    edited from LSTM to GRU; in practice a run saved before the RCNN's convolutions lost their biases)."""
+    edited from LSTM to GRU; in practice a run saved before the RCNN's convolutions lost their biases, for which
+    the message says so)."""
     import yaml
 
     from rcnn.inference import Classifier
@@ -449,8 +450,9 @@ def test_a_checkpoint_that_does_not_fit_the_model_gets_a_clear_error(dataset, tm
     train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
     cfg_file = tmp_path / "run" / "config.yaml"
     cfg_file.write_text(yaml.safe_dump({**yaml.safe_load(cfg_file.read_text()), "cell": "gru"}))
-    with pytest.raises(RunError, match=r"checkpoints/best: checkpoint 2 does not fit .*GRUCell"):
+    with pytest.raises(RunError, match=r"checkpoints/best: checkpoint 2 does not fit .*GRUCell") as err:
         Classifier(tmp_path / "run")
+    assert "convolution biases" not in str(err.value)  # that hint is for checkpoints that hold them
 
 
 def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
@@ -514,6 +516,7 @@ def test_packing_over_two_devices_stays_on_each_shard():
     assert out["rows"][0] == 2 and out["moves"] == []
     packed, every = out["loss"][str(tuple(out["rows"]))], out["loss"]["None"]
     assert packed == pytest.approx(every, rel=1e-5)
+
 
 def test_tao_net_options():
     """late fusion keeps shapes; 'add' outputs are the running sum of the per-step outputs; the auxiliary
