@@ -7,14 +7,15 @@ XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kerne
   - as `rcnn train` runs: its XLA flags (rcnn.cli.use_fast_cpu_flags), glibc tunables
     (rcnn.cli.with_runtime_tunables) and computations on the calling thread (rcnn.cli.run_on_calling_thread);
   - as `rcnn evaluate`/`classify` run (inference only): XLA's default flags, the same tunables and thread;
-  - as `rcnn train` ran before the identity-dot convolution (rcnn.conv): the same, with plain lax convolutions;
+  - as `rcnn train` with plain lax convolutions: the same, with rcnn.conv's CPU gradients (identity dot,
+    narrow-input gradient) off;
   - XLA's defaults alone: default flags and tunables, a worker thread, plain lax convolutions.
 With --masks DATA.h5 the sequences take mask rows drawn from that dataset (padding as in real sets), and
 one more variant runs as `rcnn train` with `pack_steps: false` (the convolutions on every step): the
 model FLOPs then count the convolutions on valid steps only, the work `pack_steps` leaves.
 With --repeats R the variants run R times interleaved (timings on a shared machine drift by ~10% between
 runs): medians are printed, each run's training figure after them, and the median ratio of paired runs
-as `rcnn train` / before the identity-dot convolution.
+as `rcnn train` / with plain lax convolutions.
 Synthetic inputs: this measures the model, not I/O.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--repeats 1] [--model rcnn|lc]
        [--masks DATA.h5]
@@ -76,6 +77,7 @@ def child(args) -> dict:
     if args.plain_conv:
         import rcnn.conv
         rcnn.conv.MIN_CHANNELS = sys.maxsize  # every convolution takes plain lax
+        rcnn.conv.NARROW_MAX_CHANNELS = 0
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -177,7 +179,7 @@ def main() -> None:
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
     as_train = Variant("as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
-    before = Variant("rcnn train before the identity-dot convolution", train_flags, tuned, sync=True, train=True,
+    before = Variant("rcnn train with plain lax convolutions", train_flags, tuned, sync=True, train=True,
                      plain_conv=True)
     every_step = Variant("as rcnn train with pack_steps false", train_flags, tuned, sync=True, train=True,
                          plain_conv=False, no_pack=True)
@@ -217,7 +219,7 @@ def main() -> None:
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
-    for ref, name in ((before, "before"), (every_step, "every step")):
+    for ref, name in ((before, "plain lax"), (every_step, "every step")):
         pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs.get(ref.label, []))
                  if isinstance(a, dict) and isinstance(b, dict)]
         if pairs:

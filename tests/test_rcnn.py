@@ -99,8 +99,47 @@ def test_identity_dot_conv_matches_lax_values_and_gradients():
     assert "dot_general" not in primitives(conv.conv_general_dilated, *narrow)
 
 
+@pytest.mark.parametrize("shapes, padding", [
+    (((4, 21, 21, 3), (3, 3, 3, 8)), "SAME"),
+    (((4, 21, 21, 1), (3, 3, 1, 8)), "VALID"),
+    (((4, 10, 11, 2), (3, 2, 2, 5)), ((2, 0), (1, 3))),
+    (((4, 30, 3), (5, 3, 7)), "SAME"),
+])
+def test_narrow_input_conv_matches_lax_gradients(shapes, padding):
+    """Inputs of at most `NARROW_MAX_CHANNELS` channels (the RCNN's first convolution): on CPU the input
+    gradient is a matmul and a sum of the taps' shifted slices; values and both gradients equal lax's, for
+    SAME, VALID and uneven explicit padding, 2-d and 1-d. Wider inputs keep lax's input gradient."""
+    from jax import lax
+
+    from rcnn import conv
+
+    rng = np.random.default_rng(5)
+    lhs_shape, rhs_shape = shapes
+    dn = ("NHWC", "HWIO", "NHWC") if len(lhs_shape) == 4 else ("NWC", "WIO", "NWC")
+    strides = (1,) * (len(lhs_shape) - 2)
+    a, rhs = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for shape in shapes)
+    cot = jnp.asarray(rng.normal(size=lax.conv_general_dilated(a, rhs, strides, padding, dimension_numbers=dn).shape)
+                      .astype(np.float32))
+
+    def loss(f, a, rhs):
+        return (f(jnp.tanh(a), rhs, strides, padding, dimension_numbers=dn) * cot).sum()
+
+    ours, ref = (jax.jit(jax.value_and_grad(partial(loss, f), argnums=(0, 1)))
+                 for f in (conv.conv_general_dilated, lax.conv_general_dilated))
+    (v1, g1), (v2, g2) = ours(a, rhs), ref(a, rhs)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    for x, y in zip(g1, g2):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+    jaxpr = str(jax.make_jaxpr(jax.grad(partial(loss, conv.conv_general_dilated)))(a, rhs))
+    assert jax.default_backend() != "cpu" or "dot_general" in jaxpr
+    wide = jnp.concatenate([a] * (conv.NARROW_MAX_CHANNELS // a.shape[-1] + 1), axis=-1)
+    wide_rhs = jnp.concatenate([rhs] * (conv.NARROW_MAX_CHANNELS // a.shape[-1] + 1), axis=-2)
+    assert "dot_general" not in str(jax.make_jaxpr(jax.grad(partial(loss, conv.conv_general_dilated)))(wide, wide_rhs))
+
+
 def test_rcnn_gradients_equal_with_and_without_the_identity_dot(monkeypatch):
-    """A 64-filter RCNN's training gradients are the same whether its convolutions take the identity dot."""
+    """A 64-filter RCNN's training gradients are the same whether its convolutions take the identity dot
+    (64-channel inputs) and the narrow-input gradient (the first convolution, on n_w = 3 channels)."""
     from rcnn import conv
 
     rng = np.random.default_rng(4)
@@ -116,6 +155,7 @@ def test_rcnn_gradients_equal_with_and_without_the_identity_dot(monkeypatch):
 
     ours = grads()
     monkeypatch.setattr(conv, "MIN_CHANNELS", 10 ** 9)
+    monkeypatch.setattr(conv, "NARROW_MAX_CHANNELS", 0)
     ref = grads()
     for x, y in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * float(jnp.abs(y).max()))
