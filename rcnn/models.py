@@ -28,52 +28,25 @@ def _windows(x: jnp.ndarray, n_w: int) -> jnp.ndarray:
     return jnp.stack([x[:, j:j + steps] for j in range(n_w)], axis=-1)
 
 
-def _corner(x: jnp.ndarray, dy: int, dx: int) -> jnp.ndarray:
-    """x[:, dy::2, dx::2] padded with -inf to the pooled size ((h + 1) // 2, (w + 1) // 2)."""
-    y = x[:, dy::2, dx::2]
-    size = ((x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2)
-    return jnp.pad(y, ((0, 0), (0, size[0] - y.shape[1]), (0, size[1] - y.shape[2]), (0, 0)), constant_values=-jnp.inf)
-
-
-_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
-
-
-@jax.custom_vjp
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     """2x2 max-pool, stride 2, SAME padding (21 -> 11 -> 6) on (N, H, W, C): the values of flax's
     `max_pool(x, (2, 2), strides=(2, 2), padding="SAME")`, written as the elementwise maximum of the four
-    strided slices, each padded with -inf to the output's size. XLA's CPU gradient of the reduce-window form
-    carries int32 argmax arrays of the padded input's size through a variadic reduce-window and a scatter
-    (~13% of a Table 3 training step's op time); padding the slices, not x, lets XLA fuse the batch norm +
-    ReLU before it into the pooling instead of writing out a padded copy of the activations. The gradient
-    is written out (`_max_pool_backward`): autodiff's, through the maximum's tie rule, took four divides
-    per input element. Ties share the gradient instead of the first taking it: after a ReLU those are
-    zeros, whose gradient the ReLU stops either way. Used in training only (`_pool`): inference under
-    XLA's default CPU flags ran 2.4x slower with it."""
-    a, b, c, d = (_corner(x, dy, dx) for dy, dx in _CORNERS)
-    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+    strided slices, each padded with -inf to the output's size. Its gradient is a few fused compare/selects,
+    where XLA's CPU gradient of the reduce-window form carries int32 argmax arrays of the padded input's
+    size through a variadic reduce-window and a scatter (~13% of a Table 3 training step's op time); and
+    padding the slices, not x, lets XLA fuse the batch norm + ReLU before it into the pooling instead of
+    writing out a padded copy of the activations (training +2-3%). Ties share the gradient instead of the
+    first taking it: after a ReLU those are zeros, whose gradient the ReLU stops either way. Used in
+    training only (`_pool`): inference under XLA's default CPU flags ran 2.4x slower with it."""
+    _, h, w, _ = x.shape
+    size = ((h + 1) // 2, (w + 1) // 2)
 
+    def corner(dy: int, dx: int) -> jnp.ndarray:
+        y = x[:, dy::2, dx::2]
+        return jnp.pad(y, ((0, 0), (0, size[0] - y.shape[1]), (0, size[1] - y.shape[2]), (0, 0)),
+                       constant_values=-jnp.inf)
 
-def _max_pool_forward(x):
-    y = max_pool_2x2(x)
-    return y, (x, y)
-
-
-def _max_pool_backward(saved, g):
-    """Each input at the maximum of its window gets the window's gradient over the number of such inputs:
-    a count and a division at the pooled size, then one compare/select per input element."""
-    x, y = saved
-    hits = [_corner(x, dy, dx) == y for dy, dx in _CORNERS]
-    share = g / sum(h.astype(g.dtype) for h in hits)
-    grad = jnp.zeros_like(x)
-    for (dy, dx), hit in zip(_CORNERS, hits):
-        part = jnp.where(hit, share, jnp.zeros((), g.dtype))  # placed at x[:, dy::2, dx::2]: interior padding
-        edges = [(d, size - d - (2 * n - 1), 1) for d, size, n in zip((dy, dx), x.shape[1:3], y.shape[1:3])]
-        grad = grad + jax.lax.pad(part, jnp.zeros((), g.dtype), [(0, 0, 0)] + edges + [(0, 0, 0)])
-    return (grad,)
-
-
-max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+    return jnp.maximum(jnp.maximum(corner(0, 0), corner(0, 1)), jnp.maximum(corner(1, 0), corner(1, 1)))
 
 
 def _pool(x: jnp.ndarray, train: bool) -> jnp.ndarray:
