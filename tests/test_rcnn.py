@@ -68,6 +68,20 @@ def test_max_pool_matches_flax_values_and_gradients(size):
         np.testing.assert_array_equal(*grads)
 
 
+def _assert_matches_lax(loss, a, rhs):
+    """loss(f, a, rhs) and its jitted gradients equal with f = rcnn.conv's and lax's convolution."""
+    from jax import lax
+
+    from rcnn import conv
+
+    ours, ref = (jax.jit(jax.value_and_grad(partial(loss, f), argnums=(0, 1)))
+                 for f in (conv.conv_general_dilated, lax.conv_general_dilated))
+    (v1, g1), (v2, g2) = ours(a, rhs), ref(a, rhs)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    for x, y in zip(g1, g2):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+
+
 def test_identity_dot_conv_matches_lax_values_and_gradients():
     """`rcnn.conv.conv_general_dilated` (CPU: weight gradient through an identity dot) gives lax's values
     and, jitted, its gradients for 64 channels behind a batch-norm-like ReLU producer; it takes the dot only
@@ -86,12 +100,7 @@ def test_identity_dot_conv_matches_lax_values_and_gradients():
         x = jax.nn.relu(a * 1.3 - 0.2)
         return (f(x, rhs, (1, 1), "SAME", dimension_numbers=dn) * cot[..., :rhs.shape[-1]]).sum()
 
-    ours, ref = (jax.jit(jax.value_and_grad(partial(loss, f), argnums=(0, 1)))
-                 for f in (conv.conv_general_dilated, lax.conv_general_dilated))
-    (v1, g1), (v2, g2) = ours(a, rhs), ref(a, rhs)
-    np.testing.assert_allclose(v1, v2, rtol=1e-6)
-    for x, y in zip(g1, g2):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+    _assert_matches_lax(loss, a, rhs)
     primitives = lambda f, a, rhs: str(jax.make_jaxpr(jax.grad(partial(loss, f), argnums=1))(a, rhs))  # noqa: E731
     assert jax.default_backend() != "cpu" or "dot_general" in primitives(conv.conv_general_dilated, a, rhs)
     assert "dot_general" not in primitives(lax.conv_general_dilated, a, rhs)
@@ -124,12 +133,7 @@ def test_narrow_input_conv_matches_lax_gradients(shapes, padding):
     def loss(f, a, rhs):
         return (f(jnp.tanh(a), rhs, strides, padding, dimension_numbers=dn) * cot).sum()
 
-    ours, ref = (jax.jit(jax.value_and_grad(partial(loss, f), argnums=(0, 1)))
-                 for f in (conv.conv_general_dilated, lax.conv_general_dilated))
-    (v1, g1), (v2, g2) = ours(a, rhs), ref(a, rhs)
-    np.testing.assert_allclose(v1, v2, rtol=1e-6)
-    for x, y in zip(g1, g2):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+    _assert_matches_lax(loss, a, rhs)
     jaxpr = str(jax.make_jaxpr(jax.grad(partial(loss, conv.conv_general_dilated)))(a, rhs))
     assert jax.default_backend() != "cpu" or "dot_general" in jaxpr
     wide = jnp.concatenate([a] * (conv.NARROW_MAX_CHANNELS // a.shape[-1] + 1), axis=-1)
