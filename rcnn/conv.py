@@ -107,11 +107,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         return _identity_dot_conv(conv, lhs, rhs)
     nd = lhs.ndim - 2
     spatial = tuple(range(1, nd + 1))
-    plain = (dn.lhs_spec == (0, nd + 1) + spatial and dn.out_spec == dn.lhs_spec
-             and dn.rhs_spec == (nd + 1, nd) + tuple(range(nd))
-             and all(v == 1 for v in tuple(window_strides) + tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-             and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None)
-    if not plain or lhs.shape[-1] > NARROW_MAX_CHANNELS or math.prod(rhs.shape[:nd]) > NARROW_MAX_TAPS:
+    stride_one_channel_last = (
+        dn.lhs_spec == (0, nd + 1) + spatial and dn.out_spec == dn.lhs_spec
+        and dn.rhs_spec == (nd + 1, nd) + tuple(range(nd))
+        and all(v == 1 for v in tuple(window_strides) + tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+        and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None)
+    narrow = lhs.shape[-1] <= NARROW_MAX_CHANNELS and math.prod(rhs.shape[:nd]) <= NARROW_MAX_TAPS
+    if not (stride_one_channel_last and narrow):
         return conv(lhs, rhs)
     pads = (lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], window_strides, padding)
             if isinstance(padding, str) else padding)
