@@ -35,9 +35,10 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     where XLA's CPU gradient of the reduce-window form carries int32 argmax arrays of the padded input's
     size through a variadic reduce-window and a scatter (~13% of a Table 3 training step's op time); and
     padding the slices, not x, lets XLA fuse the batch norm + ReLU before it into the pooling instead of
-    writing out a padded copy of the activations (training +2-3%). Ties share the gradient instead of the
-    first taking it: after a ReLU those are zeros, whose gradient the ReLU stops either way. Used in
-    training only (`_pool`): inference under XLA's default CPU flags ran 2.4x slower with it."""
+    writing out a padded copy of the activations (training 0-4% faster, benchmarks/README.md). Ties share
+    the gradient instead of the first taking it: after a ReLU those are zeros, whose gradient the ReLU
+    stops either way. Used in training only (`_pool`): inference under XLA's default CPU flags ran 2.4x
+    slower with it."""
     _, h, w, _ = x.shape
     size = ((h + 1) // 2, (w + 1) // 2)
 
