@@ -62,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: XLA CPU flag for training (benchmarks/rcnn_speed.py, 2 cores): with XLA's default YNNPACK fusions this
 #: network trains 3x slower (its convolutions), with them all off its batch-norm reductions are 4-10x
-#: slower than they need be; YNNPACK for reductions only trains ~6% faster than all off. The type name
-#: `reduce` was checked on jaxlib 0.10 (an unknown name is a fatal XLA error), so other versions get all
-#: off. Inference is fastest with the defaults, so only the commands that train set it, unless the user's
-#: XLA_FLAGS mention it. XLA reads its flags once, before jax is first used.
+#: slower than they need be; YNNPACK for reductions only trains ~6% faster than all off, and YNNPACK's
+#: matmuls (`dot`: the dense layers, LSTM, identity dots) a further 3% at batch 256 and 10% at batch 64
+#: (Zen 5, steps compiled both ways in one process). The type names were checked on jaxlib 0.10 (an
+#: unknown name is a fatal XLA error), so other versions get all off. Inference is fastest with the
+#: defaults, so only the commands that train set it, unless the user's XLA_FLAGS mention it. XLA reads its
+#: flags once, before jax is first used.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-CHECKED_YNN_TYPES = {"0.10": "reduce"}
+CHECKED_YNN_TYPES = {"0.10": "reduce,dot"}
 #: XLA's memory-optimised CPU scheduler, for training batches of at least `MEMORY_SCHEDULER_MIN_BATCH`: a
 #: Table 3 step's buffers at batch 256 take 3.5 GB instead of 6.6 GB, at the same speed (batch 128 ~10%
 #: faster, fewer pages to zero; batch 64 ~5% slower, so smaller batches keep the default). Checked on

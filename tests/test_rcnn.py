@@ -645,14 +645,14 @@ def test_brightness_augmentation(dataset):
 
 
 def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
-    """`rcnn train` picks YNNPACK reductions only on the jaxlib it was checked on, all fusions off elsewhere,
+    """`rcnn train` picks YNNPACK reductions and matmuls on the jaxlib it was checked on, all off elsewhere,
     the memory-optimised scheduler for batches of 128 or more on that jaxlib, and leaves a user's own
     settings alone."""
     import importlib.metadata
 
     from rcnn import cli
 
-    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce", True), ("0.99.0", "", False)):
+    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce,dot", True), ("0.99.0", "", False)):
         for batch in (None, 64, 128, 256):
             monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
             monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
