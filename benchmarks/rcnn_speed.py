@@ -179,11 +179,11 @@ def main() -> None:
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
     as_train = Variant("as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
-    before = Variant("rcnn train with plain lax convolutions", train_flags, tuned, sync=True, train=True,
-                     plain_conv=True)
+    plain_lax = Variant("rcnn train with plain lax convolutions", train_flags, tuned, sync=True, train=True,
+                        plain_conv=True)
     every_step = Variant("as rcnn train with pack_steps false", train_flags, tuned, sync=True, train=True,
                          plain_conv=False, no_pack=True)
-    variants = (as_train, Variant("as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), before,
+    variants = (as_train, Variant("as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), plain_lax,
                 Variant("XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
     if args.masks:
         variants = variants[:1] + (every_step,) + variants[1:]
@@ -219,7 +219,7 @@ def main() -> None:
                      f"{r['achieved_gflops']:.0f} GFLOP/s = "
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
-    for ref, name in ((before, "plain lax"), (every_step, "every step")):
+    for ref, name in ((plain_lax, "plain lax"), (every_step, "every step")):
         pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs.get(ref.label, []))
                  if isinstance(a, dict) and isinstance(b, dict)]
         if pairs:

@@ -110,6 +110,11 @@ class RCNN(nn.Module):
     context: bool = False    # takes a (B, n_context) context input (GOTO)
     dtype: jnp.dtype = jnp.float32
 
+    def row_mask(self, mask):
+        """Which rows of the convolutional stack are valid, (B, steps) in early fusion (a row per step), (B, T)
+        in late (a row per image), from the image mask (B, T); numpy or jax arrays."""
+        return mask[:, self.n_w - 1:] if self.fusion == "early" else mask
+
     @nn.compact
     def __call__(self, images, dt, mask, context=None, train: bool = False,
                  cnn_rows: tuple[int, int] | None = None):
@@ -120,10 +125,11 @@ class RCNN(nn.Module):
         b, t, s, _ = images.shape
         steps = t - self.n_w + 1
         step_mask = mask[:, self.n_w - 1:]
+        row_mask = self.row_mask(mask)
         if self.fusion == "early":  # a row per step: its n_w images as channels
-            row_mask, x = step_mask, _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w)
+            x = _windows(images, self.n_w).reshape(b * steps, s, s, self.n_w)
         else:  # a row per image
-            row_mask, x = mask, images.reshape(b * t, s, s, 1)
+            x = images.reshape(b * t, s, s, 1)
         m = row_mask.reshape(-1)
         if cnn_rows is not None:  # gathers within each block, so a sharded batch stays on its devices
             groups, rows = cnn_rows
@@ -244,7 +250,7 @@ def cnn_rows_for(model: nn.Module, mask: np.ndarray, groups: int = 1,
     computed for 64% valid, 2 distinct sizes over 200 batches."""
     if not isinstance(model, RCNN):
         return None
-    row_mask = np.asarray(mask)[:, model.n_w - 1:] if model.fusion == "early" else np.asarray(mask)
+    row_mask = model.row_mask(np.asarray(mask))
     groups = groups if len(row_mask) % groups == 0 else 1
     block = row_mask.reshape(groups, -1)
     bucket = max(-(-block.shape[1] // ROW_BUCKETS), min_bucket)

@@ -20,8 +20,7 @@ def _pair(x, mask, train=True, dtype=None):
     out = []
     for module, m in ((ours, mask), (ref, full)):
         def f(params, x, module=module, m=m):
-            kw = {"mask": m}
-            y, upd = module.apply({**variables, "params": params}, x, mutable=["batch_stats"], **kw)
+            y, upd = module.apply({**variables, "params": params}, x, mask=m, mutable=["batch_stats"])
             weights = jnp.asarray(np.linspace(-1, 2, y.size).reshape(y.shape), jnp.float32)
             return jnp.sum(jnp.where(full, y.astype(jnp.float32) * weights, 0)), (y, upd["batch_stats"])
         (_, (y, stats)), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
