@@ -18,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-host run: process 0's address (or JAX_COORDINATOR_ADDRESS); any of these three "
+                        "options sets distributed=true, and those left out JAX detects (SLURM, Open MPI, ...)")
+    t.add_argument("--num-processes", type=int, metavar="N", help="multi-host run: processes in all")
+    t.add_argument("--process-id", type=int, metavar="I", help="multi-host run: this process's index, 0..N-1")
     e = sub.add_parser("evaluate", help="metrics and figures on a simulated test split or real labelled stamps")
     e.add_argument("run", nargs="+", help="run directories (several: drawn side by side, e.g. rcnn and lc)")
     e.add_argument("--data", help="simulated dataset (its test split is evaluated)")
@@ -194,8 +199,12 @@ def _train(args, cfg) -> int:
     from .data import DatasetError
     from .train import RunError, train
 
+    from .train import Cluster
+
+    launch = (args.coordinator, args.num_processes, args.process_id)
+    cluster = Cluster(*launch) if any(v is not None for v in launch) else None
     try:
-        result = train(args.data, args.out, cfg, progress=not args.no_progress)
+        result = train(args.data, args.out, cfg, progress=not args.no_progress, cluster=cluster)
     except (DatasetError, RunError, ValueError, OSError) as exc:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2

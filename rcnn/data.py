@@ -121,6 +121,15 @@ class SequenceData:
                                             len(self.class_names))
         return out
 
+    def read_mask(self, idx: np.ndarray) -> np.ndarray:
+        """The image mask (len(idx), n_images) of objects `idx`, as `read` gives it, without the images."""
+        idx = np.asarray(idx)
+        with h5py.File(self.path, "r") as f:
+            mask = f["mask"]
+            rows = {int(c): mask[c * self.chunk:(c + 1) * self.chunk, :self.n_images]
+                    for c in np.unique(idx // self.chunk)}
+        return np.stack([rows[int(i) // self.chunk][int(i) % self.chunk] for i in idx]).astype(bool)
+
     def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
         """Object indices of a random batch: a random subset of the objects of a few random chunks."""
         pool = self.indices(split)
@@ -242,27 +251,40 @@ def step_labels(label: np.ndarray, alert: np.ndarray, n_images: int, n_w: int, p
 
 def augment(batch: dict, rng: np.random.Generator) -> dict:
     """Random 90-degree rotation and mirror per sequence (the same for all its images)."""
+    n = len(batch["label"])
+    turns = rng.integers(4, size=n)
+    return _turn(batch, turns, rng.integers(2, size=n).astype(bool))
+
+
+def _turn(batch: dict, turns: np.ndarray, flip: np.ndarray) -> dict:
+    """Each sequence's images rotated by its `turns` quarter turns, then mirrored where `flip`."""
     if "images" not in batch:
         return batch
     img = batch["images"].copy()
-    k = rng.integers(4, size=len(img))
-    flip = rng.integers(2, size=len(img)).astype(bool)
     for r in range(1, 4):
-        sel = k == r
+        sel = turns == r
         img[sel] = np.rot90(img[sel], r, axes=(2, 3))
     img[flip] = img[flip][..., ::-1]
     return {**batch, "images": img}
 
 
-def train_batch(data: SequenceData, cfg: TrainConfig, step: int) -> dict:
-    """The training batch of `step`: a pure function of (seed, step)."""
+def train_batch(data: SequenceData, cfg: TrainConfig, step: int, rows: tuple[int, int] | None = None) -> dict:
+    """The training batch of `step`: a pure function of (seed, step). `rows` = (lo, hi): only rows lo:hi of it
+    are read (a multi-host run's share; every draw is made for the whole batch, so the rows are the same as
+    in the whole batch), plus `batch_mask`, the whole batch's image mask (which `cnn_rows` needs)."""
     rng = np.random.default_rng([cfg.seed, step])
     idx = data.sample(rng, "train", cfg.batch_size)
     factor = None
     if cfg.augment and cfg.augment_brightness_mag > 0:  # brightness must not tell the class: real sets differ
         factor = 10 ** (-0.4 * rng.uniform(-cfg.augment_brightness_mag, cfg.augment_brightness_mag, len(idx)))
-    batch = data.read(idx, factor)
-    return augment(batch, rng) if cfg.augment else batch
+    part = slice(None) if rows is None else slice(*rows)
+    batch = data.read(idx[part], None if factor is None else factor[part])
+    if cfg.augment:  # `augment`'s draws, for the whole batch
+        turns = rng.integers(4, size=len(idx))
+        batch = _turn(batch, turns[part], rng.integers(2, size=len(idx)).astype(bool)[part])
+    if rows is not None:
+        batch["batch_mask"] = data.read_mask(idx)
+    return batch
 
 
 def loader_workers(setting: int, backend: str, cores: int | None = None) -> int:
@@ -327,9 +349,12 @@ def read_ahead(data: SequenceData, index: np.ndarray, batch_size: int, limit: in
         yield from reader
 
 
-def step_batch(data: SequenceData, step: int) -> dict:
-    """`train_batch` with the dataset's own config (a `ReadAhead` function)."""
-    return train_batch(data, data.cfg, step)
+def step_batch(data: SequenceData, item) -> dict:
+    """`train_batch` with the dataset's own config (a `ReadAhead` function); `item` is a step, or (step, lo, hi)
+    for rows lo:hi of that step's batch."""
+    if isinstance(item, tuple):
+        return train_batch(data, data.cfg, item[0], item[1:])
+    return train_batch(data, data.cfg, item)
 
 
 def read_rows(data: SequenceData, idx: np.ndarray) -> dict:

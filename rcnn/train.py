@@ -11,8 +11,11 @@ With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps
 compiled step per size, at most 16).
 
 Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.sharding`), parameters are
-replicated, XLA inserts the gradient all-reduce; `distributed: true` first calls
-`jax.distributed.initialize()` so the mesh spans every host.
+replicated, XLA inserts the gradient all-reduce. Multi-host: with `distributed: true` (or a `Cluster`) each
+process first joins the others through `jax.distributed.initialize()`, so the mesh spans every host; each
+process then reads only its rows of each training batch (the draws are made for the whole batch, so the run
+equals a one-process run on as many devices), and only process 0 writes `config.yaml`, `metrics.jsonl` and
+the progress bar (orbax coordinates the checkpoints). Every process reads the validation batches whole.
 """
 from __future__ import annotations
 
@@ -30,6 +33,40 @@ from .data import ReadAhead, SequenceData, loader_workers, step_batch
 
 class RunError(ValueError):
     """A run directory that does not match the request (names the file and the difference)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """This process's place in a multi-host run: `jax.distributed.initialize`'s arguments. Fields left None
+    JAX detects (SLURM, Open MPI, Kubernetes, mpi4py; the coordinator also from JAX_COORDINATOR_ADDRESS)."""
+
+    coordinator_address: str | None = None   # host:port of process 0's coordination service
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def join_cluster(cluster: Cluster) -> None:
+    """`jax.distributed.initialize` (once per process; before any JAX computation). On CPU hosts the
+    cross-process collectives go through gloo (XLA's CPU client has none by default)."""
+    import jax
+
+    if jax.distributed.is_initialized():
+        return
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # a JAX without the option: GPU/TPU collectives are unaffected
+        pass
+    jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id)
+
+
+def _local_rows(sharding, batch_size: int) -> tuple[int, int]:
+    """(lo, hi): the rows of a batch sharded by `sharding` that this process's devices hold (contiguous: the
+    mesh lists the devices process by process)."""
+    spans = [idx[0].indices(batch_size)[:2] for idx in sharding.addressable_devices_indices_map((batch_size,)).values()]
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise RuntimeError(f"this process's devices hold rows {sorted(spans)} of the batch, not one block")
+    return lo, hi
 
 
 def _mesh():
@@ -54,14 +91,18 @@ def restore_checkpoint(manager, step: int, abstract, where: Path):
                        f"run's config.yaml.{hint} Orbax: {detail[:400]}{' ...' if len(detail) > 400 else ''}") from None
 
 
-def _put(batch: dict, sharding):
+def _put(batch: dict, sharding, size: int | None = None):
     """`jax.device_put` of a batch that, on CPU, also waits for the copy: XLA runs a step whose inputs are
     still in flight later, on its worker thread, where its buffers miss the keep-memory tunables of the
     `rcnn` commands (`rcnn.cli.KEEP_MEMORY_TUNABLES`): every few steps ~9 s of page zeroing at batch 256.
-    On an accelerator the copy overlaps the step in flight, so it does not wait."""
+    On an accelerator the copy overlaps the step in flight, so it does not wait. In a multi-host run the
+    batch is this process's rows (`_local_rows`) of one of `size` rows."""
     import jax
 
-    out = jax.device_put(batch, sharding)
+    if jax.process_count() > 1:
+        out = {k: jax.make_array_from_process_local_data(sharding, v, (size,) + v.shape[1:]) for k, v in batch.items()}
+    else:
+        out = jax.device_put(batch, sharding)
     return jax.block_until_ready(out) if jax.default_backend() == "cpu" else out
 
 
@@ -167,29 +208,39 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
     return True
 
 
-def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) a model; returns the last evaluation's metrics."""
+def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,
+          cluster: Cluster | None = None) -> dict:
+    """Train (or resume) a model; returns the last evaluation's metrics. With `cfg.distributed` (or a
+    `cluster`, which implies it) this process first joins a multi-host run (module docstring)."""
     import jax
     import orbax.checkpoint as ocp
     import yaml
+    from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
     from tqdm.auto import tqdm
 
     from .losses import class_weights
     from .models import build_model
 
-    if cfg.distributed:
-        jax.distributed.initialize()
+    if cluster is not None and not cfg.distributed:
+        cfg = dataclasses.replace(cfg, distributed=True)
     data_path, run_dir = Path(data_path), Path(run_dir)
     data = SequenceData(data_path, cfg)  # validates before anything compiles
-    n_dev = jax.device_count()
+    if cfg.distributed:
+        join_cluster(cluster or Cluster())
+    n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {n_dev} devices")
     resume = _check_run_dir(run_dir, cfg, data_path)
+    if multi:  # every process has looked before process 0 writes
+        multihost_utils.sync_global_devices("stampseq: run directory checked")
     class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({**dataclasses.asdict(cfg), "_data": str(data_path.resolve()),
-                                                         "_class_names": class_names}, sort_keys=True))
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(
+            {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_class_names": class_names}, sort_keys=True))
+    if multi:  # the run directory exists before any process opens its checkpoints
+        multihost_utils.sync_global_devices("stampseq: run directory written")
     n_classes = len(class_names)
     model = build_model(cfg, n_classes)
     tx = _optimizer(cfg)
@@ -200,6 +251,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     mesh = _mesh()
     shard = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
+    rows = _local_rows(shard, cfg.batch_size) if multi else None
     example = {k: v[: cfg.batch_size] for k, v in data.read(data.indices("train")[:1].repeat(n_dev)).items()}
     state = init_state(model, tx, cfg, example)
     if cfg.init_from:
@@ -211,7 +263,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
                            f"{data_path}'s {class_names} ({cfg.model})")
         state = {**state, "params": source.variables["params"], "batch_stats": source.variables["batch_stats"],
                  "opt_state": tx.init(source.variables["params"])}
-    state = jax.device_put(state, replicated)
+    state = jax.device_put(jax.device_get(state) if multi else state, replicated)
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     last = ocp.CheckpointManager((run_dir / "checkpoints" / "last").resolve(), options=options)
     best = ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options)
@@ -222,42 +274,47 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         state = restore_checkpoint(last, start, abstract, run_dir / "checkpoints" / "last")
         state = jax.device_put(state, replicated)
-        if metrics_file.exists():  # drop evaluations logged after the checkpoint (a kill between the two)
+        if metrics_file.exists() and primary:  # drop evaluations logged after the checkpoint (a kill between)
             lines = [ln for ln in metrics_file.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
             metrics_file.write_text("".join(ln + "\n" for ln in lines))
-    elif metrics_file.exists():
+    elif metrics_file.exists() and primary:
         metrics_file.unlink()
     base_key = jax.random.PRNGKey(cfg.seed)
     result: dict = {}
     if start >= cfg.iterations:
         return _last_metrics(metrics_file)
-    prefetch = ReadAhead(data, step_batch, range(start, cfg.iterations),
-                         loader_workers(cfg.loader_workers, jax.default_backend()), cfg.prefetch)
-    bar = tqdm(total=cfg.iterations, initial=start, unit="it", desc=f"train {cfg.model}", disable=not progress)
+    items = range(start, cfg.iterations) if rows is None else ((s, *rows) for s in range(start, cfg.iterations))
+    prefetch = ReadAhead(data, step_batch, items, loader_workers(cfg.loader_workers, jax.default_backend()),
+                         cfg.prefetch)
+    bar = tqdm(total=cfg.iterations, initial=start, unit="it", desc=f"train {cfg.model}",
+               disable=not (progress and primary))
     losses, t_start, seqs = [], time.perf_counter(), 0
     try:
-        for step, batch in prefetch:
-            rows = cnn_rows(model, cfg, batch["mask"], n_dev)
-            batch = _put(dict(batch), shard)
-            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), rows)
+        for item, batch in prefetch:
+            step = item[0] if rows else item
+            batch = dict(batch)
+            packing = cnn_rows(model, cfg, batch.pop("batch_mask", batch["mask"]), n_dev)
+            batch = _put(batch, shard, cfg.batch_size)
+            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), packing)
             losses.append(loss)
             seqs += cfg.batch_size
             bar.update(1)
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.iterations:
                 train_loss = float(np.mean(jax.device_get(losses)))
-                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard, model)
+                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard, model, rows)
                 elapsed = time.perf_counter() - t_start
                 result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
                           "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
                 if val_loss < float(state["best_val_loss"]):
-                    state = {**state, "best_val_loss": jax.numpy.asarray(val_loss, jax.numpy.float32)}
+                    state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
                     best.save(done, args=ocp.args.StandardSave(state), force=True)
                     best.wait_until_finished()
                 last.save(done, args=ocp.args.StandardSave(state), force=True)
                 last.wait_until_finished()
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(result) + "\n")
+                if primary:
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps(result) + "\n")
                 bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.2f}")
                 losses, seqs, t_start = [], 0, time.perf_counter()
     finally:
@@ -284,13 +341,17 @@ def _optimizer(cfg: TrainConfig):
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
-def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, model) -> tuple[float, float]:
+def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, model,
+              rows: tuple[int, int] | None = None) -> tuple[float, float]:
+    """Validation loss and accuracy; `rows`: this process's rows of each batch in a multi-host run."""
     import jax
 
     total, correct, n = 0.0, 0.0, 0.0
     for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
         batch = _pad(batch, cfg.batch_size)
-        out = eval_step(state, _put(batch, shard), cnn_rows(model, cfg, batch["mask"], jax.device_count()))
+        packing = cnn_rows(model, cfg, batch["mask"], jax.device_count())
+        mine = batch if rows is None else {k: v[rows[0]:rows[1]] for k, v in batch.items()}
+        out = eval_step(state, _put(mine, shard, cfg.batch_size), packing)
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:

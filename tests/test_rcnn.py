@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 
 from photometry.dataset import run_photometry
 from rcnn.cli import glibc_linux, huge_pages_available
@@ -521,6 +522,47 @@ def test_data_parallel_over_two_devices_matches_one(dataset, tmp_path):
     assert out[2]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-5)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_as_one_on_two_devices(dataset, tmp_path):
+    """A multi-host run (two `rcnn train` processes joined through `jax.distributed`, one CPU device each, gloo
+    collectives) trains exactly as one process on two devices: each process reads only its half of every
+    training batch, with the whole batch's draws. Only process 0 writes the metrics, once per evaluation."""
+    sets = ["--set", "iterations=4", "--set", "eval_every=2", "--set", "batch_size=16", "--set", "conv_filters=8",
+            "--set", "dense_units=16", "--set", "rnn_units=8", "--no-progress"]
+    cli = [sys.executable, "-m", "rcnn.cli", "train", str(dataset)]
+    port = _free_port()
+    env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(cli + sets + ["--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}",
+                                            "--num-processes", "2", "--process-id", str(i)],
+                              env=env1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-3000:]
+    env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    one = subprocess.run(cli + sets + ["--out", str(tmp_path / "one")], env=env2, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    multi = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in multi] == [m["step"] for m in single] == [2, 4]
+    for m, s in zip(multi, single):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert m[key] == pytest.approx(s[key], rel=1e-5), (key, m, s)
+    saved = yaml.safe_load((tmp_path / "multi" / "config.yaml").read_text())
+    assert saved["distributed"] is True
+    assert (tmp_path / "multi" / "checkpoints" / "best").is_dir()
+
+
 _SHARDED_PACKING = """
 import json, jax, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -642,6 +684,21 @@ def test_brightness_augmentation(dataset):
     assert not np.allclose(np.abs(a["images"]).sum((1, 2, 3)), np.abs(plain["images"]).sum((1, 2, 3)))
     with pytest.raises(ValueError, match="augment_brightness_mag must be >= 0"):
         TrainConfig(augment_brightness_mag=-1)
+
+
+def test_a_share_of_a_training_batch_is_those_rows_of_it(dataset):
+    """A multi-host process's share of a training batch (`rows`) holds exactly those rows of the whole batch,
+    augmentation and brightness draws included, and the whole batch's mask."""
+    from rcnn.data import train_batch
+
+    for model in ("rcnn", "lc"):
+        cfg = TrainConfig(model=model, augment_brightness_mag=1.0, **TINY)
+        data = SequenceData(dataset, cfg)
+        whole, part = train_batch(data, cfg, 5), train_batch(data, cfg, 5, rows=(8, 24))
+        assert set(part) == set(whole) | {"batch_mask"}
+        np.testing.assert_array_equal(part.pop("batch_mask"), whole["mask"])
+        for k, v in whole.items():
+            np.testing.assert_array_equal(part[k], v[8:24], err_msg=k)
 
 
 def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
