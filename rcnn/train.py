@@ -199,7 +199,7 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
         saved_cfg = saved
     mine = dataclasses.asdict(cfg)
     diff = {k: (saved_cfg.get(k), v) for k, v in mine.items()
-            if k not in ("iterations", "prefetch", "loader_workers") and saved_cfg.get(k) != v}
+            if k not in ("iterations", "prefetch", "loader_workers", "distributed") and saved_cfg.get(k) != v}
     if saved.get("_data") not in (None, str(data_path.resolve())):
         diff["data"] = (saved.get("_data"), str(data_path.resolve()))
     if diff:

@@ -532,29 +532,35 @@ def _free_port() -> int:
 
 def test_two_processes_train_as_one_on_two_devices(dataset, tmp_path):
     """A multi-host run (two `rcnn train` processes joined through `jax.distributed`, one CPU device each, gloo
-    collectives) trains exactly as one process on two devices: each process reads only its half of every
-    training batch, with the whole batch's draws. Only process 0 writes the metrics, once per evaluation."""
-    sets = ["--set", "iterations=4", "--set", "eval_every=2", "--set", "batch_size=16", "--set", "conv_filters=8",
-            "--set", "dense_units=16", "--set", "rnn_units=8", "--no-progress"]
-    cli = [sys.executable, "-m", "rcnn.cli", "train", str(dataset)]
-    port = _free_port()
-    env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen(cli + sets + ["--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}",
-                                            "--num-processes", "2", "--process-id", str(i)],
-                              env=env1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        outs = [proc.communicate(timeout=300) for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, (_, err) in zip(procs, outs):
-        assert proc.returncode == 0, err[-3000:]
-    env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    one = subprocess.run(cli + sets + ["--out", str(tmp_path / "one")], env=env2, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
+    collectives) trains exactly as one process on two devices, and extends (resumes) alike: each process reads
+    only its half of every training batch, with the whole batch's draws. Only process 0 writes the metrics,
+    once per evaluation."""
+    cli = [sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--no-progress"]
+    sets = [f"--set={kv}" for kv in ("eval_every=2", "batch_size=16", "conv_filters=8", "dense_units=16", "rnn_units=8")]
+
+    def run(iterations: int) -> None:
+        port = _free_port()
+        env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        launch = ["--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        args = cli + sets + [f"--set=iterations={iterations}"]
+        procs = [subprocess.Popen(args + launch + ["--process-id", str(i)], env=env1, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        try:
+            outs = [proc.communicate(timeout=300) for proc in procs]
+        finally:
+            for proc in procs:
+                proc.kill()
+        for proc, (_, err) in zip(procs, outs):
+            assert proc.returncode == 0, err[-3000:]
+        env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        one = subprocess.run(args + ["--out", str(tmp_path / "one")], env=env2, capture_output=True, text=True)
+        assert one.returncode == 0, one.stderr[-3000:]
+
+    run(4)
+    run(6)  # both extend their finished runs from the last checkpoint
     multi = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in multi] == [m["step"] for m in single] == [2, 4]
+    assert [m["step"] for m in multi] == [m["step"] for m in single] == [2, 4, 6]
     for m, s in zip(multi, single):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert m[key] == pytest.approx(s[key], rel=1e-5), (key, m, s)
