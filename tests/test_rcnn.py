@@ -692,6 +692,38 @@ def test_brightness_augmentation(dataset):
         TrainConfig(augment_brightness_mag=-1)
 
 
+def test_bfloat16_mixed_precision(dataset, tmp_path):
+    """dtype bfloat16: the convolutions and matmuls compute in bf16, the weights (and Adam's state) stay float32,
+    and training follows the float32 run's losses to bf16 precision."""
+    from rcnn.inference import Classifier
+    from rcnn.models import apply_model
+
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = TrainConfig(dtype=dtype, iterations=4, eval_every=2, **TINY)
+        train(dataset, tmp_path / dtype, cfg, progress=False)
+        runs[dtype] = [json.loads(x) for x in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(runs["float32"], runs["bfloat16"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.01)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.01)
+    clf = Classifier(tmp_path / "bfloat16")
+    assert {v.dtype for v in jax.tree_util.tree_leaves(clf.variables)} == {jnp.dtype(jnp.float32)}
+    batch = SequenceData(dataset, clf.cfg).read(np.arange(2))
+    def eqns(jaxpr):  # every equation, inside custom_vjp calls and sub-jaxprs too
+        for e in jaxpr.eqns:
+            yield e
+            for v in e.params.values():
+                for sub in v if isinstance(v, (tuple, list)) else (v,):
+                    if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                        yield from eqns(getattr(sub, "jaxpr", sub))
+
+    jaxpr = jax.make_jaxpr(lambda v: apply_model(clf.model, v, batch, train=False))(clf.variables)
+    heavy = {(e.primitive.name, e.invars[0].aval.dtype) for e in eqns(jaxpr.jaxpr)
+             if e.primitive.name in ("conv_general_dilated", "dot_general")}
+    bf16 = jnp.dtype(jnp.bfloat16)
+    assert heavy == {("conv_general_dilated", bf16), ("dot_general", bf16)}
+
+
 def test_a_share_of_a_training_batch_is_those_rows_of_it(dataset):
     """A multi-host process's share of a training batch (`rows`) holds exactly those rows of the whole batch,
     augmentation and brightness draws included, and the whole batch's mask."""
