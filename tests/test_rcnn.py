@@ -737,6 +737,12 @@ def test_a_share_of_a_training_batch_is_those_rows_of_it(dataset):
         np.testing.assert_array_equal(part.pop("batch_mask"), whole["mask"])
         for k, v in whole.items():
             np.testing.assert_array_equal(part[k], v[8:24], err_msg=k)
+    from rcnn.data import ReadAhead, step_batch
+
+    with ReadAhead(data, step_batch, [(5, 8, 24), (6, 0, 16)], workers=1, ahead=2) as reader:  # input processes
+        for (step, lo, hi), got in reader:
+            want = train_batch(data, cfg, step, rows=(lo, hi))
+            assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
