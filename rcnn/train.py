@@ -56,7 +56,11 @@ def join_cluster(cluster: Cluster) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except AttributeError:  # a JAX without the option: GPU/TPU collectives are unaffected
         pass
-    jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id)
+    try:
+        jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id)
+    except (ValueError, TypeError) as exc:  # what JAX could not detect or was given wrong
+        raise RunError(f"cannot join a multi-host run with {cluster} (coordinator also from "
+                       f"JAX_COORDINATOR_ADDRESS; others detected on SLURM, Open MPI, Kubernetes): {exc}") from None
 
 
 def _local_rows(sharding, batch_size: int) -> tuple[int, int]:

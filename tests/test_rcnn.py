@@ -569,6 +569,16 @@ def test_two_processes_train_as_one_on_two_devices(dataset, tmp_path):
     assert (tmp_path / "multi" / "checkpoints" / "best").is_dir()
 
 
+def test_multi_host_launch_errors_are_clear(dataset, tmp_path):
+    """A multi-host launch JAX cannot complete (no process count given, none to detect) is a clear error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--out", str(tmp_path / "r"),
+                           "--coordinator", "127.0.0.1:1"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot join a multi-host run" in proc.stderr and "Number of processes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 _SHARDED_PACKING = """
 import json, jax, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
