@@ -197,9 +197,7 @@ def main(argv=None) -> int:
 
 def _train(args, cfg) -> int:
     from .data import DatasetError
-    from .train import RunError, train
-
-    from .train import Cluster
+    from .train import Cluster, RunError, train
 
     launch = (args.coordinator, args.num_processes, args.process_id)
     cluster = Cluster(*launch) if any(v is not None for v in launch) else None
