@@ -530,17 +530,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_train_as_one_on_two_devices(dataset, tmp_path):
-    """A multi-host run (two `rcnn train` processes joined through `jax.distributed`, one CPU device each, gloo
-    collectives) trains exactly as one process on two devices, and extends (resumes) alike: each process reads
-    only its half of every training batch, with the whole batch's draws. Only process 0 writes the metrics,
+def test_two_processes_train_as_one_on_four_devices(dataset, tmp_path):
+    """A multi-host run (two `rcnn train` processes joined through `jax.distributed`, two CPU devices each, gloo
+    collectives) trains exactly as one process on four devices, and extends (resumes) alike: each process reads
+    only its half of every training batch (two devices' shards), with the whole batch's draws. Only process 0 writes the metrics,
     once per evaluation."""
     cli = [sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--no-progress"]
     sets = [f"--set={kv}" for kv in ("eval_every=2", "batch_size=16", "conv_filters=8", "dense_units=16", "rnn_units=8")]
 
     def run(iterations: int) -> None:
         port = _free_port()
-        env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
         launch = ["--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
         args = cli + sets + [f"--set=iterations={iterations}"]
         procs = [subprocess.Popen(args + launch + ["--process-id", str(i)], env=env1, stdout=subprocess.PIPE,
@@ -552,7 +552,7 @@ def test_two_processes_train_as_one_on_two_devices(dataset, tmp_path):
                 proc.kill()
         for proc, (_, err) in zip(procs, outs):
             assert proc.returncode == 0, err[-3000:]
-        env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
         one = subprocess.run(args + ["--out", str(tmp_path / "one")], env=env2, capture_output=True, text=True)
         assert one.returncode == 0, one.stderr[-3000:]
 
