@@ -15,7 +15,7 @@ replicated, XLA inserts the gradient all-reduce. Multi-host: with `distributed: 
 process first joins the others through `jax.distributed.initialize()`, so the mesh spans every host; each
 process then reads only its rows of each training batch (the draws are made for the whole batch, so the run
 equals a one-process run on as many devices), and only process 0 writes `config.yaml`, `metrics.jsonl` and
-the progress bar (orbax coordinates the checkpoints). Every process reads the validation batches whole.
+the progress bar (orbax coordinates the checkpoints). Validation batches are read in shares alike.
 """
 from __future__ import annotations
 
@@ -350,17 +350,35 @@ def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, mod
     """Validation loss and accuracy; `rows`: this process's rows of each batch in a multi-host run."""
     import jax
 
+    batches = _validation_batches(data, cfg) if rows is None else _validation_shares(data, cfg, rows)
     total, correct, n = 0.0, 0.0, 0.0
-    for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
-        batch = _pad(batch, cfg.batch_size)
-        packing = cnn_rows(model, cfg, batch["mask"], jax.device_count())
-        mine = batch if rows is None else {k: v[rows[0]:rows[1]] for k, v in batch.items()}
-        out = eval_step(state, _put(mine, shard, cfg.batch_size), packing)
+    for mask, batch in batches:
+        packing = cnn_rows(model, cfg, mask, jax.device_count())
+        out = eval_step(state, _put(batch, shard, cfg.batch_size), packing)
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
     if n == 0:
         raise ValueError(f"{data.path}: the {cfg.validation_split} split is empty")
     return total / n, correct / n
+
+
+def _validation_batches(data: SequenceData, cfg: TrainConfig):
+    """(mask, batch) for each validation batch: consecutive objects, read ahead, padded to the batch size."""
+    for batch in data.batches(cfg.validation_split, cfg.batch_size, cfg.eval_batches):
+        batch = _pad(batch, cfg.batch_size)
+        yield batch["mask"], batch
+
+
+def _validation_shares(data: SequenceData, cfg: TrainConfig, rows: tuple[int, int]):
+    """(the whole batch's mask, this process's rows lo:hi of it) for each validation batch of a multi-host run:
+    the batches `_evaluate` reads in one process (consecutive objects, padded with the first), read in part."""
+    index = data.indices(cfg.validation_split)
+    for start in range(0, len(index), cfg.batch_size)[:cfg.eval_batches]:
+        idx = index[start:start + cfg.batch_size]
+        padded = np.concatenate([idx, np.repeat(idx[:1], cfg.batch_size - len(idx))])
+        share = data.read(padded[rows[0]:rows[1]])
+        share["weight"] = (np.arange(cfg.batch_size) < len(idx))[rows[0]:rows[1]].astype(np.float32)
+        yield data.read_mask(padded), share
 
 
 def _last_metrics(metrics_file: Path) -> dict:

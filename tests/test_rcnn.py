@@ -747,6 +747,17 @@ def test_a_share_of_a_training_batch_is_those_rows_of_it(dataset):
         np.testing.assert_array_equal(part.pop("batch_mask"), whole["mask"])
         for k, v in whole.items():
             np.testing.assert_array_equal(part[k], v[8:24], err_msg=k)
+    from rcnn.train import _validation_batches, _validation_shares
+
+    whole = list(_validation_batches(data, cfg))  # 12 validation objects: the second share is all padding
+    halves = [list(_validation_shares(data, cfg, rows)) for rows in ((0, 16), (16, 32))]
+    assert len(whole) == len(halves[0]) == len(halves[1]) >= 1
+    for (mask, batch), (mask0, a), (mask1, b) in zip(whole, *halves):
+        np.testing.assert_array_equal(mask0, mask)
+        np.testing.assert_array_equal(mask1, mask)
+        assert set(a) == set(batch)
+        for k, v in batch.items():
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), v, err_msg=k)
     from rcnn.data import ReadAhead, step_batch
 
     with ReadAhead(data, step_batch, [(5, 8, 24), (6, 0, 16)], workers=1, ahead=2) as reader:  # input processes
