@@ -90,22 +90,9 @@ class SequenceData:
         """Model inputs for objects `idx` (any order), validated: images or light curves, dt, masks, labels;
         `flux_factor` (len(idx),) rescales each sequence's fluxes (brightness augmentation)."""
         idx = np.asarray(idx)
-        order = np.argsort(idx)
-        sorted_idx = idx[order]
-        t = self.n_images
         keys = ["mask", "mjd", "conditions/sky_adu", "conditions/zero_point"]
         keys += ["stamps"] if self.cfg.model == "rcnn" else list(LC_REQUIRED)
-        raw = {k: [] for k in keys}
-        with h5py.File(self.path, "r") as f:
-            # whole chunks, then the rows wanted: one decompression per chunk
-            for c in np.unique(sorted_idx // self.chunk):
-                lo = c * self.chunk
-                rows = sorted_idx[(sorted_idx >= lo) & (sorted_idx < lo + self.chunk)] - lo
-                for k in keys:
-                    raw[k].append(f[k][lo:lo + self.chunk, :t][rows])
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        raw = {k: np.concatenate(v)[back] for k, v in raw.items()}
+        raw = self._raw(idx, keys)
         try:
             out = prepare_inputs(self.cfg, raw["mask"], raw["mjd"], raw["conditions/sky_adu"],
                                  raw["conditions/zero_point"], raw.get("stamps"), raw.get("photometry/lc_flux"),
@@ -123,12 +110,23 @@ class SequenceData:
 
     def read_mask(self, idx: np.ndarray) -> np.ndarray:
         """The image mask (len(idx), n_images) of objects `idx`, as `read` gives it, without the images."""
-        idx = np.asarray(idx)
+        return self._raw(np.asarray(idx), ["mask"])["mask"].astype(bool)
+
+    def _raw(self, idx: np.ndarray, keys: list[str]) -> dict:
+        """Datasets `keys` at objects `idx` (any order, repeats allowed), first `n_images` epochs: whole chunks
+        read, then the rows wanted (one decompression per chunk)."""
+        order = np.argsort(idx)
+        sorted_idx = idx[order]
+        raw = {k: [] for k in keys}
         with h5py.File(self.path, "r") as f:
-            mask = f["mask"]
-            rows = {int(c): mask[c * self.chunk:(c + 1) * self.chunk, :self.n_images]
-                    for c in np.unique(idx // self.chunk)}
-        return np.stack([rows[int(i) // self.chunk][int(i) % self.chunk] for i in idx]).astype(bool)
+            for c in np.unique(sorted_idx // self.chunk):
+                lo = c * self.chunk
+                rows = sorted_idx[(sorted_idx >= lo) & (sorted_idx < lo + self.chunk)] - lo
+                for k in keys:
+                    raw[k].append(f[k][lo:lo + self.chunk, :self.n_images][rows])
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return {k: np.concatenate(v)[back] for k, v in raw.items()}
 
     def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
         """Object indices of a random batch: a random subset of the objects of a few random chunks."""
@@ -251,9 +249,13 @@ def step_labels(label: np.ndarray, alert: np.ndarray, n_images: int, n_w: int, p
 
 def augment(batch: dict, rng: np.random.Generator) -> dict:
     """Random 90-degree rotation and mirror per sequence (the same for all its images)."""
-    n = len(batch["label"])
+    return _turn(batch, *_augment_draws(rng, len(batch["label"])))
+
+
+def _augment_draws(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`augment`'s draws for n sequences, in their order: quarter turns (0-3), then mirror flags."""
     turns = rng.integers(4, size=n)
-    return _turn(batch, turns, rng.integers(2, size=n).astype(bool))
+    return turns, rng.integers(2, size=n).astype(bool)
 
 
 def _turn(batch: dict, turns: np.ndarray, flip: np.ndarray) -> dict:
@@ -279,9 +281,9 @@ def train_batch(data: SequenceData, cfg: TrainConfig, step: int, rows: tuple[int
         factor = 10 ** (-0.4 * rng.uniform(-cfg.augment_brightness_mag, cfg.augment_brightness_mag, len(idx)))
     part = slice(None) if rows is None else slice(*rows)
     batch = data.read(idx[part], None if factor is None else factor[part])
-    if cfg.augment:  # `augment`'s draws, for the whole batch
-        turns = rng.integers(4, size=len(idx))
-        batch = _turn(batch, turns[part], rng.integers(2, size=len(idx)).astype(bool)[part])
+    if cfg.augment:  # drawn for the whole batch
+        turns, flip = _augment_draws(rng, len(idx))
+        batch = _turn(batch, turns[part], flip[part])
     if rows is not None:
         batch["batch_mask"] = data.read_mask(idx)
     return batch
