@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.render import Renderer, StampParams
-
 #: Pixel values at or below this are sentinels (real HiTS stamps hold -9999), at or above BAD_HIGH absurd.
 BAD_LOW, BAD_HIGH = -1000.0, 1e7
 
@@ -71,11 +69,15 @@ class OptimalPhotometry:
     def __init__(self, stamp_size: int = 21, psf: str = "moffat", moffat_beta: float = 4.2,
                  fit_snr: float = 5.0, iterations: int = 3, shift_step_px: float = 0.05,
                  position_prior_px: float = 0.29, centring_px: float = 1.0):
+        from simulator.render import Renderer  # GalSim: imported only when photometry is measured
+
         self.renderer = Renderer(stamp_size, psf=psf, moffat_beta=moffat_beta)
         self.fit_snr, self.iterations, self.h = fit_snr, iterations, shift_step_px
         self.position_prior_px, self.centring_px = position_prior_px, centring_px
 
     def _psf(self, fwhm_px, dx, dy, box_px: float = 0.0) -> np.ndarray:
+        from simulator.render import StampParams
+
         return self.renderer.render(StampParams.point_sources(np.ones(len(fwhm_px)), fwhm_px, dx, dy),
                                     box_px=box_px).astype(float)
 

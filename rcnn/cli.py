@@ -214,7 +214,6 @@ def _other(args) -> int:
     """evaluate, baseline, classify, finetune, import-real."""
     from .data import DatasetError
     from .evaluate import ClassMapError, evaluate, parse_class_map
-    from .real import ImportError_, import_real
     from .train import RunError
 
     try:
@@ -250,8 +249,10 @@ def _other(args) -> int:
                 print(f"{name}: held-out balanced recall {e['balanced_recall']:.3f} | "
                       + ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items()))
         else:
+            from .real import import_real  # its errors (ImportError_) are ValueErrors
+
             print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
-    except (DatasetError, RunError, ClassMapError, ImportError_, ValueError, OSError, KeyError) as exc:
+    except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

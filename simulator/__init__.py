@@ -1,9 +1,15 @@
 """Simulated stamp sequences: light curves -> GalSim-exact batched rendering -> CCD noise -> HDF5 datasets."""
-from .flux import adu_to_mag, mag_to_adu
-from .noise import add_ccd_noise
-from .render import HostParams, Renderer, StampParams
-from .run import simulate
-from .settings import ALL_CLASSES, SimConfig, load_config
+from importlib import import_module
 
-__all__ = ["ALL_CLASSES", "HostParams", "Renderer", "SimConfig", "StampParams", "add_ccd_noise", "adu_to_mag",
-           "load_config", "mag_to_adu", "simulate"]
+#: Public names -> the submodule defining them. They load on first use (PEP 562), so that `rcnn`, which only
+#: reads datasets (`simulator.dataset`), starts without importing GalSim, sncosmo and astropy.
+_EXPORTS = {"adu_to_mag": "flux", "mag_to_adu": "flux", "add_ccd_noise": "noise", "HostParams": "render",
+            "Renderer": "render", "StampParams": "render", "simulate": "run", "ALL_CLASSES": "settings",
+            "SimConfig": "settings", "load_config": "settings"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

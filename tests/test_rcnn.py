@@ -467,6 +467,35 @@ def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     assert proc.returncode == 2 and "missing dataset" in proc.stderr and "Traceback" not in proc.stderr
 
 
+BLOCK_SIMULATOR_DEPENDENCIES = """import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"galsim", "sncosmo", "astropy", "photutils", "speclite", "extinction", "dask"}:
+            raise ImportError(f"{name} is blocked by this test")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_network_commands_run_without_the_simulator_dependencies(dataset, tmp_path):
+    """`rcnn train|evaluate|classify` only read datasets: they must not import GalSim, sncosmo, astropy, ...
+    (start-up time; GPU nodes where only the network's packages are installed)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_SIMULATOR_DEPENDENCIES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()])}
+    sizes = [f"--set={k}={v}" for k, v in TINY.items()]
+    run, cli = tmp_path / "run", [sys.executable, "-m", "rcnn.cli"]
+    for args in (["train", str(dataset), "--model", "rcnn", *sizes, "--set=iterations=2", "--set=eval_every=2",
+                  "--no-progress", "--out", str(run)],
+                 ["evaluate", str(run), "--data", str(dataset), "--out", str(tmp_path / "report")],
+                 ["classify", str(run), str(dataset), "--out", str(tmp_path / "probs")]):
+        proc = subprocess.run(cli + args, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "metrics.jsonl").exists() and (tmp_path / "report" / "metrics.json").exists()
+    assert (tmp_path / "probs" / "probabilities.csv").exists()
+    blocked = subprocess.run([sys.executable, "-c", "import galsim"], env=env, capture_output=True, text=True)
+    assert "blocked by this test" in blocked.stderr  # the block itself works
+
+
 def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
     train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
     from rcnn.train import RunError
