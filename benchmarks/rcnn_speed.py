@@ -1,8 +1,8 @@
 """RCNN training and inference throughput (Table 3 sizes, T = 20, n_w = 3) against the machine's matmul peak.
 
-Prints one line: matmul peak GFLOP/s (f32 2048^2, jit, best of 10), training sequences/s (one jit train
-step: forward, backward, Adam; median), inference sequences/s, the model FLOPs per training sequence (and
-XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kernel's share of the CPU time
+Prints one line: matmul peak GFLOP/s (jit, best of 10: f32 2048^2 on CPU, 8192^2 in `--dtype` on an
+accelerator), training sequences/s (one jit train step: forward, backward, Adam; median), inference
+sequences/s, the model FLOPs per training sequence (and XLA's count), the achieved model GFLOP/s as a fraction of the peak and the kernel's share of the CPU time
 (mostly page zeroing), each in its own process (XLA reads its flags, glibc its tunables, once):
   - as `rcnn train` runs: its XLA flags (rcnn.cli.use_fast_cpu_flags), glibc tunables
     (rcnn.cli.with_runtime_tunables) and computations on the calling thread (rcnn.cli.run_on_calling_thread);
@@ -17,8 +17,10 @@ With --repeats R the variants run R times interleaved (timings on a shared machi
 runs): medians are printed, each run's training figure after them, and the median ratio of paired runs
 as `rcnn train` / with plain lax convolutions.
 Synthetic inputs: this measures the model, not I/O.
+On an accelerator only `train`, `every-step` and `evaluate` run by default (the others differ from them in
+CPU settings only); `--variants` picks any subset.
 Usage: PYTHONPATH=. python benchmarks/rcnn_speed.py [--batch 256] [--steps 3] [--repeats 1] [--model rcnn|lc]
-       [--masks DATA.h5]
+       [--masks DATA.h5] [--dtype float32|bfloat16] [--variants train,evaluate,...]
 """
 from __future__ import annotations
 
@@ -87,9 +89,11 @@ def child(args) -> dict:
     from rcnn.models import build_model
     from rcnn.train import cnn_rows, init_state, make_functions
 
-    a = jnp.ones((2048, 2048), jnp.float32)
+    device = str(jax.devices()[0].platform)
+    n = 2048 if device == "cpu" else 8192  # an accelerator needs a larger product to reach its peak
+    a = jnp.ones((n, n), jnp.float32 if device == "cpu" else args.dtype)  # on an accelerator: the step's dtype
     mm = jax.jit(lambda x: x @ x)
-    peak = 2 * 2048 ** 3 / _timed(lambda: mm(a).block_until_ready(), 10, best=True) / 1e9
+    peak = 2 * n ** 3 / _timed(lambda: mm(a).block_until_ready(), 10, best=True) / 1e9
     cfg = TrainConfig(model=args.model, batch_size=args.batch, dtype=args.dtype, pack_steps=not args.no_pack)
     rng = np.random.default_rng(0)
     b, t = args.batch, 20
@@ -114,7 +118,6 @@ def child(args) -> dict:
     train_step, eval_step = make_functions(model, tx, cfg, np.ones(7, np.float32))
     state = init_state(model, tx, cfg, batch)
     key = jax.random.PRNGKey(0)
-    device = str(jax.devices()[0].platform)
     if args.infer_only:
         t_infer = _timed(lambda: jax.block_until_ready(eval_step(state, batch, n_rows)), args.steps)
         return {"peak_gflops": peak, "infer_seq_s": b / t_infer, "device": device}
@@ -141,8 +144,10 @@ def child(args) -> dict:
 
 @dataclass(frozen=True)
 class Variant:
-    """One child configuration: XLA_FLAGS, GLIBC_TUNABLES, XLA on the calling thread, training timed (else
-    inference only), plain lax convolutions, run in the first repeat only, `pack_steps` off."""
+    """One child configuration: its short name (`--variants`), XLA_FLAGS, GLIBC_TUNABLES, XLA on the calling
+    thread, training timed (else inference only), plain lax convolutions, run in the first repeat only,
+    `pack_steps` off."""
+    name: str
     label: str
     flags: str
     tunables: str
@@ -151,6 +156,14 @@ class Variant:
     plain_conv: bool
     once: bool = False
     no_pack: bool = False
+
+
+def _backend() -> str:
+    """JAX's default backend, asked of a child process (this one must not import jax: XLA reads its flags
+    once, and each variant sets its own)."""
+    proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                          text=True, check=True)
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -162,6 +175,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved runs of each variant (medians printed; XLA defaults run once)")
     ap.add_argument("--masks", help="dataset (HDF5) whose mask rows the sequences take (default: every image valid)")
+    ap.add_argument("--variants", help="comma-separated subset of train, every-step (with --masks), evaluate, "
+                                       "plain, defaults (default: all on CPU; on an accelerator, where the others "
+                                       "differ only in CPU settings, train, every-step and evaluate)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-pack", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
@@ -178,15 +194,24 @@ def main() -> None:
     ours = (HUGE_PAGE_TUNABLE,) + KEEP_MEMORY_TUNABLES
     plain = ":".join(t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours)
     tuned = with_runtime_tunables(plain)
-    as_train = Variant("as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
-    plain_lax = Variant("rcnn train with plain lax convolutions", train_flags, tuned, sync=True, train=True,
+    as_train = Variant("train", "as rcnn train", train_flags, tuned, sync=True, train=True, plain_conv=False)
+    plain_lax = Variant("plain", "rcnn train with plain lax convolutions", train_flags, tuned, sync=True, train=True,
                         plain_conv=True)
-    every_step = Variant("as rcnn train with pack_steps false", train_flags, tuned, sync=True, train=True,
+    every_step = Variant("every-step", "as rcnn train with pack_steps false", train_flags, tuned, sync=True, train=True,
                          plain_conv=False, no_pack=True)
-    variants = (as_train, Variant("as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), plain_lax,
-                Variant("XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
+    variants = (as_train, Variant("evaluate", "as rcnn evaluate", base, tuned, sync=True, train=False, plain_conv=False), plain_lax,
+                Variant("defaults", "XLA defaults", base, plain, sync=False, train=True, plain_conv=True, once=True))
     if args.masks:
         variants = variants[:1] + (every_step,) + variants[1:]
+    if args.variants:
+        chosen = args.variants.split(",")
+    else:
+        cpu = _backend() == "cpu"
+        chosen = [v.name for v in variants if cpu or v.name in ("train", "every-step", "evaluate")]
+    unknown = sorted(set(chosen) - {v.name for v in variants})
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {[v.name for v in variants]}")
+    variants = tuple(v for v in variants if v.name in chosen)
     runs: dict[str, list] = {v.label: [] for v in variants}
     for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
         for v in variants:
@@ -220,7 +245,7 @@ def main() -> None:
                      f"{r['achieved_gflops'] / r['peak_gflops']:.0%} of peak; kernel {r['kernel_share']:.0%} of CPU time) "
                      f"| inference {r['infer_seq_s']:.1f} seq/s")
     for ref, name in ((plain_lax, "plain lax"), (every_step, "every step")):
-        pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs[as_train.label], runs.get(ref.label, []))
+        pairs = [a["train_seq_s"] / b["train_seq_s"] for a, b in zip(runs.get(as_train.label, []), runs.get(ref.label, []))
                  if isinstance(a, dict) and isinstance(b, dict)]
         if pairs:
             parts.append(f"train / {name}, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
