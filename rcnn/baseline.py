@@ -136,7 +136,6 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     from sklearn.model_selection import StratifiedKFold
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     x, lc = _load(data, max_epochs)
     classes, y = lc["classes"], lc["label"]
     forest = lambda: RandomForestClassifier(n_trees, class_weight="balanced", random_state=seed, n_jobs=-1)  # noqa: E731
@@ -171,6 +170,7 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
               "accuracy": float(np.mean(pred == y_test)),
               "confusion": M.confusion(y_test, pred, len(classes)).tolist(),
               "feature_importance": dict(zip(FEATURES, np.round(importances, 4).tolist()))}
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out_dir / "metrics.json")

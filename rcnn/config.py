@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from simulator.settings import check_field_types
+
 MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
 LOSSES = ("ce", "weighted_ce", "focal", "weighted_focal")
@@ -80,23 +82,32 @@ class TrainConfig:
     validation_split: str = "validation"  # split used for validation and the best checkpoint
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.context = _context_names(self.context)
-        checks = [(self.model in MODELS, f"model must be one of {MODELS}"), (self.cell in CELLS, f"cell must be one of {CELLS}"),
-                  (self.loss in LOSSES, f"loss must be one of {LOSSES}"), (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
-                  (self.iterations >= 1 and self.batch_size >= 1 and self.eval_every >= 1, "iterations, batch_size, eval_every must be >= 1"),
-                  (self.n_w >= 1 and self.max_steps >= self.n_w, "need 1 <= n_w <= max_steps"),
-                  (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-                  (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear"),
-                  (self.freeze in ("none", "conv"), "freeze must be none or conv"),
-                  (self.output in ("last", "add") and self.fusion in ("early", "late"), "output: last|add, fusion: early|late"),
-                  (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0"),
-                  (not (self.context and self.model == "dmdt"), "context inputs are for the rcnn and lc models"),
-                  (self.validation_split in ("train", "validation", "test"), "validation_split must be train, validation or test"), (self.focal_gamma >= 0, "focal_gamma must be >= 0"),
-                  (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0"),
-                  (self.loader_workers >= -1, "loader_workers must be >= 0, or -1 (auto)")]
-        for ok, message in checks:
+        checks = [(self.model in MODELS, f"model must be one of {MODELS}", "model"),
+                  (self.cell in CELLS, f"cell must be one of {CELLS}", "cell"),
+                  (self.loss in LOSSES, f"loss must be one of {LOSSES}", "loss"),
+                  (self.dtype in DTYPES, f"dtype must be one of {DTYPES}", "dtype"),
+                  (self.iterations >= 1 and self.batch_size >= 1 and self.eval_every >= 1,
+                   "iterations, batch_size, eval_every must be >= 1", "iterations batch_size eval_every"),
+                  (self.n_w >= 1 and self.max_steps >= self.n_w, "need 1 <= n_w <= max_steps", "n_w max_steps"),
+                  (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
+                  (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear",
+                   "input_transform"),
+                  (self.freeze in ("none", "conv"), "freeze must be none or conv", "freeze"),
+                  (self.output in ("last", "add") and self.fusion in ("early", "late"),
+                   "output: last|add, fusion: early|late", "output fusion"),
+                  (self.aux_loss_weight >= 0, "aux_loss_weight must be >= 0", "aux_loss_weight"),
+                  (not (self.context and self.model == "dmdt"), "context inputs are for the rcnn and lc models",
+                   "context model"),
+                  (self.validation_split in ("train", "validation", "test"),
+                   "validation_split must be train, validation or test", "validation_split"),
+                  (self.focal_gamma >= 0, "focal_gamma must be >= 0", "focal_gamma"),
+                  (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0", "augment_brightness_mag"),
+                  (self.loader_workers >= -1, "loader_workers must be >= 0, or -1 (auto)", "loader_workers")]
+        for ok, message, keys in checks:
             if not ok:
-                raise ValueError(f"{message}; got {dataclasses.asdict(self)}")
+                raise ValueError(f"{message}; got " + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys.split()))
 
     @property
     def n_context(self) -> int:

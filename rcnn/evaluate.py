@@ -83,7 +83,6 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
              class_map: dict | None = None, last_step: int = 20) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = Path(data)
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}
@@ -113,7 +112,10 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         report["runs"][name] = entry
     first = next(iter(report["runs"].values()))
     report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run or dataset that fails leaves no report behind
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out_dir / "metrics.json")
     _figures(report, results, out_dir, real)
     return report
 

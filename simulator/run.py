@@ -100,17 +100,17 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
             return out
         if not overwrite:
             raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
+    n_epochs(cfg)  # load the survey and templates once here: bad inputs fail before anything is written
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     manifest = parts / "config.json"
-    if manifest.exists() and manifest.read_text() != content:
+    if manifest.exists() and manifest.read_text() != content and any(parts.glob("shard-*.h5")):
         raise SimulationError(f"{parts}: holds shards of a run with other options; delete it or rerun with those "
                               f"options (see {manifest})")
-    if not manifest.exists():
+    if not manifest.exists() or manifest.read_text() != content:  # new, or a run that finished no shard
         tmp = parts / "config.json.tmp"
         tmp.write_text(content)
         tmp.replace(manifest)
-    n_epochs(cfg)  # load the survey and templates once here so that bad inputs fail before workers start
     shards = shard_ranges(cfg)
     path_of = {r: parts / f"shard-{i:06d}.h5" for i, r in enumerate(shards)}
     pending = [r for r in shards if not path_of[r].exists()]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +97,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
         self.split_fractions = tuple(float(x) for x in self.split_fractions)
+        check_field_types(self)
         unknown = [c for c in self.classes if c not in ALL_CLASSES]
         if unknown:
             raise ValueError(f"unknown class(es) {unknown}; known: {', '.join(ALL_CLASSES)}")
@@ -114,6 +117,13 @@ class SimConfig:
                              f"{self.psf_fwhm_per_seeing}, {self.psf_fwhm_scatter}")
         if self.shard_size < 1 or self.workers < 1:
             raise ValueError(f"shard_size and workers must be >= 1, got {self.shard_size}, {self.workers}")
+        for key in ("host_fraction_supernova", "host_fraction_other"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("psf_shear_rms", "zero_point_error_mag", "host_abs_mag_sigma", "host_size_scatter_dex",
+                    "asteroid_rate_scatter_dex"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
 
     def content_dict(self) -> dict:
         """The options that determine the dataset's bytes (stored with it)."""
@@ -121,6 +131,44 @@ class SimConfig:
 
     def content_json(self) -> str:
         return json.dumps(self.content_dict(), sort_keys=True)
+
+
+#: Field annotations checked by `check_field_types`, and how its messages name them.
+SCALAR_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_field_types(config) -> None:
+    """Each scalar field of the dataclass `config` of its annotated type (`X | None` fields may be None), so
+    that a wrong `--set` or YAML value fails at once, naming the key, not deep in a run. Values that mean
+    the same are converted: numpy numbers, ints for floats, numbers YAML 1.1 reads as strings (1e-3), paths."""
+    for f in dataclasses.fields(config):
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        kind, value = SCALAR_TYPES.get(annotation.removesuffix(" | None")), getattr(config, f.name)
+        if kind is None or (optional and value is None):
+            continue
+        value = _as_type(value, kind)
+        if type(value) is kind:
+            setattr(config, f.name, value)
+        else:
+            raise ValueError(f"{f.name} must be {TYPE_NAMES[kind]}{' or null' if optional else ''}; got {value!r}")
+
+
+def _as_type(value, kind: type):
+    """`value` as `kind` where it means the same (else unchanged, for the caller to refuse)."""
+    if isinstance(value, bool) or type(value) is kind:
+        return value
+    if kind is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if kind is float and isinstance(value, (numbers.Real, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if kind is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
 
 
 def _coerce(name: str, text: str):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from simulator.run import simulate
-from simulator.settings import SimConfig
+from simulator.settings import SimConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONDITION_KEYS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5", "gain",
@@ -206,11 +206,36 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--max-epochs", "3"], "max_epochs must be None or >= pre_alert_epochs + 1"),
     (["--conditions", "/nonexistent/logs"], "/nonexistent/logs: conditions directory not found"),
     (["--set", "moffat_bta=3"], "unknown config key 'moffat_bta'"),
+    (["--set", "psf_shear_rms=abc"], "psf_shear_rms must be a number; got 'abc'"),
+    (["--set", "max_epochs=7.5"], "max_epochs must be an integer or null; got 7.5"),
+    (["--set", "host_fraction_other=2"], "host_fraction_other must be in [0, 1]"),
+    (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
 ])
 def test_cli_bad_input_gives_a_clear_message(tmp_path, args, message):
     proc = run_cli("--out", str(tmp_path / "y.h5"), "--no-progress", *args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written: no output, no parts directory to trip a rerun
+
+
+def test_config_values_are_typed():
+    """Values that mean the same are converted (YAML 1.1 reads 1e-3 as a string), others refused by key."""
+    cfg = load_config(sets=["seeing_limit_arcsec=1e-3", "n_per_class=5"], overrides={"conditions": Path("/logs")})
+    assert cfg.seeing_limit_arcsec == 1e-3 and cfg.n_per_class == 5 and cfg.conditions == "/logs"
+    assert SimConfig(n_per_class=np.int64(3)).n_per_class == 3 and type(SimConfig(seed=np.int32(1)).seed) is int
+    with pytest.raises(ValueError, match="n_per_class must be an integer; got True"):
+        SimConfig(n_per_class=True)
+    with pytest.raises(ValueError, match="progress must be true or false; got 'yes please'"):
+        load_config(sets=["progress=yes please"])
+
+
+def test_parts_of_a_run_that_finished_no_shard_do_not_block_other_options(tmp_path):
+    out = tmp_path / "x.h5"
+    parts = Path(str(out) + ".parts")
+    parts.mkdir()
+    (parts / "config.json").write_text('{"from": "a run killed before its first shard"}')
+    run_cli("--n-per-class", "2", "--out", str(out), "--no-progress")
+    assert out.exists() and not parts.exists()
 
 
 def test_real_logs_dataset(tmp_path, hits_dir):

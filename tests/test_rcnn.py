@@ -443,6 +443,29 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
         TrainConfig(loader_workers=-2)
 
 
+def test_bad_config_values_name_the_key():
+    from rcnn.config import load_config
+
+    assert load_config(sets=["learning_rate=1e-4", "batch_size=8"]).learning_rate == 1e-4  # YAML 1.1: a string
+    for item, message in (("iterations=abc", "iterations must be an integer; got 'abc'"),
+                          ("augment=maybe", "augment must be true or false; got 'maybe'"),
+                          ("cell=foo", "cell must be one of ('lstm', 'gru'); got cell='foo'"),
+                          ("batch_size=0", "must be >= 1; got iterations=30000, batch_size=0, eval_every=500")):
+        with pytest.raises(ValueError) as err:
+            load_config(sets=[item])
+        assert message in str(err.value)
+
+
+def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
+    for args in (["evaluate", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(tmp_path / "report")],
+                 ["classify", str(tmp_path / "norun"), str(dataset), "--out", str(tmp_path / "probs")],
+                 ["train", str(dataset), "--set", "iterations=many", "--out", str(tmp_path / "run")]):
+        proc = subprocess.run([sys.executable, "-m", "rcnn.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "config.yaml: not found" in proc.stderr or "iterations must be an integer" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     cfg = TrainConfig(**TINY)
     no_mask = _copy_with(dataset, tmp_path / "a.h5", lambda f: f.__delitem__("mask"))
