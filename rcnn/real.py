@@ -60,7 +60,38 @@ def load_npz(path: Path) -> dict:
         missing = [k for k in NEEDED if k not in d]
         if missing:
             raise ImportError_(f"{path}: missing array(s) {', '.join(missing)} (expected the real_dev.npz layout)")
-        return {k: d[k] for k in NEEDED + tuple(k for k in ("name",) if k in d)}
+        out = {}
+        for k in NEEDED + tuple(k for k in ("name",) if k in d):
+            try:
+                out[k] = d[k]
+            except ValueError:  # numpy refuses pickled object arrays without allow_pickle, which we never give
+                raise ImportError_(f"{path}: array '{k}' holds Python objects (pickled); save it as numbers or "
+                                   f"fixed-width strings") from None
+        return out
+
+
+def check_layout(a: dict, path: Path) -> None:
+    """The arrays of the npz layout agree with each other: odd square stamps, offsets that cut them into the
+    objects, one entry per frame or per object, labels that index class_names."""
+    stamps, offsets, n_obj = a["stamps"], np.asarray(a["offsets"]), len(a["label"])
+    if stamps.ndim != 3 or stamps.shape[1] != stamps.shape[2] or stamps.shape[1] % 2 == 0:
+        raise ImportError_(f"{path}: 'stamps' has shape {stamps.shape}; expected (frames, S, S) with S odd "
+                           f"(the source at the central pixel)")
+    if (len(offsets) != n_obj + 1 or offsets[0] != 0 or offsets[-1] != len(stamps)
+            or (np.diff(offsets) < 1).any()):
+        raise ImportError_(f"{path}: 'offsets' has {len(offsets)} entries from {offsets[0] if len(offsets) else None} "
+                           f"to {offsets[-1] if len(offsets) else None}; expected {n_obj + 1} increasing from 0 to "
+                           f"{len(stamps)} (one more than the objects in 'label', ending at the frames in 'stamps')")
+    per_frame = ("mjd", "hits_epoch", "filter_code") + CONDITIONS
+    per_object = ("field",) + tuple(k for k in ("name",) if k in a)
+    for keys, n, what in ((per_frame, len(stamps), "frame of 'stamps'"), (per_object, n_obj, "object of 'label'")):
+        for k in keys:
+            if np.shape(a[k]) != (n,):
+                raise ImportError_(f"{path}: '{k}' has shape {np.shape(a[k])}; expected ({n},): one per {what}")
+    label = np.asarray(a["label"])
+    if not np.issubdtype(label.dtype, np.integer) or (label < 0).any() or (label >= len(a["class_names"])).any():
+        raise ImportError_(f"{path}: 'label' must be integers indexing 'class_names' (0..{len(a['class_names']) - 1}); "
+                           f"got {label.dtype} from {label.min()} to {label.max()}")
 
 
 def load_fits_dir(path: Path) -> dict:
@@ -169,13 +200,9 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     if not path.exists():
         raise ImportError_(f"{path}: not found")
     a = load_fits_dir(path) if path.is_dir() else load_npz(path)
+    check_layout(a, path)
     offsets = a["offsets"]
     n_obj = len(a["label"])
-    if len(offsets) != n_obj + 1 or offsets[-1] != len(a["stamps"]):
-        raise ImportError_(f"{path}: 'offsets' has {len(offsets)} entries ending at {offsets[-1]}; expected "
-                           f"{n_obj + 1} ending at {len(a['stamps'])}")
-    if a["stamps"].ndim != 3:
-        raise ImportError_(f"{path}: 'stamps' has shape {a['stamps'].shape}; expected (frames, S, S)")
     gain, rn, sat = camera_medians(camera_csv)
     owner = np.repeat(np.arange(n_obj), np.diff(offsets))
     field = a["field"][owner]

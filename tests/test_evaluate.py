@@ -235,3 +235,22 @@ def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
 
     with pytest.raises(ImportError_, match=r"unknown FILTER value\(s\) \['z'\]"):
         import_real(bad, tmp_path / "bad.h5")
+
+
+def test_malformed_real_files_name_the_array(tmp_path, hits_dir):
+    """Arrays that disagree with each other are refused before any work, naming the file and the array."""
+    from rcnn.real import ImportError_, import_real
+
+    d = dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False))
+    cases = {"mjd": (lambda a: a["mjd"][:-5], r"'mjd' has shape \(1076,\); expected \(1081,\): one per frame"),
+             "field": (lambda a: a["field"][:-1], r"'field' has shape \(39,\); expected \(40,\): one per object"),
+             "stamps": (lambda a: a["stamps"][:, :20, :20], r"'stamps' has shape \(1081, 20, 20\); .* S odd"),
+             "label": (lambda a: a["label"] + 10, r"'label' must be integers indexing 'class_names' \(0..3\)"),
+             "offsets": (lambda a: a["offsets"][::-1], r"'offsets' has 41 entries from 1081 to 0"),
+             "class_names": (lambda a: np.array([{"x": 1}] * 4, dtype=object), r"array 'class_names' holds Python objects")}
+    for key, (change, message) in cases.items():
+        path = tmp_path / f"{key}.npz"
+        np.savez(path, **{**d, key: change(d)})
+        with pytest.raises(ImportError_, match=f"{path.name}: {message}"):
+            import_real(path, tmp_path / f"{key}.h5", hits_dir / "camera.csv")
+        assert not (tmp_path / f"{key}.h5").exists()
