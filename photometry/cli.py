@@ -26,10 +26,11 @@ def main(argv=None) -> int:
     except (PhotometryError, OSError, KeyError) as exc:
         print(f"photometry: error: {exc}", file=sys.stderr)
         return 2
-    import h5py
     import numpy as np
 
-    with h5py.File(out, "r") as f:
+    from simulator.dataset import open_h5
+
+    with open_h5(out) as f:
         g, mask = f["photometry"], f["mask"][()]
         snr = (g["flux_adu"][()] / g["flux_err_adu"][()])[mask]
         det = (g["first_detection"][()] >= 0).mean()

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from simulator.dataset import open_h5
 from simulator.settings import psf_fwhm_arcsec
 
 from .optimal import OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
@@ -64,21 +65,25 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         raise PhotometryError(f"sky must be 'log' or 'border' and fwhm 'log' or 'fit', got {sky!r}, {fwhm!r}")
     if not path.exists():
         raise PhotometryError(f"{path}: dataset not found")
+    with open_h5(path) as f:  # checked before the copy: a file we cannot use leaves nothing behind
+        for key in ("stamps", "mask", "conditions/seeing_arcsec", "conditions/gain"):
+            if key not in f:
+                raise PhotometryError(f"{path}: dataset '{key}' is missing")
+        opts = _psf_options(f, path)
     tmp = path.with_name(path.name + ".photometry-tmp")
     source = _source_id(path)
     options = json.dumps({"sky": sky, "fwhm": fwhm})
     resume = False
     if tmp.exists():
-        with h5py.File(tmp, "r") as f:
-            g = f.get("photometry")
-            resume = g is not None and g.attrs.get("source") == source and g.attrs.get("options") == options
+        try:
+            with h5py.File(tmp, "r") as f:
+                g = f.get("photometry")
+                resume = g is not None and g.attrs.get("source") == source and g.attrs.get("options") == options
+        except OSError:  # a copy cut short by a kill: start again
+            resume = False
     if not resume:
         shutil.copyfile(path, tmp)
     with h5py.File(tmp, "r+") as f:
-        for key in ("stamps", "mask", "conditions/seeing_arcsec", "conditions/gain"):
-            if key not in f:
-                raise PhotometryError(f"{path}: dataset '{key}' is missing")
-        opts = _psf_options(f, path)
         n, t = f["mask"].shape
         if not resume:
             if "photometry" in f:

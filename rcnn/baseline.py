@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import class_names
+from simulator.dataset import class_names, open_h5
 from simulator.settings import psf_fwhm_arcsec
 
 from . import metrics as M
@@ -42,7 +41,7 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
     """Aperture photometry of every valid epoch (first `max_epochs`) of a dataset: flux/err (eq. 4 scaled)."""
     if not Path(path).exists():
         raise DatasetError(f"{path}: dataset not found")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         for key in ("stamps", "mask", "mjd", "label", "conditions/sky_adu", "conditions/zero_point",
                     "conditions/seeing_arcsec", "conditions/exp_time_s", "conditions/gain",
                     "conditions/read_noise", "conditions/saturation"):

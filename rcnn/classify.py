@@ -12,8 +12,9 @@ import csv
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from simulator.dataset import open_h5
 
 from .inference import Classifier, predict
 
@@ -23,7 +24,7 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
     pred = predict(clf, data, split=None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with h5py.File(data, "r") as f:
+    with open_h5(data) as f:
         mjd = f["mjd"][()]
     n_w = clf.cfg.n_w
     names = clf.class_names
@@ -58,7 +59,7 @@ def appendix_b_figure(data: str | Path, obj: int, probs: np.ndarray, step_mask: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with h5py.File(data, "r") as f:
+    with open_h5(data) as f:
         mask = f["mask"][obj]
         t = f["mjd"][obj][mask]
         t0 = t[0]

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from photometry.optimal import BAD_HIGH, BAD_LOW
+from simulator.dataset import open_h5
 
 from .config import CONTEXT_INPUTS, TrainConfig
 
@@ -42,7 +43,7 @@ class SequenceData:
         self.path, self.cfg = Path(path), cfg
         if not self.path.exists():
             raise DatasetError(f"{self.path}: dataset not found")
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             needed = REQUIRED + (LC_REQUIRED if cfg.model != "rcnn" else ())
             missing = [k for k in needed if k not in f]
             if missing:
@@ -118,7 +119,7 @@ class SequenceData:
         order = np.argsort(idx)
         sorted_idx = idx[order]
         raw = {k: [] for k in keys}
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             for c in np.unique(sorted_idx // self.chunk):
                 lo = c * self.chunk
                 rows = sorted_idx[(sorted_idx >= lo) & (sorted_idx < lo + self.chunk)] - lo

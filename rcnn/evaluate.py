@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from simulator.dataset import class_names
+from simulator.dataset import class_names, open_h5
 
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
@@ -64,7 +63,7 @@ def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: 
 def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
     """Per object: brightest true point-source magnitude (host magnitude for galaxies), or for real data the
     median photometric magnitude."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if "truth/mag" in f:
             mag = f["truth/mag"][()][index]
             best = np.where(np.isfinite(mag), mag, np.inf).min(axis=1)

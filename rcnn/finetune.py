@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simulator.dataset import class_names
+from simulator.dataset import class_names, open_h5
 
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
 from .inference import Classifier
@@ -29,10 +29,9 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
              progress: bool = True) -> dict:
     run_dir, real, out = Path(run_dir), Path(real), Path(out)
     base = Classifier(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = out / "finetune_data.h5"
     names = class_names(real)
-    with h5py.File(real, "r") as f:
+    with open_h5(real) as f:
         label = f["label"][()]
     mapping = map_labels(names, base.class_names, class_map or DEFAULT_CLASS_MAP, real)
     rng = np.random.default_rng(seed)
@@ -43,6 +42,7 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
             raise ValueError(f"{real}: class {names[c]!r} has {len(members)} objects; per_class {per_class} would "
                              "leave none to evaluate on")
         split[rng.choice(members, per_class, replace=False)] = 0
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run or real file that fails leaves nothing behind
     tmp = data.with_name(data.name + ".tmp")
     shutil.copyfile(real, tmp)
     with h5py.File(tmp, "r+") as f:

@@ -290,11 +290,27 @@ class _ChunkWriter:
             self.lo = row = hi
 
 
+def open_h5(path: str | Path) -> h5py.File:
+    """A dataset file opened for reading, or an OSError that names it (h5py's own says only "file signature
+    not found"): missing, or not HDF5."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: dataset not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise OSError(f"{path}: cannot be read as an HDF5 dataset ({exc})") from None
+
+
 def class_names(path: str | Path) -> list[str]:
-    with h5py.File(path, "r") as f:
-        return [c.decode() if isinstance(c, bytes) else str(c) for c in f["label"].attrs["class_names"]]
+    with open_h5(path) as f:
+        names = f["label"].attrs.get("class_names") if "label" in f else None
+        if names is None:
+            raise ValueError(f"{path}: no 'label' dataset with a 'class_names' attribute; is it a dataset from "
+                             f"`simulate` or `rcnn import-real`?")
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in names]
 
 
 def config_of(path: str | Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return json.loads(f.attrs["config"])

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from survey_params.sampling import CONDITIONS_ENV
 
-from .dataset import FORMAT_VERSION, Merger, pack_chunks, package_version, write_arrays
+from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_version, write_arrays
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .templates import TEMPLATES_ENV
@@ -90,16 +90,16 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     env = {"conditions": os.environ.get(CONDITIONS_ENV), "templates": os.environ.get(TEMPLATES_ENV)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in env.items() if v and getattr(cfg, k) is None})
     content = cfg.content_json()
-    if out.exists():
-        import h5py
-
-        with h5py.File(out, "r") as f:
-            same = f.attrs.get("config") == content
-        if same and not overwrite:
+    if out.exists() and not overwrite:
+        try:
+            with open_h5(out) as f:
+                same = f.attrs.get("config") == content
+        except OSError as exc:
+            raise SimulationError(f"{exc}; pass --overwrite to replace it") from None
+        if same:
             print(f"{out}: already complete with these options; nothing to do")
             return out
-        if not overwrite:
-            raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
+        raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
     n_epochs(cfg)  # load the survey and templates once here: bad inputs fail before anything is written
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)

@@ -184,3 +184,12 @@ def test_cli_adds_photometry_and_resumes(tmp_path, monkeypatch):
 def test_cli_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "photometry.cli", str(tmp_path / "none.h5")], capture_output=True, text=True)
     assert proc.returncode == 2 and "none.h5: dataset not found" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "text.h5").write_text("not HDF5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    for name, message in (("text.h5", "text.h5: cannot be read as an HDF5 dataset"),
+                          ("other.h5", "other.h5: dataset 'stamps' is missing")):
+        proc = subprocess.run([sys.executable, "-m", "photometry.cli", str(tmp_path / name)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.h5", "text.h5"]  # no working copy left

@@ -457,13 +457,20 @@ def test_bad_config_values_name_the_key():
 
 
 def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
-    for args in (["evaluate", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(tmp_path / "report")],
-                 ["classify", str(tmp_path / "norun"), str(dataset), "--out", str(tmp_path / "probs")],
-                 ["train", str(dataset), "--set", "iterations=many", "--out", str(tmp_path / "run")]):
+    text = tmp_path / "text.h5"
+    text.write_text("not HDF5")
+    out = tmp_path / "out"
+    for args, message in (
+            (["evaluate", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(out / "report")],
+             "config.yaml: not found"),
+            (["classify", str(tmp_path / "norun"), str(dataset), "--out", str(out / "probs")], "config.yaml: not found"),
+            (["train", str(dataset), "--set", "iterations=many", "--out", str(out / "run")],
+             "iterations must be an integer; got 'many'"),
+            (["train", str(text), "--out", str(out / "run")], "text.h5: cannot be read as an HDF5 dataset"),
+            (["baseline", str(text), "--out", str(out / "forest")], "text.h5: cannot be read as an HDF5 dataset")):
         proc = subprocess.run([sys.executable, "-m", "rcnn.cli", *args], capture_output=True, text=True)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert "config.yaml: not found" in proc.stderr or "iterations must be an integer" in proc.stderr
-    assert list(tmp_path.iterdir()) == []
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()
 
 
 def test_bad_datasets_get_clear_errors(dataset, tmp_path):
