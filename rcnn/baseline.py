@@ -37,8 +37,12 @@ FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtos
 PERIOD_RANGE_D = (0.05, 10.0)
 
 
-def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm: float = 1.0) -> dict:
-    """Aperture photometry of every valid epoch (first `max_epochs`) of a dataset: flux/err (eq. 4 scaled)."""
+def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm: float = 1.0,
+                          chunk_objects: int = 4096, progress: bool = True) -> dict:
+    """Aperture photometry of every valid epoch (first `max_epochs`) of a dataset: flux/err (eq. 4 scaled).
+    Stamps are read `chunk_objects` objects at a time (a paper-scale set's stamps are tens of GB)."""
+    from tqdm.auto import tqdm
+
     if not Path(path).exists():
         raise DatasetError(f"{path}: dataset not found")
     with open_h5(path) as f:
@@ -50,24 +54,29 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
         t = min(f["mask"].shape[1], max_epochs)
         # valid epochs are packed first: keep the first max_epochs of them
         mask = f["mask"][:, :t]
-        stamps = f["stamps"][:, :t].astype(np.float64)
-        cond = {k: f[f"conditions/{k}"][:, :t].astype(np.float64) for k in
-                ("sky_adu", "zero_point", "seeing_arcsec", "exp_time_s", "gain", "read_noise", "saturation")}
+        zero_point, exp_time = (f[f"conditions/{k}"][:, :t].astype(np.float64) for k in ("zero_point", "exp_time_s"))
         out = {"mjd": f["mjd"][:, :t], "mask": mask, "label": f["label"][()].astype(int), "classes": class_names(path),
                "split": f["split"][()] if "split" in f else np.zeros(len(mask), np.uint8)}
         scale = float(f.attrs.get("pixel_scale_arcsec", 0.27))
-    n = len(mask)
-    flux, err = np.full(mask.shape, np.nan), np.full(mask.shape, np.nan)
-    i, j = np.nonzero(mask)
-    fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"][i, j]) / scale  # the HiTS relation, for real and simulated
-    flux[i, j], err[i, j] = aperture_flux(stamps[i, j], cond["sky_adu"][i, j], aperture_fwhm * fwhm_px,
-                                          cond["gain"][i, j], cond["read_noise"][i, j], cond["saturation"][i, j])
-    zs = zero_point_scaling(cond["zero_point"], mask)
+        n = len(mask)
+        flux, err = np.full(mask.shape, np.nan), np.full(mask.shape, np.nan)
+        bar = tqdm(total=n, unit="obj", desc="aperture photometry", leave=False, disable=not progress)
+        for lo in range(0, n, chunk_objects):
+            bar.update(min(chunk_objects, n - lo))
+            i, j = np.nonzero(mask[lo:lo + chunk_objects])
+            stamps = f["stamps"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
+            cond = {k: f[f"conditions/{k}"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
+                    for k in ("sky_adu", "seeing_arcsec", "gain", "read_noise", "saturation")}
+            fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"]) / scale  # the HiTS relation, for real and simulated
+            flux[lo + i, j], err[lo + i, j] = aperture_flux(stamps, cond["sky_adu"], aperture_fwhm * fwhm_px,
+                                                            cond["gain"], cond["read_noise"], cond["saturation"])
+        bar.close()
+    zs = zero_point_scaling(zero_point, mask)
     out["flux"], out["flux_err"] = flux * zs, err * zs
     first = np.argmax(mask, axis=1)
     rows = np.arange(n)
     # m = zp - 2.5 log10(ADU / exp_time): the offset that turns -2.5 log10(ADU) into a g magnitude
-    out["mag_offset"] = cond["zero_point"][rows, first] + 2.5 * np.log10(cond["exp_time_s"][rows, first])
+    out["mag_offset"] = zero_point[rows, first] + 2.5 * np.log10(exp_time[rows, first])
     return out
 
 
@@ -91,13 +100,14 @@ def aperture_flux(stamps, sky_adu, radius_px, gain, read_noise, saturation) -> t
     return (w * diff).sum((1, 2)), np.sqrt((w ** 2 * var_pix).sum((1, 2)))
 
 
-def light_curve_features(flux, flux_err, mjd, mask, mag_offset) -> np.ndarray:
+def light_curve_features(flux, flux_err, mjd, mask, mag_offset, progress: bool = False) -> np.ndarray:
     """(N, len(FEATURES)) features of eq. 4 scaled light curves; mag_offset turns asinh mags into g mags."""
     from astropy.timeseries import LombScargle
     from scipy import stats
+    from tqdm.auto import tqdm
 
     out = np.zeros((len(flux), len(FEATURES)))
-    for k in range(len(flux)):
+    for k in tqdm(range(len(flux)), unit="obj", desc="light-curve features", leave=False, disable=not progress):
         v = mask[k] & np.isfinite(flux[k]) & np.isfinite(flux_err[k]) & (flux_err[k] > 0)
         if v.sum() < 3:
             raise DatasetError(f"object {k} has {int(v.sum())} valid epochs; light-curve features need 3")
@@ -124,7 +134,7 @@ def light_curve_features(flux, flux_err, mjd, mask, mag_offset) -> np.ndarray:
 
 def _load(path, max_epochs):
     lc = aperture_light_curves(path, max_epochs)
-    x = light_curve_features(lc["flux"], lc["flux_err"], lc["mjd"], lc["mask"], lc["mag_offset"])
+    x = light_curve_features(lc["flux"], lc["flux_err"], lc["mjd"], lc["mask"], lc["mag_offset"], progress=True)
     return x, lc
 
 

@@ -96,19 +96,26 @@ class Classifier:
         return self.predict_batch(batch)
 
 
-def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256) -> Predictions:
-    """Predictions for the objects of a split of a dataset (all objects if `split` is None)."""
+def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256,
+            progress: bool = True) -> Predictions:
+    """Predictions for the objects of a split of a dataset (all objects if `split` is None); a progress bar
+    (objects) on the terminal unless `progress` is False."""
     data = SequenceData(data_path, classifier.cfg)
     index = np.arange(data.n_objects) if split is None else data.indices(split)
     if not len(index):
         raise RunError(f"{data_path}: no objects in the {split} split")
     import jax
+    from tqdm.auto import tqdm
 
     done = []  # (probabilities, step mask) per batch, each fetched to the host once the next one is launched
     workers = loader_workers(classifier.cfg.loader_workers, jax.default_backend())
-    for _, batch in read_ahead(data, index, batch_size, workers=workers):
-        done.append(classifier._launch(batch))  # on an accelerator it runs while the previous batch comes back
-        if len(done) > 1:
-            done[-2] = (np.asarray(done[-2][0]), done[-2][1])
+    with tqdm(total=len(index), unit="obj", desc=f"predict {classifier.cfg.model}", leave=False,
+              disable=not progress) as bar:
+        for _, batch in read_ahead(data, index, batch_size, workers=workers):
+            done.append(classifier._launch(batch))  # on an accelerator it runs while the previous batch comes back
+            if len(done) > 1:
+                done[-2] = (np.asarray(done[-2][0]), done[-2][1])
+                bar.update(len(done[-2][1]))
+        bar.update(len(index) - bar.n)
     probs = np.concatenate([np.asarray(p) for p, _ in done])
     return Predictions(probs, np.concatenate([m for _, m in done]), data.label[index], index, classifier.class_names)

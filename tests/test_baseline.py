@@ -32,6 +32,9 @@ def test_aperture_photometry_matches_photutils(sim4):
             ref = aperture_photometry(img, CircularAperture((10, 10), r), method="exact")["aperture_sum"][0]
             zs = 10 ** ((f["conditions/zero_point"][k, 0] - f["conditions/zero_point"][k, t]) / 2.5)
             assert lc["flux"][k, t] == pytest.approx(ref * zs, rel=1e-5, abs=1e-3)
+    chunked = aperture_light_curves(sim4, chunk_objects=7, progress=False)  # the stamps read 7 objects at a time
+    for key in ("flux", "flux_err", "mag_offset", "mjd", "mask"):
+        np.testing.assert_array_equal(chunked[key], lc[key], err_msg=key)
 
 
 def test_aperture_errors_are_calibrated():
