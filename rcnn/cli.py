@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report directory: metrics.json and PNG figures")
     c = sub.add_parser("classify", help="class probabilities after every step of every object")
     c.add_argument("run", help="run directory")
-    c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`)")
+    c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`, labelled or not)")
     c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
     c.add_argument("--figures", type=int, default=0, help="Appendix B figures for the first N objects")
     ft = sub.add_parser("finetune", help="continue training on a few real labelled objects, evaluate on the rest")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="report directory: metrics.json, confusion.png")
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
-    r.add_argument("source", help="real stamps: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
+    r.add_argument("source", help="real stamps, labelled or not: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
                                    "directory of FITS files, one per object (rcnn/real.py: FITS layout)")
     r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
     r.add_argument("--fields", help="field centres (table with field, ra_deg, dec_deg; default: the HiTS fields) "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import class_names, open_h5
+from simulator.dataset import UNLABELLED, class_names, open_h5
 
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
@@ -49,6 +49,9 @@ def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: 
     """Index of each dataset class among the model's classes (same names map to themselves)."""
     out = []
     for name in dataset_classes:
+        if name == UNLABELLED:
+            raise ClassMapError(f"{path}: its objects were imported without labels: `rcnn classify` gives their "
+                                f"probabilities; evaluating needs labelled objects")
         target = name if name in model_classes else (class_map or {}).get(name)
         if target is None:
             raise ClassMapError(f"{path}: class {name!r} has no mapping to the model's classes {model_classes}; "

@@ -1,4 +1,4 @@
-"""`rcnn import-real`: real labelled stamp sequences -> the simulator's HDF5 layout, so every tool works on both.
+"""`rcnn import-real`: real stamp sequences -> the simulator's HDF5 layout, so every tool works on both.
 
 Input: the interchange layout of `../shared/hits2015/README.md` (`real_dev.npz`: frames of object k at
 `offsets[k]:offsets[k+1]`, per-frame conditions, NaN where no log record matched), or a directory of FITS
@@ -12,6 +12,9 @@ files, one per object (`FITS layout` below). Per object:
 - optimal photometry of every frame (`photometry/` group as `photometry DATASET.h5` writes it);
 - supernova sequences start 5 images before the first 5-sigma detection, other classes at their first
   epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects;
+- labels are optional: without `label` and `class_names` (npz) or a LABEL keyword (FITS) objects get the one
+  class `unlabelled` and, as in an alert stream, start 5 images before their first detection (at their first
+  epoch if never detected). `rcnn classify` classifies them; `rcnn evaluate` refuses them;
 - contextual inputs (GOTO): `context/galactic_latitude_deg` from the field's centre (the HiTS field table,
   `survey_params.hits_fields`, or `fields`: a table of field, ra_deg, dec_deg); `context/has_host` and
   `context/host_distance_arcsec` from a catalogue cross-match `context` (CSV: name, has_host,
@@ -25,7 +28,7 @@ import numpy as np
 
 from photometry.optimal import bad_pixels, border_sky, first_detection, zero_point_scaling
 from photometry.real import G_FILTER_CODE, camera_medians, measure_frames
-from simulator.dataset import write_arrays
+from simulator.dataset import UNLABELLED, write_arrays
 from survey_params.limits import limiting_magnitude
 
 CONDITIONS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5")
@@ -49,25 +52,29 @@ def _fill(values: np.ndarray, field: np.ndarray, epoch: np.ndarray, owner: np.nd
     return out, missing & np.isfinite(out)
 
 
-NEEDED = ("stamps", "offsets", "mjd", "label", "class_names", "field", "hits_epoch", "filter_code") + CONDITIONS
+NEEDED = ("stamps", "offsets", "mjd", "field", "hits_epoch", "filter_code") + CONDITIONS
+LABELS = ("label", "class_names")  # both, or neither (unlabelled objects)
 #: FITS layout: one file per object; primary HDU the stamp cube (T, S, S) in ADU; a binary table HDU named
-#: EPOCHS with columns MJD, FILTER ('g', ...), HITS_EPOCH and the CONDITIONS; header keywords LABEL, FIELD, NAME.
+#: EPOCHS with columns MJD, FILTER ('g', ...), HITS_EPOCH and the CONDITIONS; header keywords LABEL (optional), FIELD, NAME.
 FITS_FILTERS = {"g": 0, "r": 1, "i": 2, "u": 3}
 
 
 def load_npz(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as d:
-        missing = [k for k in NEEDED if k not in d]
+        missing = [k for k in NEEDED if k not in d] + [k for k in LABELS if k not in d and any(j in d for j in LABELS)]
         if missing:
-            raise ImportError_(f"{path}: missing array(s) {', '.join(missing)} (expected the real_dev.npz layout)")
+            raise ImportError_(f"{path}: missing array(s) {', '.join(missing)} (expected the real_dev.npz layout; "
+                               f"{' and '.join(LABELS)} go together)")
         out = {}
-        for k in NEEDED + tuple(k for k in ("name",) if k in d):
+        for k in NEEDED + tuple(k for k in ("name",) + LABELS if k in d):
             try:
                 out[k] = d[k]
             except ValueError:  # numpy refuses pickled object arrays without allow_pickle, which we never give
                 raise ImportError_(f"{path}: array '{k}' holds Python objects (pickled); save it as numbers or "
                                    f"fixed-width strings") from None
-        return out
+    if "label" not in out:
+        out["label"], out["class_names"] = np.zeros(max(len(out["offsets"]) - 1, 0), int), np.array([UNLABELLED])
+    return out
 
 
 def check_layout(a: dict, path: Path) -> None:
@@ -109,12 +116,12 @@ def load_fits_dir(path: Path) -> dict:
             cube, table, header = np.asarray(hdul[0].data, dtype=np.float32), hdul["EPOCHS"].data, hdul[0].header
             cols = {c.upper() for c in table.columns.names}
             missing = [c for c in ("MJD", "FILTER") + tuple(k.upper() for k in CONDITIONS) if c not in cols]
-            if missing or len(table) != len(cube) or "LABEL" not in header:
+            if missing or len(table) != len(cube):
                 raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
-                                   f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing}); header needs LABEL")
+                                   f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing})")
             cubes.append(cube)
             tables.append({k: np.asarray(table[k]) for k in table.columns.names})
-            labels.append(str(header["LABEL"]))
+            labels.append(str(header.get("LABEL", UNLABELLED)))
             fields.append(int(header.get("FIELD", -1)))
             names.append(str(header.get("NAME", f.stem)))
     class_names = sorted(set(labels))
@@ -135,14 +142,17 @@ def load_fits_dir(path: Path) -> dict:
     return a
 
 
-def write_fits_object(path: str | Path, stamps: np.ndarray, epochs: dict, label: str, field: int = -1,
+def write_fits_object(path: str | Path, stamps: np.ndarray, epochs: dict, label: str | None, field: int = -1,
                       name: str = "") -> Path:
-    """Write one object in the FITS layout (for users bringing their own data, and for tests)."""
+    """Write one object in the FITS layout (for users bringing their own data, and for tests); `label` None:
+    an unlabelled object."""
     from astropy.io import fits
     from astropy.table import Table
 
     primary = fits.PrimaryHDU(np.asarray(stamps, dtype=np.float32))
-    primary.header["LABEL"], primary.header["FIELD"], primary.header["NAME"] = label, field, name
+    primary.header["FIELD"], primary.header["NAME"] = field, name
+    if label is not None:
+        primary.header["LABEL"] = label
     table = fits.BinTableHDU(Table({k.upper(): v for k, v in epochs.items()}), name="EPOCHS")
     fits.HDUList([primary, table]).writeto(path, overwrite=True)
     return Path(path)
@@ -236,7 +246,7 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
         frames = frames[usable[frames]]
         frames = frames[np.argsort(a["mjd"][frames], kind="stable")]
         start = 0
-        if class_names[a["label"][k]] in SUPERNOVA_NAMES:
+        if class_names[a["label"][k]] in SUPERNOVA_NAMES + (UNLABELLED,):
             det = first_detection(flux[frames][None], err[frames][None], np.ones((1, len(frames)), bool))[0]
             start = max(int(det) - PRE_ALERT_EPOCHS, 0) if det >= 0 else 0
         rows.append(frames[start:])

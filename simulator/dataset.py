@@ -302,6 +302,10 @@ def open_h5(path: str | Path) -> h5py.File:
         raise OSError(f"{path}: cannot be read as an HDF5 dataset ({exc})") from None
 
 
+#: The one class of objects imported without labels (`rcnn import-real`): they can be classified, not evaluated.
+UNLABELLED = "unlabelled"
+
+
 def class_names(path: str | Path) -> list[str]:
     with open_h5(path) as f:
         names = f["label"].attrs.get("class_names") if "label" in f else None

@@ -254,3 +254,32 @@ def test_malformed_real_files_name_the_array(tmp_path, hits_dir):
         with pytest.raises(ImportError_, match=f"{path.name}: {message}"):
             import_real(path, tmp_path / f"{key}.h5", hits_dir / "camera.csv")
         assert not (tmp_path / f"{key}.h5").exists()
+
+
+def test_unlabelled_real_stamps_are_classified_not_evaluated(run_4class, real_h5, hits_dir, tmp_path):
+    """No label/class_names: one class `unlabelled`, alert windows (5 images before the first detection, as
+    the labelled supernovae), `rcnn classify` works and `rcnn evaluate` says why it cannot."""
+    from rcnn.real import import_real
+
+    run, _ = run_4class
+    labelled, _, _ = real_h5
+    d = dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False))
+    src = tmp_path / "alerts.npz"
+    np.savez(src, **{k: v for k, v in d.items() if k not in ("label", "class_names")})
+    out = import_real(src, tmp_path / "alerts.h5", hits_dir / "camera.csv")
+    with h5py.File(out) as f, h5py.File(labelled) as g:
+        assert list(f["label"].attrs["class_names"]) == ["unlabelled"] and (f["label"][()] == 0).all()
+        det = f["photometry/first_detection"][()]
+        assert ((det >= -1) & (det <= 5)).all()  # every window starts at most 5 images before the detection
+        sn = [i for i, c in enumerate(g["label"][()]) if list(g["label"].attrs["class_names"])[c] == "SN"]
+        assert np.array_equal(f["mjd"][sn, 0], g["mjd"][sn, 0])  # supernovae: the same windows as labelled
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(out), "--out",
+                           str(tmp_path / "cls")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "cls" / "probabilities.json").read_text())["objects"]) == 40
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(out), "--out",
+                           str(tmp_path / "rep")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "imported without labels" in proc.stderr and not (tmp_path / "rep").exists()
+    np.savez(src, **{k: v for k, v in d.items() if k != "class_names"})
+    with pytest.raises(ValueError, match="missing array.*class_names .*label and class_names go together"):
+        import_real(src, tmp_path / "half.h5", hits_dir / "camera.csv")
