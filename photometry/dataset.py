@@ -63,6 +63,8 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
     path = Path(path)
     if sky not in ("log", "border") or fwhm not in ("log", "fit"):
         raise PhotometryError(f"sky must be 'log' or 'border' and fwhm 'log' or 'fit', got {sky!r}, {fwhm!r}")
+    if batch_objects < 1:
+        raise PhotometryError(f"batch_objects must be >= 1, got {batch_objects}")
     if not path.exists():
         raise PhotometryError(f"{path}: dataset not found")
     with open_h5(path) as f:  # checked before the copy: a file we cannot use leaves nothing behind

@@ -117,19 +117,24 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     done = sum(b - a for (a, b) in shards if path_of[(a, b)].exists())
     total = shards[-1][1]
     index = {r: i for i, r in enumerate(shards)}
-    with ExitStack() as stack:
-        results = _results(cfg, pending, stack)  # workers start here: before the output file is open
-        bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
-                                       disable=not cfg.progress))
-        # the output is built while shards arrive, each appended once all earlier ones are in
-        # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
-        merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes, total,
-                                            tmp=parts / "merging.h5"))
-        for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
-            merger.add(index[r])
-        for (a, b), arrays in results:
-            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
-            merger.add(index[(a, b)])
-            bar.update(b - a)
+    try:
+        with ExitStack() as stack:
+            results = _results(cfg, pending, stack)  # workers start here: before the output file is open
+            bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
+                                           disable=not cfg.progress))
+            # the output is built while shards arrive, each appended once all earlier ones are in
+            # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
+            merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes,
+                                                total, tmp=parts / "merging.h5"))
+            for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
+                merger.add(index[r])
+            for (a, b), arrays in results:
+                write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+                merger.add(index[(a, b)])
+                bar.update(b - a)
+    except BaseException:  # a run that finished no shard (no cluster, a bad worker, a kill) leaves nothing
+        if not any(parts.glob("shard-*.h5")):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     shutil.rmtree(parts)
     return out

@@ -71,9 +71,14 @@ def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Pat
         target = out / rel
         if target.exists():
             continue
+        try:
+            with urlopen(url) as response:
+                data = response.read()
+        except OSError as exc:  # URLError, HTTPError, timeouts
+            raise OSError(f"{url}: cannot download it ({getattr(exc, 'reason', exc)}); fetch-templates needs the "
+                          f"internet, or copy a template directory made elsewhere (fetch-templates --list says "
+                          f"what goes where)") from None
         target.parent.mkdir(parents=True, exist_ok=True)
-        with urlopen(url) as response:
-            data = response.read()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError(f"{url}: sha256 {hashlib.sha256(data).hexdigest()} differs from the expected {sha256}")
         tmp = target.with_name(target.name + ".part")

@@ -229,6 +229,18 @@ def test_config_values_are_typed():
         load_config(sets=["progress=yes please"])
 
 
+def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch):
+    import simulator.run
+
+    def no_cluster(*args):
+        raise OSError("Timed out trying to connect to tcp://nowhere:8786")
+
+    monkeypatch.setattr(simulator.run, "_results", no_cluster)
+    with pytest.raises(OSError, match="Timed out"):
+        simulate(SimConfig(n_per_class=2, progress=False), tmp_path / "x.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_parts_of_a_run_that_finished_no_shard_do_not_block_other_options(tmp_path):
     out = tmp_path / "x.h5"
     parts = Path(str(out) + ".parts")

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from photometry.dataset import run_photometry
+from photometry.dataset import PhotometryError, run_photometry
 from photometry.optimal import OptimalPhotometry, first_detection, zero_point_scaling
 from simulator.flux import mag_to_adu
 from simulator.noise import add_ccd_noise
@@ -193,3 +193,5 @@ def test_cli_bad_input(tmp_path):
                               text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.h5", "text.h5"]  # no working copy left
+    with pytest.raises(PhotometryError, match="batch_objects must be >= 1, got 0"):  # it looped for ever
+        run_photometry(tmp_path / "other.h5", batch_objects=0)

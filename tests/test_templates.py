@@ -48,3 +48,15 @@ def test_fetch_templates_list(capsys, tmp_path):
     assert main([str(tmp_path), "--list"]) == 0
     out = capsys.readouterr().out
     assert "RRLyr_ugriz_templates.tar.gz" in out and "hsiao" in out
+
+
+def test_fetch_templates_offline_names_the_url(tmp_path):
+    import urllib.error
+
+    def offline(url):
+        raise urllib.error.URLError("Name or service not known")
+
+    with pytest.raises(OSError, match=r"https://\S+: cannot download it \(Name or service not known\); "
+                                      r"fetch-templates needs the internet"):
+        fetch_templates(tmp_path / "t", urlopen=offline)
+    assert not (tmp_path / "t").exists()  # no empty folders left behind
