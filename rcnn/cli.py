@@ -7,6 +7,18 @@ import platform
 import sys
 
 
+def _at_least(minimum: int):
+    """argparse type: an integer >= `minimum` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse's "invalid ... value" message
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rcnn", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -34,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="run directory")
     c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`, labelled or not)")
     c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
-    c.add_argument("--figures", type=int, default=0, help="Appendix B figures for the first N objects")
+    c.add_argument("--figures", type=_at_least(0), default=0, help="Appendix B figures for the first N objects")
     ft = sub.add_parser("finetune", help="continue training on a few real labelled objects, evaluate on the rest")
     ft.add_argument("run", help="run directory to start from (its best checkpoint)")
     ft.add_argument("real", help="real labelled dataset from `rcnn import-real`")
     ft.add_argument("--out", required=True, help="output: finetune_data.h5, run/, report/")
-    ft.add_argument("--per-class", type=int, default=5, help="real objects per class to train on (default 5)")
-    ft.add_argument("--iterations", type=int, default=300)
+    ft.add_argument("--per-class", type=_at_least(1), default=5, help="real objects per class to train on (default 5)")
+    ft.add_argument("--iterations", type=_at_least(1), default=300)
     ft.add_argument("--learning-rate", type=float, default=1e-4)
     ft.add_argument("--freeze", choices=("none", "conv"), default="conv", help="freeze the convolutional stack")
     ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
@@ -50,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--test", help="dataset to test on (e.g. real; labels mapped as in evaluate)")
     b.add_argument("--cv", type=int, help="stratified K-fold cross-validation on DATA instead (e.g. the real set)")
     b.add_argument("--class-map", help="test label -> training class (default: the HiTS labels)")
-    b.add_argument("--max-epochs", type=int, default=20, help="epochs per object used (the RCNN's N_d cap)")
+    b.add_argument("--max-epochs", type=_at_least(3), default=20, help="epochs per object used (the RCNN's N_d cap)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="report directory: metrics.json, confusion.png")
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")

@@ -92,6 +92,7 @@ class TrainConfig:
                    "iterations, batch_size, eval_every must be >= 1", "iterations batch_size eval_every"),
                   (self.n_w >= 1 and self.max_steps >= self.n_w, "need 1 <= n_w <= max_steps", "n_w max_steps"),
                   (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)", "dropout"),
+                  (self.learning_rate > 0, "learning_rate must be > 0", "learning_rate"),
                   (self.input_transform in ("asinh", "linear"), "input_transform must be asinh or linear",
                    "input_transform"),
                   (self.freeze in ("none", "conv"), "freeze must be none or conv", "freeze"),

@@ -28,6 +28,8 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
              learning_rate: float = 1e-4, freeze: str = "conv", class_map: dict | None = None, seed: int = 0,
              progress: bool = True) -> dict:
     run_dir, real, out = Path(run_dir), Path(real), Path(out)
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     names = class_names(real)
@@ -42,6 +44,11 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
             raise ValueError(f"{real}: class {names[c]!r} has {len(members)} objects; per_class {per_class} would "
                              "leave none to evaluate on")
         split[rng.choice(members, per_class, replace=False)] = 0
+    n_train = int((split == 0).sum())
+    cfg = dataclasses.replace(base.cfg, init_from=str(run_dir), freeze=freeze, iterations=iterations,
+                              learning_rate=learning_rate, eval_every=max(iterations // 5, 1), seed=seed,
+                              batch_size=min(base.cfg.batch_size, 2 ** int(np.log2(max(n_train, 1)))),
+                              validation_split="train", eval_batches=max(1, n_train // 8 + 1))
     out.mkdir(parents=True, exist_ok=True)  # only now: a run or real file that fails leaves nothing behind
     tmp = data.with_name(data.name + ".tmp")
     shutil.copyfile(real, tmp)
@@ -50,10 +57,5 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
         f["label"].attrs["class_names"] = np.array(base.class_names, dtype=object).astype(h5py.string_dtype())
         f["split"][...] = split
     os.replace(tmp, data)
-    n_train = int((split == 0).sum())
-    cfg = dataclasses.replace(base.cfg, init_from=str(run_dir), freeze=freeze, iterations=iterations,
-                              learning_rate=learning_rate, eval_every=max(iterations // 5, 1), seed=seed,
-                              batch_size=min(base.cfg.batch_size, 2 ** int(np.log2(max(n_train, 1)))),
-                              validation_split="train", eval_batches=max(1, n_train // 8 + 1))
     train(data, out / "run", cfg, progress=progress)
     return evaluate([run_dir, out / "run"], data, out / "report")

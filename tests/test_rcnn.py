@@ -467,7 +467,11 @@ def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
             (["train", str(dataset), "--set", "iterations=many", "--out", str(out / "run")],
              "iterations must be an integer; got 'many'"),
             (["train", str(text), "--out", str(out / "run")], "text.h5: cannot be read as an HDF5 dataset"),
-            (["baseline", str(text), "--out", str(out / "forest")], "text.h5: cannot be read as an HDF5 dataset")):
+            (["baseline", str(text), "--out", str(out / "forest")], "text.h5: cannot be read as an HDF5 dataset"),
+            (["baseline", str(dataset), "--max-epochs", "0", "--out", str(out / "forest")],
+             "argument --max-epochs: must be >= 3, got 0"),
+            (["finetune", str(tmp_path / "norun"), str(dataset), "--per-class", "0", "--out", str(out / "ft")],
+             "argument --per-class: must be >= 1, got 0")):
         proc = subprocess.run([sys.executable, "-m", "rcnn.cli", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
