@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.settings import check_field_types
+from simulator.settings import check_field_types, yaml_value
 
 MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
@@ -139,7 +139,7 @@ def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = No
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict = {}
     if yaml_path:
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        data = yaml_value(Path(yaml_path).read_text(), str(yaml_path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of config keys, got {type(data).__name__}")
         values.update(data)
@@ -147,7 +147,7 @@ def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = No
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        values[k.strip()] = yaml.safe_load(v)
+        values[k.strip()] = yaml_value(v, f"--set {item}")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = sorted(set(values) - names)
     if unknown:

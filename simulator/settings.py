@@ -155,6 +155,17 @@ def check_field_types(config) -> None:
             raise ValueError(f"{f.name} must be {TYPE_NAMES[kind]}{' or null' if optional else ''}; got {value!r}")
 
 
+def yaml_value(text: str, where: str):
+    """`text` parsed as YAML, or a ValueError naming `where` (a config file, or `--set key=value`) and the
+    place of the syntax error, instead of a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{where}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
+
+
 def _as_type(value, kind: type):
     """`value` as `kind` where it means the same (else unchanged, for the caller to refuse)."""
     if isinstance(value, bool) or type(value) is kind:
@@ -176,7 +187,7 @@ def _coerce(name: str, text: str):
     fields = {f.name: f for f in dataclasses.fields(SimConfig)}
     if name not in fields:
         raise ValueError(f"unknown config key {name!r}; known: {', '.join(sorted(fields))}")
-    value = yaml.safe_load(text)
+    value = yaml_value(text, f"--set {name}={text}")
     if name in ("classes", "split_fractions") and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
         if name == "split_fractions":
@@ -189,7 +200,7 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict | None = No
     """Defaults, then a YAML file, then `--set key=value` strings, then explicit `overrides` (CLI flags)."""
     values: dict = {}
     if yaml_path:
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        data = yaml_value(Path(yaml_path).read_text(), str(yaml_path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of config keys, got {type(data).__name__}")
         for k, v in data.items():

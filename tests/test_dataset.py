@@ -209,6 +209,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "psf_shear_rms=abc"], "psf_shear_rms must be a number; got 'abc'"),
     (["--set", "max_epochs=7.5"], "max_epochs must be an integer or null; got 7.5"),
     (["--set", "host_fraction_other=2"], "host_fraction_other must be in [0, 1]"),
+    (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
 ])
 def test_cli_bad_input_gives_a_clear_message(tmp_path, args, message):

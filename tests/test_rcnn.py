@@ -450,6 +450,7 @@ def test_bad_config_values_name_the_key():
     for item, message in (("iterations=abc", "iterations must be an integer; got 'abc'"),
                           ("augment=maybe", "augment must be true or false; got 'maybe'"),
                           ("cell=foo", "cell must be one of ('lstm', 'gru'); got cell='foo'"),
+                          ("cell=[", "--set cell=[: not valid YAML at line 1, column 2"),
                           ("batch_size=0", "must be >= 1; got iterations=30000, batch_size=0, eval_every=500")):
         with pytest.raises(ValueError) as err:
             load_config(sets=[item])
