@@ -2,10 +2,13 @@
 after every step, for datasets (`predict`) or raw arrays (`Classifier.classify_arrays`, for brokers)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from simulator.settings import yaml_value
 
 from .config import TrainConfig
 from .data import SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
@@ -30,7 +33,6 @@ class Classifier:
     def __init__(self, run_dir: str | Path, checkpoint: str = "best"):
         import jax
         import orbax.checkpoint as ocp
-        import yaml
 
         from .models import build_model
         from .train import _optimizer, init_state, restore_checkpoint
@@ -39,9 +41,15 @@ class Classifier:
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.exists():
             raise RunError(f"{cfg_file}: not found; is {run_dir} a run directory from `rcnn train`?")
-        saved = yaml.safe_load(cfg_file.read_text())
+        saved = yaml_value(cfg_file.read_text(), str(cfg_file))
+        if not isinstance(saved, dict) or "_class_names" not in saved:
+            raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
         self.class_names = list(saved.pop("_class_names"))
         saved.pop("_data", None)
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise RunError(f"{cfg_file}: keys {unknown} are unknown to this version of stampseq (a run made by a "
+                           f"newer one?)")
         self.cfg = TrainConfig(**saved)
         ckpt = run_dir / "checkpoints" / checkpoint
         manager = ocp.CheckpointManager(ckpt.resolve()) if ckpt.exists() else None

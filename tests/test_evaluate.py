@@ -175,6 +175,15 @@ def test_evaluate_bad_inputs(run_4class, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(tmp_path / "norun"), "--data", str(data),
                            "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 2 and "config.yaml: not found" in proc.stderr and "Traceback" not in proc.stderr
+    import shutil
+
+    newer = tmp_path / "newer"
+    shutil.copytree(run, newer)
+    with (newer / "config.yaml").open("a") as f:
+        f.write("a_key_from_the_future: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(newer), str(data), "--out",
+                           str(tmp_path / "c")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "['a_key_from_the_future'] are unknown to this version" in proc.stderr
 
 
 def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
