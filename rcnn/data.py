@@ -99,8 +99,9 @@ class SequenceData:
                                  raw["conditions/zero_point"], raw.get("stamps"), raw.get("photometry/lc_flux"),
                                  raw.get("photometry/lc_flux_err"), flux_factor)
         except NonFinite as exc:
+            also = "" if exc.name == "mjd" else " (or its sky / zero point is not)"
             raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
-                               f"{exc.epoch} (or its sky / zero point is not)") from None
+                               f"{exc.epoch}{also}") from None
         out["label"] = self.label[idx]
         if self.context is not None:
             out["context"] = self.context[idx]
@@ -212,6 +213,8 @@ def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None
     scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0) * factor  # eq. 4
     mjd = np.asarray(mjd, dtype=np.float64)
     out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
+    if not np.isfinite(out["dt"]).all():  # a NaN time would make every loss NaN, silently
+        _check_finite(np.where(mask, mjd - mjd[:, :1], 0.0), mask, "mjd")
     if stamps is not None:  # float32 in place: the input pipeline's main cost after decompression
         stamps = np.asarray(stamps, dtype=np.float32)
         img = stamps - np.asarray(sky_adu, np.float32)[..., None, None]

@@ -497,6 +497,14 @@ def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     data = SequenceData(bad, cfg)
     with pytest.raises(DatasetError, match="'stamps' of object 3 is not finite at epoch 1"):
         data.read(np.array([2, 3]))
+
+    def no_time(f):  # a NaN time made every loss NaN without a word
+        t = f["mjd"][4]
+        t[2] = np.nan
+        f["mjd"][4] = t
+    data = SequenceData(_copy_with(dataset, tmp_path / "d.h5", no_time), cfg)
+    with pytest.raises(DatasetError, match=r"'mjd' of object 4 is not finite at epoch 2$"):
+        data.read(np.array([4, 5]))
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "train", str(no_mask), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing dataset" in proc.stderr and "Traceback" not in proc.stderr
