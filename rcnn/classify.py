@@ -26,6 +26,9 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_h5(data) as f:
         mjd = f["mjd"][()]
+        # real imports keep each object's own name (a broker's identifier): the JSON carries it
+        object_names = [x.decode() if isinstance(x, bytes) else str(x) for x in f["truth/name"][()]] \
+            if "truth/name" in f else None
     n_w = clf.cfg.n_w
     names = clf.class_names
     tmp = out_dir / "probabilities.csv.tmp"
@@ -42,9 +45,12 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
     for row, obj in enumerate(pred.index):
         valid = np.flatnonzero(pred.step_mask[row])
         last = pred.probs[row, valid[-1]] if len(valid) else np.full(len(names), np.nan)
-        objects.append({"object": int(obj), "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
+        objects.append({"object": int(obj), **({"name": object_names[obj]} if object_names else {}),
+                        "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
                         "probabilities": {c: [float(x) for x in pred.probs[row, valid, i]] for i, c in enumerate(names)}})
-    (out_dir / "probabilities.json").write_text(json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
+    tmp = out_dir / "probabilities.json.tmp"
+    tmp.write_text(json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
+    tmp.replace(out_dir / "probabilities.json")
     for row in range(min(figures, len(pred.index))):
         appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w,
                           out_dir / f"object_{int(pred.index[row]):06d}.png")

@@ -138,6 +138,8 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     assert all(abs(sum(float(r[f"p_{c}"]) for c in classes) - 1) < 1e-4 for r in rows[:50])
     js = json.loads((tmp_path / "cls" / "probabilities.json").read_text())
     assert js["classes"] == classes and len(js["objects"]) == 40 and js["objects"][0]["predicted"] in classes
+    with h5py.File(real, "r") as f:  # each object's own name from the real file
+        assert [o["name"] for o in js["objects"]] == [n.decode() for n in f["truth/name"][()]]
     assert (tmp_path / "cls" / "object_000000.png").exists()
 
 
