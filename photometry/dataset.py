@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from simulator.dataset import open_h5
+from simulator.lock import exclusive
 from simulator.settings import psf_fwhm_arcsec
 
 from .optimal import OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
@@ -72,6 +73,14 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
             if key not in f:
                 raise PhotometryError(f"{path}: dataset '{key}' is missing")
         opts = _psf_options(f, path)
+    # a second `photometry` on the dataset stops here (before it could overwrite the first's working copy)
+    with exclusive(path.with_name(path.name + ".photometry-lock"), f"{path} (photometry)", remove=True):
+        _measure(path, sky, fwhm, batch_objects, progress, opts)
+    return path
+
+
+def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool, opts: dict) -> None:
+    """`run_photometry` once the dataset is checked: measure on a working copy (resumable), rename it over."""
     tmp = path.with_name(path.name + ".photometry-tmp")
     source = _source_id(path)
     options = json.dumps({"sky": sky, "fwhm": fwhm})
@@ -136,4 +145,3 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         g.attrs.update(method="Naylor 1998 optimal photometry", psf=opts["psf"], moffat_beta=opts["moffat_beta"],
                        fwhm_per_seeing=opts["fwhm_per_seeing"], fit_snr=op.fit_snr, detection_nsigma=5.0)
     os.replace(tmp, path)
-    return path

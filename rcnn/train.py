@@ -22,10 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from simulator.lock import exclusive
 
 from .config import TrainConfig
 from .data import ReadAhead, SequenceData, loader_workers, step_batch
@@ -217,14 +220,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     """Train (or resume) a model; returns the last evaluation's metrics. With `cfg.distributed` (or a
     `cluster`, which implies it) this process first joins a multi-host run (module docstring)."""
     import jax
-    import orbax.checkpoint as ocp
-    import yaml
     from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec
-    from tqdm.auto import tqdm
-
-    from .losses import class_weights
-    from .models import build_model
 
     if cluster is not None and not cfg.distributed:
         cfg = dataclasses.replace(cfg, distributed=True)
@@ -238,9 +234,29 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     resume = _check_run_dir(run_dir, cfg, data_path)
     if multi:  # every process has looked before process 0 writes
         multihost_utils.sync_global_devices("stampseq: run directory checked")
-    class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
+    # one `rcnn train` per run directory: a second one started by mistake stops here (a multi-host run's
+    # processes share the directory: they are not locked out of it)
+    with nullcontext() if multi else exclusive(run_dir / "train.lock", f"run directory {run_dir}", remove=True):
+        return _train_locked(data, data_path, run_dir, cfg, resume, progress, n_dev, multi, primary)
+
+
+def _train_locked(data: SequenceData, data_path: Path, run_dir: Path, cfg: TrainConfig, resume: bool,
+                  progress: bool, n_dev: int, multi: bool, primary: bool) -> dict:
+    """`train` once the run directory is checked (and locked by process 0)."""
+    import jax
+    import orbax.checkpoint as ocp
+    import yaml
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+    from tqdm.auto import tqdm
+
+    from .losses import class_weights
+    from .models import build_model
+
+    class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
+    if primary:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_class_names": class_names}, sort_keys=True))
     if multi:  # the run directory exists before any process opens its checkpoints

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from survey_params.sampling import CONDITIONS_ENV
 
 from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_version, write_arrays
+from .lock import exclusive
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .templates import TEMPLATES_ENV
@@ -103,38 +104,44 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     n_epochs(cfg)  # load the survey and templates once here: bad inputs fail before anything is written
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    manifest = parts / "config.json"
-    if manifest.exists() and manifest.read_text() != content and any(parts.glob("shard-*.h5")):
-        raise SimulationError(f"{parts}: holds shards of a run with other options; delete it or rerun with those "
-                              f"options (see {manifest})")
-    if not manifest.exists() or manifest.read_text() != content:  # new, or a run that finished no shard
-        tmp = parts / "config.json.tmp"
-        tmp.write_text(content)
-        tmp.replace(manifest)
+    with exclusive(parts / "lock", str(out)):  # a second `simulate` to the same OUT stops here
+        manifest = parts / "config.json"
+        if manifest.exists() and manifest.read_text() != content and any(parts.glob("shard-*.h5")):
+            raise SimulationError(f"{parts}: holds shards of a run with other options; delete it or rerun with "
+                                  f"those options (see {manifest})")
+        if not manifest.exists() or manifest.read_text() != content:  # new, or a run that finished no shard
+            tmp = parts / "config.json.tmp"
+            tmp.write_text(content)
+            tmp.replace(manifest)
+        try:
+            _shards_into(cfg, out, parts, content)
+        except BaseException:  # a run that finished no shard (no cluster, a bad worker, a kill) leaves nothing
+            if not any(parts.glob("shard-*.h5")):
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
+        shutil.rmtree(parts)
+    return out
+
+
+def _shards_into(cfg: SimConfig, out: Path, parts: Path, content: str) -> None:
+    """Simulate the shards `parts` lacks (`parts/shard-*.h5`) and build `out` from all of them."""
     shards = shard_ranges(cfg)
     path_of = {r: parts / f"shard-{i:06d}.h5" for i, r in enumerate(shards)}
     pending = [r for r in shards if not path_of[r].exists()]
     done = sum(b - a for (a, b) in shards if path_of[(a, b)].exists())
     total = shards[-1][1]
     index = {r: i for i, r in enumerate(shards)}
-    try:
-        with ExitStack() as stack:
-            results = _results(cfg, pending, stack)  # workers start here: before the output file is open
-            bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
-                                           disable=not cfg.progress))
-            # the output is built while shards arrive, each appended once all earlier ones are in
-            # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
-            merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes,
-                                                total, tmp=parts / "merging.h5"))
-            for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
-                merger.add(index[r])
-            for (a, b), arrays in results:
-                write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
-                merger.add(index[(a, b)])
-                bar.update(b - a)
-    except BaseException:  # a run that finished no shard (no cluster, a bad worker, a kill) leaves nothing
-        if not any(parts.glob("shard-*.h5")):
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
-    shutil.rmtree(parts)
-    return out
+    with ExitStack() as stack:
+        results = _results(cfg, pending, stack)  # workers start here: before the output file is open
+        bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
+                                       disable=not cfg.progress))
+        # the output is built while shards arrive, each appended once all earlier ones are in
+        # (inside the parts directory: a killed run's partial output goes with it, or is rewritten)
+        merger = stack.enter_context(Merger([path_of[r] for r in shards], out, _root_attrs(cfg), cfg.classes, total,
+                                            tmp=parts / "merging.h5"))
+        for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
+            merger.add(index[r])
+        for (a, b), arrays in results:
+            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+            merger.add(index[(a, b)])
+            bar.update(b - a)

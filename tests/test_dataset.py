@@ -242,6 +242,21 @@ def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_second_simulate_to_the_same_output_stops_at_once(tmp_path):
+    from simulator.lock import LockedError, exclusive
+
+    out = tmp_path / "x.h5"
+    parts = Path(str(out) + ".parts")
+    parts.mkdir()
+    with exclusive(parts / "lock", "the first run"):  # as a running `simulate` holds it
+        proc = run_cli("--n-per-class", "2", "--out", str(out), "--no-progress", check=False)
+        assert proc.returncode == 2 and f"{out} is being written by another process" in proc.stderr
+        with pytest.raises(LockedError):
+            simulate(SimConfig(n_per_class=2, progress=False), out)
+    simulate(SimConfig(n_per_class=2, progress=False), out)  # released: it runs
+    assert out.exists() and not parts.exists()
+
+
 def test_parts_of_a_run_that_finished_no_shard_do_not_block_other_options(tmp_path):
     out = tmp_path / "x.h5"
     parts = Path(str(out) + ".parts")

@@ -443,6 +443,23 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
         TrainConfig(loader_workers=-2)
 
 
+def test_a_second_writer_of_a_run_or_dataset_stops_at_once(dataset, tmp_path):
+    from simulator.lock import LockedError, exclusive
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with exclusive(run / "train.lock", "the first run"):  # as a running `rcnn train` holds it
+        with pytest.raises(LockedError, match=f"run directory {run} is being written by another process"):
+            train(dataset, run, TrainConfig(iterations=2, **TINY), progress=False)
+    assert list(run.iterdir()) == [run / "train.lock"]  # the holder's lock, and nothing written
+    sidecar = dataset.with_name(dataset.name + ".photometry-lock")
+    with exclusive(sidecar, "a running photometry", remove=True):
+        with pytest.raises(LockedError, match=r"\(photometry\) is being written by another process"):
+            run_photometry(dataset, progress=False)
+        SequenceData(dataset, TrainConfig(**TINY)).read(np.arange(4))  # readers are not locked out
+    assert not sidecar.exists() and not dataset.with_name(dataset.name + ".photometry-tmp").exists()
+
+
 def test_bad_config_values_name_the_key():
     from rcnn.config import load_config
 

@@ -1,0 +1,35 @@
+"""One writer at a time: long commands (`simulate`, `photometry`, `rcnn train`) hold an advisory lock on
+their output, so that a second copy started by mistake (the first looked dead) stops at once with a clear
+message instead of interleaving its writes with the first's. POSIX `flock`; elsewhere no lock is taken."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class LockedError(OSError):
+    """Another process holds the lock; the message names the output."""
+
+
+@contextmanager
+def exclusive(lock_file: str | Path, what: str, remove: bool = False):
+    """Hold an exclusive advisory lock on `lock_file` for the body (created empty if missing); `what` names the
+    output in another process's error. `remove`: delete the file when done (a sidecar next to a user's file).
+    Never an HDF5 file itself: HDF5 takes its own flock on every open and would refuse us, or readers."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    lock_file = Path(lock_file)
+    with open(lock_file, "ab") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{what} is being written by another process (it holds a lock on {lock_file}); "
+                              f"wait for it to finish, or stop it first") from None
+        try:
+            yield
+        finally:
+            if remove:
+                lock_file.unlink(missing_ok=True)
