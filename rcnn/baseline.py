@@ -132,24 +132,25 @@ def light_curve_features(flux, flux_err, mjd, mask, mag_offset, progress: bool =
     return out
 
 
-def _load(path, max_epochs):
-    lc = aperture_light_curves(path, max_epochs)
-    x = light_curve_features(lc["flux"], lc["flux_err"], lc["mjd"], lc["mask"], lc["mag_offset"], progress=True)
+def _load(path, max_epochs, progress: bool = True):
+    lc = aperture_light_curves(path, max_epochs, progress=progress)
+    x = light_curve_features(lc["flux"], lc["flux_err"], lc["mjd"], lc["mask"], lc["mag_offset"], progress=progress)
     return x, lc
 
 
 def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None = None, cv: int | None = None,
-                 class_map: dict | None = None, seed: int = 0, max_epochs: int = 20, n_trees: int = 500) -> dict:
+                 class_map: dict | None = None, seed: int = 0, max_epochs: int = 20, n_trees: int = 500,
+                 progress: bool = True) -> dict:
     """Train and test the random forest (see the module docstring); returns the metrics written."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import StratifiedKFold
 
     out_dir = Path(out_dir)
-    x, lc = _load(data, max_epochs)
+    x, lc = _load(data, max_epochs, progress)
     classes, y = lc["classes"], lc["label"]
     forest = lambda: RandomForestClassifier(n_trees, class_weight="balanced", random_state=seed, n_jobs=-1)  # noqa: E731
     if test is not None:
-        x_test, lc_test = _load(test, max_epochs)
+        x_test, lc_test = _load(test, max_epochs, progress)
         y_test = map_labels(lc_test["classes"], classes, DEFAULT_CLASS_MAP if class_map is None else class_map,
                             test)[lc_test["label"]]
         model = forest().fit(x, y)

@@ -19,9 +19,10 @@ from simulator.dataset import open_h5
 from .inference import Classifier, predict
 
 
-def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures: int = 0) -> Path:
+def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures: int = 0,
+             progress: bool = True) -> Path:
     clf = Classifier(run_dir)
-    pred = predict(clf, data, split=None)
+    pred = predict(clf, data, split=None, progress=progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_h5(data) as f:

@@ -42,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--class-map", help="real label -> model class, e.g. SN=supernova,NV=nonvariable "
                                        "(default: the HiTS labels SN, RRLyrae, EB, NV)")
     e.add_argument("--out", required=True, help="report directory: metrics.json and PNG figures")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     c = sub.add_parser("classify", help="class probabilities after every step of every object")
     c.add_argument("run", help="run directory")
     c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`, labelled or not)")
     c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
     c.add_argument("--figures", type=_at_least(0), default=0, help="Appendix B figures for the first N objects")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
     ft = sub.add_parser("finetune", help="continue training on a few real labelled objects, evaluate on the rest")
     ft.add_argument("run", help="run directory to start from (its best checkpoint)")
     ft.add_argument("real", help="real labelled dataset from `rcnn import-real`")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--freeze", choices=("none", "conv"), default="conv", help="freeze the convolutional stack")
     ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
     ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
     b = sub.add_parser("baseline", help="random forest on aperture-photometry light-curve features (the bar to beat)")
     b.add_argument("data", help="labelled dataset to train on (simulated, or real from `rcnn import-real`)")
     b.add_argument("--test", help="dataset to test on (e.g. real; labels mapped as in evaluate)")
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-epochs", type=_at_least(3), default=20, help="epochs per object used (the RCNN's N_d cap)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="report directory: metrics.json, confusion.png")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
     r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
     r.add_argument("source", help="real stamps, labelled or not: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
                                    "directory of FITS files, one per object (rcnn/real.py: FITS layout)")
@@ -233,7 +237,7 @@ def _other(args) -> int:
             if bool(args.data) == bool(args.real):
                 raise ValueError("give exactly one of --data (simulated) or --real (real labelled)")
             report = evaluate(args.run, args.real or args.data, args.out, real=bool(args.real),
-                              class_map=parse_class_map(args.class_map))
+                              class_map=parse_class_map(args.class_map), progress=not args.no_progress)
             for name, e in report["runs"].items():
                 recall = ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items())
                 print(f"{name}: step {e['step']} accuracy {e['accuracy']:.3f} balanced recall "
@@ -245,18 +249,18 @@ def _other(args) -> int:
             if args.test and args.cv:
                 raise ValueError("give at most one of --test and --cv")
             r = run_baseline(args.data, args.out, args.test, args.cv, parse_class_map(args.class_map), args.seed,
-                             args.max_epochs)
+                             args.max_epochs, progress=not args.no_progress)
             print(f"random forest ({r['mode']}): balanced recall {r['balanced_recall']:.3f} | "
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()))
         elif args.command == "classify":
             from .classify import classify
 
-            print(f"probabilities: {classify(args.run, args.data, args.out, args.figures)}")
+            print(f"probabilities: {classify(args.run, args.data, args.out, args.figures, not args.no_progress)}")
         elif args.command == "finetune":
             from .finetune import finetune
 
             report = finetune(args.run, args.real, args.out, args.per_class, args.iterations, args.learning_rate,
-                              args.freeze, parse_class_map(args.class_map), args.seed)
+                              args.freeze, parse_class_map(args.class_map), args.seed, progress=not args.no_progress)
             for name, e in report["runs"].items():
                 print(f"{name}: held-out balanced recall {e['balanced_recall']:.3f} | "
                       + ", ".join(f"{k} {v:.2f}" for k, v in e["recall"].items()))

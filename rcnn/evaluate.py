@@ -82,7 +82,7 @@ def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
 
 
 def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, real: bool = False,
-             class_map: dict | None = None, last_step: int = 20) -> dict:
+             class_map: dict | None = None, last_step: int = 20, progress: bool = True) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
     data = Path(data)
@@ -92,7 +92,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     mags = None
     for run_dir in run_dirs:
         clf = Classifier(run_dir)
-        pred = predict(clf, data, split=None if real else "test")
+        pred = predict(clf, data, split=None if real else "test", progress=progress)
         mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"

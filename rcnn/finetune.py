@@ -58,4 +58,4 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
         f["split"][...] = split
     os.replace(tmp, data)
     train(data, out / "run", cfg, progress=progress)
-    return evaluate([run_dir, out / "run"], data, out / "report")
+    return evaluate([run_dir, out / "run"], data, out / "report", progress=progress)

@@ -91,8 +91,9 @@ def test_simulated_to_real_cli(sim4, hits_dir, tmp_path):
 
     real = import_real(hits_dir / "real_dev.npz", tmp_path / "real.h5", hits_dir / "camera.csv")
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "baseline", str(sim4), "--test", str(real),
-                           "--out", str(tmp_path / "s2r")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "s2r"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "aperture photometry" not in proc.stderr and "light-curve features" not in proc.stderr
     m = json.loads((tmp_path / "s2r" / "metrics.json").read_text())
     assert set(m["recall"]) == {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"} and m["n_test"] == 40
     assert m["balanced_recall"] > 0.5  # well above chance (0.25) from 120 simulated objects

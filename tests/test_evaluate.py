@@ -121,8 +121,9 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     run, _ = run_4class
     real, _, _ = real_h5
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(real),
-                           "--out", str(tmp_path / "rep")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "rep"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "predict rcnn" not in proc.stderr  # --no-progress: no bar
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert set(m["recall"]) == {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"}
     e = next(iter(m["runs"].values()))
@@ -132,6 +133,7 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(real), "--out",
                            str(tmp_path / "cls"), "--figures", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "predict rcnn" in proc.stderr  # the bar, by default
     rows = list(csv.DictReader((tmp_path / "cls" / "probabilities.csv").open()))
     classes = ["supernova", "rrlyrae", "eclipsing_binary", "nonvariable"]
     assert list(rows[0]) == ["object", "step", "mjd", "predicted"] + [f"p_{c}" for c in classes]
