@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,15 +45,17 @@ def main(argv=None) -> int:
         overrides["progress"] = False
     try:
         cfg = load_config(args.config, overrides, args.set)
+        for png in filter(None, (args.plot, args.gallery)):  # before the work, not after it
+            Path(png).parent.mkdir(parents=True, exist_ok=True)
         out = simulate(cfg, args.out, overwrite=args.overwrite)
+        print(summarize(out))
+        if args.plot:
+            print(f"figure: {plot_summary(out, args.plot)}")
+        if args.gallery:
+            print(f"gallery: {plot_gallery(out, args.gallery)}")
     except (ValueError, NotImplementedError, ConditionsError, SimulationError, OSError) as exc:
         print(f"simulate: error: {exc}", file=sys.stderr)
         return 2
-    print(summarize(out))
-    if args.plot:
-        print(f"figure: {plot_summary(out, args.plot)}")
-    if args.gallery:
-        print(f"gallery: {plot_gallery(out, args.gallery)}")
     return 0
 
 

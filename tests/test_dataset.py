@@ -35,7 +35,7 @@ def sha(path) -> str:
 
 def test_cli_writes_the_dataset_contract(tmp_path):
     out = tmp_path / "d.h5"
-    png = tmp_path / "d.png"
+    png = tmp_path / "figures" / "d.png"  # a folder that does not exist yet
     proc = run_cli("--survey", "hits", "--n-per-class", "20", "--classes", "nonvariable,galaxy,asteroid",
                    "--seed", "7", "--out", str(out), "--plot", str(png), "--no-progress", "--workers", "2",
                    "--set", "shard_size=32")  # two forked workers (no JAX in this process)
