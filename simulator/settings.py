@@ -124,6 +124,8 @@ class SimConfig:
                     "asteroid_rate_scatter_dex"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.asteroid_rate_deg_per_day > 0:
+            raise ValueError(f"asteroid_rate_deg_per_day must be > 0, got {self.asteroid_rate_deg_per_day}")
 
     def content_dict(self) -> dict:
         """The options that determine the dataset's bytes (stored with it)."""

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from survey_params import make_sampler
+from survey_params import ConditionsError, make_sampler
 from survey_params.sampling import EPOCH_FIELDS
 
 from .classes import ALERT_CLASSES, MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
@@ -50,7 +50,11 @@ def survey_depth(sampler, n_objects: int = 300) -> float:
     """The deepest 5-sigma limit among `n_objects` objects' epochs (a fixed draw: part of the survey, not
     of a dataset's randomness); bounds the redshifts worth drawing supernovae at."""
     rng = np.random.default_rng(0)  # one stream: the objects draw from it in turn
-    return float(max(np.max(c.limmag5[c.mask]) for c in sampler.draw_many([rng] * n_objects)))
+    depths = [np.max(c.limmag5[c.mask]) for c in sampler.draw_many([rng] * n_objects) if c.mask.any()]
+    if not depths:
+        raise ConditionsError(f"none of {n_objects} objects drawn has an epoch within the seeing limit "
+                              f"({sampler.seeing_limit_arcsec}\"): raise seeing_limit_arcsec")
+    return float(max(depths))
 
 
 def n_epochs(cfg: SimConfig) -> int:
@@ -199,12 +203,15 @@ def _draw_object(i: int, rng: np.random.Generator, first, cfg: SimConfig, sample
     cname = cfg.classes[label]
     for attempt in range(MAX_CONDITION_DRAWS):
         full = sampler.draw(rng) if attempt else first
+        if not full.mask.any():  # every epoch over the seeing limit: draw again
+            continue
         drawn = MODELS[cname](rng, full, cfg, models)
         if drawn is not None:
             break
     else:
-        raise RuntimeError(f"object {i}: no {cname} detectable in {MAX_CONDITION_DRAWS} draws of conditions; "
-                           "is the survey too shallow?")
+        raise ConditionsError(f"object {i}: no {cname} detectable in {MAX_CONDITION_DRAWS} draws of conditions; "
+                              f"is the survey too shallow for it, or seeing_limit_arcsec ({cfg.seeing_limit_arcsec}) "
+                              f"too tight?")
     full_mag, truth = drawn
     window, alert = choose_window(rng, cname, full_mag, full, cfg, T)
     truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first

@@ -210,6 +210,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "max_epochs=7.5"], "max_epochs must be an integer or null; got 7.5"),
     (["--set", "host_fraction_other=2"], "host_fraction_other must be in [0, 1]"),
     (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
+    (["--set", "seeing_limit_arcsec=0.1"], "none of 300 objects drawn has an epoch within the seeing limit (0.1\")"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
 ])
 def test_cli_bad_input_gives_a_clear_message(tmp_path, args, message):
@@ -217,6 +218,13 @@ def test_cli_bad_input_gives_a_clear_message(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written: no output, no parts directory to trip a rerun
+
+
+def test_a_tight_seeing_limit_redraws_objects_without_epochs(tmp_path):
+    """Under a 1.05" limit most built-in-model objects keep no epoch: they are drawn again, not crashed on."""
+    out = simulate(SimConfig(n_per_class=2, seed=0, seeing_limit_arcsec=1.05, progress=False), tmp_path / "x.h5")
+    with h5py.File(out) as f:
+        assert f["mask"][()].any(axis=1).all() and (f["conditions/seeing_arcsec"][()][f["mask"][()]] <= 1.05).all()
 
 
 def test_config_values_are_typed():
