@@ -468,7 +468,11 @@ def test_bad_config_values_name_the_key():
                           ("augment=maybe", "augment must be true or false; got 'maybe'"),
                           ("cell=foo", "cell must be one of ('lstm', 'gru'); got cell='foo'"),
                           ("cell=[", "--set cell=[: not valid YAML at line 1, column 2"),
-                          ("batch_size=0", "must be >= 1; got iterations=30000, batch_size=0, eval_every=500")):
+                          ("batch_size=0", "must be >= 1; got iterations=30000, batch_size=0, eval_every=500"),
+                          ("rnn_units=0", "rnn_units, eval_batches must be >= 1; got conv_filters=64, dense_units=1024, "
+                                          "rnn_units=0"),  # a JAX traceback before
+                          ("bn_momentum=2", "bn_momentum must be in [0, 1); got bn_momentum=2.0"),
+                          ("flux_scale_adu=0", "flux_scale_adu must be > 0")):
         with pytest.raises(ValueError) as err:
             load_config(sets=[item])
         assert message in str(err.value)
