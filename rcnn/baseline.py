@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import class_names, open_h5
+from simulator.dataset import UNLABELLED, class_names, open_h5
 from simulator.settings import psf_fwhm_arcsec
 
 from . import metrics as M
@@ -146,6 +146,8 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     from sklearn.model_selection import StratifiedKFold
 
     out_dir = Path(out_dir)
+    if UNLABELLED in class_names(data):  # before the photometry: nothing to learn from
+        raise DatasetError(f"{data}: its objects were imported without labels; the forest trains on labelled ones")
     x, lc = _load(data, max_epochs, progress)
     classes, y = lc["classes"], lc["label"]
     forest = lambda: RandomForestClassifier(n_trees, class_weight="balanced", random_state=seed, n_jobs=-1)  # noqa: E731

@@ -293,6 +293,10 @@ def test_unlabelled_real_stamps_are_classified_not_evaluated(run_4class, real_h5
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(out), "--out",
                            str(tmp_path / "rep")], capture_output=True, text=True)
     assert proc.returncode == 2 and "imported without labels" in proc.stderr and not (tmp_path / "rep").exists()
+    from rcnn.baseline import run_baseline
+
+    with pytest.raises(ValueError, match="imported without labels; the forest trains on labelled ones"):
+        run_baseline(out, tmp_path / "forest", cv=5, progress=False)
     np.savez(src, **{k: v for k, v in d.items() if k != "class_names"})
     with pytest.raises(ValueError, match="missing array.*class_names .*label and class_names go together"):
         import_real(src, tmp_path / "half.h5", hits_dir / "camera.csv")
