@@ -1,6 +1,7 @@
 """One writer at a time: long commands (`simulate`, `photometry`, `rcnn train`) hold an advisory lock on
 their output, so that a second copy started by mistake (the first looked dead) stops at once with a clear
-message instead of interleaving its writes with the first's. POSIX `flock`; elsewhere no lock is taken."""
+message instead of interleaving its writes with the first's. POSIX `flock`; where there is none (other
+systems, file systems mounted without it) no lock is taken and the command runs as it did before."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ def exclusive(lock_file: str | Path, what: str, remove: bool = False):
         except BlockingIOError:
             raise LockedError(f"{what} is being written by another process (it holds a lock on {lock_file}); "
                               f"wait for it to finish, or stop it first") from None
+        except OSError:  # a file system without flock (some NFS and Lustre mounts): go on unguarded
+            pass
         try:
             yield
         finally:

@@ -326,3 +326,20 @@ def test_workers_fork_only_without_jax(monkeypatch):
     monkeypatch.delitem(sys.modules, "jax")
     expected = "fork" if sys.platform == "linux" else "spawn"
     assert simulator.run._worker_context().get_start_method() == expected
+
+
+def test_a_file_system_without_flock_runs_unguarded(tmp_path, monkeypatch):
+    """Some NFS and Lustre mounts refuse flock (ENOLCK, ENOSYS): the commands must still run there."""
+    import errno
+    import fcntl
+
+    from simulator.lock import exclusive
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with exclusive(tmp_path / "lock", "x"):
+        pass
+    out = simulate(SimConfig(n_per_class=1, classes=("nonvariable",), progress=False), tmp_path / "x.h5")
+    assert out.exists()
