@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import UNLABELLED, class_names, open_h5
+from simulator.dataset import UNLABELLED, class_names, open_h5, write_text_atomic
 from simulator.settings import psf_fwhm_arcsec
 
 from . import metrics as M
@@ -60,17 +60,16 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
         scale = float(f.attrs.get("pixel_scale_arcsec", 0.27))
         n = len(mask)
         flux, err = np.full(mask.shape, np.nan), np.full(mask.shape, np.nan)
-        bar = tqdm(total=n, unit="obj", desc="aperture photometry", leave=False, disable=not progress)
-        for lo in range(0, n, chunk_objects):
-            bar.update(min(chunk_objects, n - lo))
-            i, j = np.nonzero(mask[lo:lo + chunk_objects])
-            stamps = f["stamps"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
-            cond = {k: f[f"conditions/{k}"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
-                    for k in ("sky_adu", "seeing_arcsec", "gain", "read_noise", "saturation")}
-            fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"]) / scale  # the HiTS relation, for real and simulated
-            flux[lo + i, j], err[lo + i, j] = aperture_flux(stamps, cond["sky_adu"], aperture_fwhm * fwhm_px,
-                                                            cond["gain"], cond["read_noise"], cond["saturation"])
-        bar.close()
+        with tqdm(total=n, unit="obj", desc="aperture photometry", leave=False, disable=not progress) as bar:
+            for lo in range(0, n, chunk_objects):
+                i, j = np.nonzero(mask[lo:lo + chunk_objects])
+                stamps = f["stamps"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
+                cond = {k: f[f"conditions/{k}"][lo:lo + chunk_objects, :t][i, j].astype(np.float64)
+                        for k in ("sky_adu", "seeing_arcsec", "gain", "read_noise", "saturation")}
+                fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"]) / scale  # the HiTS relation, for real and simulated
+                flux[lo + i, j], err[lo + i, j] = aperture_flux(stamps, cond["sky_adu"], aperture_fwhm * fwhm_px,
+                                                                cond["gain"], cond["read_noise"], cond["saturation"])
+                bar.update(min(chunk_objects, n - lo))
     zs = zero_point_scaling(zero_point, mask)
     out["flux"], out["flux_err"] = flux * zs, err * zs
     first = np.argmax(mask, axis=1)
@@ -183,9 +182,7 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
               "confusion": M.confusion(y_test, pred, len(classes)).tolist(),
               "feature_importance": dict(zip(FEATURES, np.round(importances, 4).tolist()))}
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out_dir / "metrics.json")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=1))
     _figures(report, present, out_dir)
     return report
 

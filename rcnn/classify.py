@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import open_h5
+from simulator.dataset import open_h5, write_text_atomic
 
 from .inference import Classifier, predict
 
@@ -28,8 +28,7 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
     with open_h5(data) as f:
         mjd = f["mjd"][()]
         # real imports keep each object's own name (a broker's identifier): the JSON carries it
-        object_names = [x.decode() if isinstance(x, bytes) else str(x) for x in f["truth/name"][()]] \
-            if "truth/name" in f else None
+        object_names = list(f["truth/name"].asstr()[()]) if "truth/name" in f else None
     n_w = clf.cfg.n_w
     names = clf.class_names
     tmp = out_dir / "probabilities.csv.tmp"
@@ -49,9 +48,8 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
         objects.append({"object": int(obj), **({"name": object_names[obj]} if object_names else {}),
                         "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
                         "probabilities": {c: [float(x) for x in pred.probs[row, valid, i]] for i, c in enumerate(names)}})
-    tmp = out_dir / "probabilities.json.tmp"
-    tmp.write_text(json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
-    tmp.replace(out_dir / "probabilities.json")
+    write_text_atomic(out_dir / "probabilities.json",
+                      json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
     for row in range(min(figures, len(pred.index))):
         appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w,
                           out_dir / f"object_{int(pred.index[row]):06d}.png")

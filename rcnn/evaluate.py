@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import UNLABELLED, class_names, open_h5
+from simulator.dataset import UNLABELLED, class_names, open_h5, write_text_atomic
 
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
@@ -115,9 +115,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     first = next(iter(report["runs"].values()))
     report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run or dataset that fails leaves no report behind
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out_dir / "metrics.json")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))
     _figures(report, results, out_dir, real)
     return report
 

@@ -168,6 +168,15 @@ def _create(group: h5py.File, name: str, data) -> None:
     group.create_dataset(name, data=data, **kwargs)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` written under a temporary name beside `path`, then renamed to it: a kill leaves the old file
+    or the new one, never half of one (reports, manifests)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @contextmanager
 def _atomic_file(path: str | Path, attrs: dict, class_names, tmp: Path | None = None):
     """An HDF5 file open for writing under a temporary name (`tmp`, default beside `path`); on success it

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from survey_params.sampling import CONDITIONS_ENV
 
-from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_version, write_arrays
+from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_version, write_arrays, write_text_atomic
 from .lock import exclusive
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
@@ -106,13 +106,12 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     with exclusive(parts / "lock", str(out)):  # a second `simulate` to the same OUT stops here
         manifest = parts / "config.json"
-        if manifest.exists() and manifest.read_text() != content and any(parts.glob("shard-*.h5")):
+        saved = manifest.read_text() if manifest.exists() else None
+        if saved not in (None, content) and any(parts.glob("shard-*.h5")):
             raise SimulationError(f"{parts}: holds shards of a run with other options; delete it or rerun with "
                                   f"those options (see {manifest})")
-        if not manifest.exists() or manifest.read_text() != content:  # new, or a run that finished no shard
-            tmp = parts / "config.json.tmp"
-            tmp.write_text(content)
-            tmp.replace(manifest)
+        if saved != content:  # new, or a run that finished no shard
+            write_text_atomic(manifest, content)
         try:
             _shards_into(cfg, out, parts, content)
         except BaseException:  # a run that finished no shard (no cluster, a bad worker, a kill) leaves nothing
