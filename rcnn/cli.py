@@ -85,19 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
 #: network trains 3x slower (its convolutions), with them all off its batch-norm reductions are 4-10x
 #: slower than they need be; YNNPACK for reductions only trains ~6% faster than all off, and YNNPACK's
 #: matmuls (`dot`: the dense layers, LSTM, identity dots) a further 3% at batch 256 and 10% at batch 64
-#: (Zen 5, steps compiled both ways in one process). The type names were checked on jaxlib 0.10 (an
-#: unknown name is a fatal XLA error), so other versions get all off. Inference is fastest with the
-#: defaults, so only the commands that train set it, unless the user's XLA_FLAGS mention it. XLA reads its
-#: flags once, before jax is first used.
+#: (Zen 5, steps compiled both ways in one process; on jaxlib 0.11 and 0.12, `reduce,dot` against all off:
+#: 1.15x at batch 256). The type names were checked on each jaxlib listed (an unknown name is a fatal XLA
+#: error), so other versions get all off. Inference is fastest with the defaults, so only the commands
+#: that train set it, unless the user's XLA_FLAGS mention it. XLA reads its flags once, before jax is used.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-CHECKED_YNN_TYPES = {"0.10": "reduce,dot"}
+CHECKED_YNN_TYPES = {"0.10": "reduce,dot", "0.11": "reduce,dot", "0.12": "reduce,dot"}
 #: XLA's memory-optimised CPU scheduler, for training batches of at least `MEMORY_SCHEDULER_MIN_BATCH`: a
 #: Table 3 step's buffers at batch 256 take 3.5 GB instead of 6.6 GB, at the same speed (batch 128 ~10%
 #: faster, fewer pages to zero; batch 64 ~5% slower, so smaller batches keep the default). Checked on
-#: jaxlib 0.10, like the YNNPACK type name.
+#: jaxlib 0.10-0.12, like the YNNPACK type names (on 0.11 and 0.12 with YNNPACK's matmuls: 4.49 against
+#: 4.50 GB, steps 0.97x).
 MEMORY_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 MEMORY_SCHEDULER_MIN_BATCH = 128
-CHECKED_SCHEDULER = ("0.10",)
+CHECKED_SCHEDULER = ("0.10", "0.11", "0.12")
 
 
 def _jaxlib_minor() -> str:

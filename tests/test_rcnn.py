@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import h5py
 import jax
@@ -867,7 +868,8 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
 
     from rcnn import cli
 
-    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce,dot", True), ("0.99.0", "", False)):
+    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce,dot", True), ("0.11.2", "reduce,dot", True),
+                                                     ("0.99.0", "", False)):
         for batch in (None, 64, 128, 256):
             monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
             monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
@@ -882,6 +884,19 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x")
     cli.use_fast_cpu_flags(256)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot --xla_cpu_scheduler_type=x"
+
+
+def test_installed_jaxlib_accepts_the_training_flags():
+    """The flags `rcnn train` sets for the installed jaxlib compile and run a step of work there (XLA
+    aborts on a fusion type or scheduler name it does not know)."""
+    script = ("import os; from rcnn.cli import use_fast_cpu_flags; use_fast_cpu_flags(256); "
+              "print(os.environ['XLA_FLAGS']); import jax, jax.numpy as jnp; "
+              "x = jnp.ones((64, 64)); print(float(jax.jit(lambda a: (a @ a).sum(axis=0).max())(x)))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "XLA_FLAGS": ""}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    flags, value = out.stdout.split("\n")[:2]
+    assert "xla_cpu_experimental_ynn_fusion_type=" in flags and float(value) == 4096.0
 
 
 @pytest.mark.skipif(not huge_pages_available(),
