@@ -2,15 +2,11 @@
 after every step, for datasets (`predict`) or raw arrays (`Classifier.classify_arrays`, for brokers)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from simulator.settings import yaml_value
-
-from .config import TrainConfig
 from .data import SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
@@ -35,22 +31,14 @@ class Classifier:
         import orbax.checkpoint as ocp
 
         from .models import build_model
-        from .train import _optimizer, init_state, restore_checkpoint
+        from .train import _optimizer, init_state, read_run_config, restore_checkpoint
 
         run_dir = Path(run_dir)
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.exists():
             raise RunError(f"{cfg_file}: not found; is {run_dir} a run directory from `rcnn train`?")
-        saved = yaml_value(cfg_file.read_text(), str(cfg_file))
-        if not isinstance(saved, dict) or "_class_names" not in saved:
-            raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
-        self.class_names = list(saved.pop("_class_names"))
-        saved.pop("_data", None)
-        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
-        if unknown:
-            raise RunError(f"{cfg_file}: keys {unknown} are unknown to this version of stampseq (a run made by a "
-                           f"newer one?)")
-        self.cfg = TrainConfig(**saved)
+        self.cfg, extra = read_run_config(cfg_file)
+        self.class_names = list(extra["_class_names"])
         ckpt = run_dir / "checkpoints" / checkpoint
         manager = ocp.CheckpointManager(ckpt.resolve()) if ckpt.exists() else None
         step = manager.latest_step() if manager else None

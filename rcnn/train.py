@@ -191,24 +191,40 @@ def _pad(batch: dict, size: int) -> dict:
     return out
 
 
+def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
+    """A run's `config.yaml`: (its TrainConfig, its `_class_names` and `_data` entries). Keys added to
+    TrainConfig since the run was made take their defaults; keys this version does not know (a run made by
+    a newer one), broken YAML and invalid values are RunErrors naming the file."""
+    from simulator.settings import yaml_value
+
+    try:
+        saved = yaml_value(cfg_file.read_text(), str(cfg_file))
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    if not isinstance(saved, dict) or "_class_names" not in saved:
+        raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
+    extra = {k: saved.pop(k) for k in ("_class_names", "_data") if k in saved}
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise RunError(f"{cfg_file}: keys {unknown} are unknown to this version of stampseq (a run made by a "
+                       "newer one?)")
+    try:
+        return TrainConfig(**saved), extra
+    except ValueError as exc:
+        raise RunError(f"{cfg_file}: {exc}") from None
+
+
 def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
     """True if `run_dir` holds a run to resume; error if it holds a different one."""
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
         return False
-    import yaml
-
-    saved = yaml.safe_load(cfg_file.read_text()) or {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:  # keys added since the run was made take their defaults
-        saved_cfg = dataclasses.asdict(TrainConfig(**{k: v for k, v in saved.items() if k in names}))
-    except (TypeError, ValueError):
-        saved_cfg = saved
-    mine = dataclasses.asdict(cfg)
-    diff = {k: (saved_cfg.get(k), v) for k, v in mine.items()
-            if k not in ("iterations", "prefetch", "loader_workers", "distributed") and saved_cfg.get(k) != v}
-    if saved.get("_data") not in (None, str(data_path.resolve())):
-        diff["data"] = (saved.get("_data"), str(data_path.resolve()))
+    saved_cfg, extra = read_run_config(cfg_file)
+    saved, mine = dataclasses.asdict(saved_cfg), dataclasses.asdict(cfg)
+    diff = {k: (saved[k], v) for k, v in mine.items()
+            if k not in ("iterations", "prefetch", "loader_workers", "distributed") and saved[k] != v}
+    if extra.get("_data") not in (None, str(data_path.resolve())):
+        diff["data"] = (extra.get("_data"), str(data_path.resolve()))
     if diff:
         raise RunError(f"{cfg_file}: this run was made with other options {diff} (saved, requested); "
                        "use another --out or remove the directory")

@@ -562,6 +562,7 @@ def test_network_commands_run_without_the_simulator_dependencies(dataset, tmp_pa
 
 
 def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
+    """Resuming checks the saved config: other options, a newer version's keys and damaged YAML are refused."""
     train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
     from rcnn.train import RunError
 
@@ -575,6 +576,13 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
     del saved["augment_brightness_mag"]
     cfg_file.write_text(yaml.safe_dump(saved))
     train(dataset, tmp_path / "run", TrainConfig(iterations=3, eval_every=2, **TINY), progress=False)
+    # a run made by a newer version (a key this one does not know) or a damaged config is named, not resumed
+    cfg_file.write_text(yaml.safe_dump({**saved, "a_key_from_the_future": 1}))
+    with pytest.raises(RunError, match=r"config.yaml: keys \['a_key_from_the_future'\] are unknown"):
+        train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
+    cfg_file.write_text("iterations: [\n")
+    with pytest.raises(RunError, match="config.yaml: not valid YAML at line 2"):
+        train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_gets_a_clear_error(dataset, tmp_path):
