@@ -255,11 +255,10 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     # one `rcnn train` per run directory: a second one started by mistake stops here (a multi-host run's
     # processes share the directory: they are not locked out of it)
     with nullcontext() if multi else exclusive(run_dir / "train.lock", f"run directory {run_dir}", remove=True):
-        return _train_locked(data, data_path, run_dir, cfg, resume, progress, n_dev, multi, primary)
+        return _train_locked(data, run_dir, cfg, resume, progress)
 
 
-def _train_locked(data: SequenceData, data_path: Path, run_dir: Path, cfg: TrainConfig, resume: bool,
-                  progress: bool, n_dev: int, multi: bool, primary: bool) -> dict:
+def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool) -> dict:
     """`train` once the run directory is checked (and locked by process 0)."""
     import jax
     import orbax.checkpoint as ocp
@@ -270,6 +269,9 @@ def _train_locked(data: SequenceData, data_path: Path, run_dir: Path, cfg: Train
 
     from .losses import class_weights
     from .models import build_model
+
+    data_path = data.path
+    n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
 
     class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
     if primary:
