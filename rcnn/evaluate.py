@@ -92,8 +92,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     mags = None
     for run_dir in run_dirs:
         clf = Classifier(run_dir)
-        pred = predict(clf, data, split=None if real else "test", progress=progress)
         mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
+        pred = predict(clf, data, split=None if real else "test", progress=progress)  # after the labels' check
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"
         if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
