@@ -876,8 +876,9 @@ def test_training_xla_flag_depends_on_the_checked_jaxlib(monkeypatch):
 
     from rcnn import cli
 
-    for jaxlib_version, expected, scheduler in (("0.10.2", "reduce,dot", True), ("0.11.2", "reduce,dot", True),
-                                                     ("0.99.0", "", False)):
+    checked = (("0.10.2", "reduce,dot", True), ("0.11.2", "reduce,dot", True), ("0.12.0", "reduce,dot", True),
+               ("0.99.0", "", False))
+    for jaxlib_version, expected, scheduler in checked:
         for batch in (None, 64, 128, 256):
             monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
             monkeypatch.setattr(importlib.metadata, "version", lambda name, v=jaxlib_version: v)
