@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image-sequence RCNN (default), light-curve classifier, or dm-dt CNN (Mahabal et al. 2017)")
     t.add_argument("--config", help="YAML file of TrainConfig keys (rcnn/config.py)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/")
+    t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/, training.png")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-host run: process 0's address (or JAX_COORDINATOR_ADDRESS); any of these three "

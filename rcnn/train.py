@@ -1,10 +1,11 @@
 """`rcnn train`: Adam on the summed per-step loss, validation every `eval_every`, best checkpoint kept.
 
 A run directory holds `config.yaml`, `metrics.jsonl` (one JSON object per evaluation: step, train_loss,
-val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_s) and `checkpoints/last`,
-`checkpoints/best` (orbax). Rerunning the same command after a kill resumes from `last`; batches and dropout
-keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A larger
-`iterations` extends a finished run.
+val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_s), `checkpoints/last`,
+`checkpoints/best` (orbax) and `training.png` (`rcnn.curves`: losses, validation accuracy and throughput vs
+iteration, redrawn at each evaluation). Rerunning the same command after a kill resumes from `last`; batches
+and dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted
+run. A larger `iterations` extends a finished run.
 
 With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps (early fusion) or images
 (late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one
@@ -14,8 +15,8 @@ Data parallelism: the batch is sharded over all devices of a 1-D mesh (`jax.shar
 replicated, XLA inserts the gradient all-reduce. Multi-host: with `distributed: true` (or a `Cluster`) each
 process first joins the others through `jax.distributed.initialize()`, so the mesh spans every host; each
 process then reads only its rows of each training batch (the draws are made for the whole batch, so the run
-equals a one-process run on as many devices), and only process 0 writes `config.yaml`, `metrics.jsonl` and
-the progress bar (orbax coordinates the checkpoints). Validation batches are read in shares alike.
+equals a one-process run on as many devices), and only process 0 writes `config.yaml`, `metrics.jsonl`,
+`training.png` and the progress bar (orbax coordinates the checkpoints). Validation batches are read in shares alike.
 """
 from __future__ import annotations
 
@@ -267,6 +268,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     from jax.sharding import NamedSharding, PartitionSpec
     from tqdm.auto import tqdm
 
+    from .curves import read_metrics, write_training_figure
     from .losses import class_weights
     from .models import build_model
 
@@ -319,8 +321,11 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
         metrics_file.unlink()
     base_key = jax.random.PRNGKey(cfg.seed)
     result: dict = {}
+    title = f"rcnn train --model {cfg.model}: {data_path.name} -> {run_dir.name}"
     if start >= cfg.iterations:
-        return _last_metrics(metrics_file)
+        if primary:  # a finished run: its figure, had it none
+            write_training_figure(run_dir, title)
+        return (read_metrics(run_dir) or [{}])[-1]
     items = range(start, cfg.iterations) if rows is None else ((s, *rows) for s in range(start, cfg.iterations))
     prefetch = ReadAhead(data, step_batch, items, loader_workers(cfg.loader_workers, jax.default_backend()),
                          cfg.prefetch)
@@ -353,6 +358,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                 if primary:
                     with metrics_file.open("a") as f:
                         f.write(json.dumps(result) + "\n")
+                    write_training_figure(run_dir, title)
                 bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.2f}")
                 losses, seqs, t_start = [], 0, time.perf_counter()
     finally:
@@ -415,6 +421,3 @@ def _validation_shares(data: SequenceData, cfg: TrainConfig, rows: tuple[int, in
         yield data.read_mask(padded), share
 
 
-def _last_metrics(metrics_file: Path) -> dict:
-    lines = [ln for ln in metrics_file.read_text().splitlines() if ln] if metrics_file.exists() else []
-    return json.loads(lines[-1]) if lines else {}

@@ -334,6 +334,41 @@ def test_training_separates_two_classes(dataset, tmp_path, model):
     assert result["val_accuracy"] >= 0.8, result  # chance is 0.5
     assert (tmp_path / "run" / "config.yaml").exists()
     assert any((tmp_path / "run" / "checkpoints" / "best").iterdir())
+    _check_training_figure(tmp_path / "run")
+
+
+def _check_training_figure(run: Path) -> None:
+    """`training.png` exists and its curves are metrics.jsonl's: losses, the kept checkpoint, accuracy, speed."""
+    import matplotlib.pyplot as plt
+
+    from rcnn.curves import draw_training_curves
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    png = plt.imread(run / "training.png")
+    assert png.ndim == 3 and png.shape[1] > 2 * png.shape[0] > 200
+    assert not (run / "training.png.tmp").exists()
+    fig = draw_training_curves(run)
+    (loss_ax, acc_ax, speed_ax), key = fig.axes, lambda r: r["val_loss"]
+    train_line, val_line, kept = loss_ax.lines
+    assert list(train_line.get_xdata()) == [r["step"] for r in rows]
+    assert list(train_line.get_ydata()) == [r["train_loss"] for r in rows]
+    assert list(val_line.get_ydata()) == [r["val_loss"] for r in rows]
+    assert kept.get_xdata()[0] == min(rows, key=key)["step"]
+    assert list(acc_ax.lines[0].get_ydata()) == [r["val_accuracy"] for r in rows]
+    assert list(speed_ax.lines[0].get_ydata()) == [r["seq_per_s"] for r in rows]
+    plt.close(fig)
+
+
+def test_training_figure_reports_a_damaged_metrics_log(tmp_path):
+    from rcnn.curves import draw_training_curves, write_training_figure
+
+    assert write_training_figure(tmp_path) is None and not (tmp_path / "training.png").exists()  # no evaluation yet
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "train_loss": 1.0, "val_loss": 2.0}\n{"step": 10, "tra\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+        draw_training_curves(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "train_loss": 1.0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 1 lacks \['val_loss'\]"):
+        draw_training_curves(tmp_path)
 
 
 def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
@@ -362,6 +397,10 @@ def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
     a = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     b = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["val_loss"] for x in a] == [json.loads(x)["val_loss"] for x in b]
+    _check_training_figure(tmp_path / "run")  # redrawn from the log as it continued, not the killed one
+    (tmp_path / "ref" / "training.png").unlink()  # a finished run made before the figure existed gets one
+    assert train(dataset, tmp_path / "ref", cfg, progress=False) == ref
+    _check_training_figure(tmp_path / "ref")
 
 
 def _copy_with(src, dst, edit):
