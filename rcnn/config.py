@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.settings import check_field_types, yaml_value
+from simulator.settings import check_field_types, yaml_mapping, yaml_value
 
 MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
@@ -146,10 +146,7 @@ def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = No
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict = {}
     if yaml_path:
-        data = yaml_value(Path(yaml_path).read_text(), str(yaml_path)) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of config keys, got {type(data).__name__}")
-        values.update(data)
+        values.update(yaml_mapping(yaml_path))
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")

@@ -168,6 +168,18 @@ def yaml_value(text: str, where: str):
         raise ValueError(f"{where}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
 
 
+def yaml_mapping(path: str | Path) -> dict:
+    """A `--config` YAML file's mapping of keys (empty file: none), or an error naming the file: missing, not
+    valid YAML, or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    data = yaml_value(path.read_text(), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def _as_type(value, kind: type):
     """`value` as `kind` where it means the same (else unchanged, for the caller to refuse)."""
     if isinstance(value, bool) or type(value) is kind:
@@ -202,10 +214,7 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict | None = No
     """Defaults, then a YAML file, then `--set key=value` strings, then explicit `overrides` (CLI flags)."""
     values: dict = {}
     if yaml_path:
-        data = yaml_value(Path(yaml_path).read_text(), str(yaml_path)) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of config keys, got {type(data).__name__}")
-        for k, v in data.items():
+        for k, v in yaml_mapping(yaml_path).items():
             _coerce(k, "null")  # validates the key name
             values[k] = v
     for item in sets or []:

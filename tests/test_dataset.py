@@ -210,6 +210,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "max_epochs=7.5"], "max_epochs must be an integer or null; got 7.5"),
     (["--set", "host_fraction_other=2"], "host_fraction_other must be in [0, 1]"),
     (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
+    (["--config", "/nonexistent/sim.yaml"], "/nonexistent/sim.yaml: config file not found"),
     (["--set", "seeing_limit_arcsec=0.1"], "none of 300 objects drawn has an epoch within the seeing limit (0.1\")"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
 ])

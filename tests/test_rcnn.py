@@ -500,8 +500,14 @@ def test_a_second_writer_of_a_run_or_dataset_stops_at_once(dataset, tmp_path):
     assert not sidecar.exists() and not dataset.with_name(dataset.name + ".photometry-tmp").exists()
 
 
-def test_bad_config_values_name_the_key():
+def test_bad_config_values_name_the_key(tmp_path):
     from rcnn.config import load_config
+
+    with pytest.raises(FileNotFoundError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- iterations\n- 5\n")
+    with pytest.raises(ValueError, match="list.yaml: expected a mapping of config keys, got list"):
+        load_config(tmp_path / "list.yaml")
 
     assert load_config(sets=["learning_rate=1e-4", "batch_size=8"]).learning_rate == 1e-4  # YAML 1.1: a string
     for item, message in (("iterations=abc", "iterations must be an integer; got 'abc'"),
