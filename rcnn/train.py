@@ -32,7 +32,7 @@ import numpy as np
 from simulator.lock import exclusive
 
 from .config import TrainConfig
-from .data import ReadAhead, SequenceData, loader_workers, step_batch
+from .data import SPLITS, DatasetError, ReadAhead, SequenceData, loader_workers, step_batch
 
 
 class RunError(ValueError):
@@ -232,6 +232,17 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
     return True
 
 
+def _check_splits(data: SequenceData, cfg: TrainConfig) -> None:
+    """The training and validation splits hold objects (else a DatasetError now, not an empty batch or the
+    first evaluation's division by zero)."""
+    for split in dict.fromkeys(("train", cfg.validation_split)):
+        if not len(data.indices(split)):
+            counts = ", ".join(f"{name} {int(np.sum(data.split == code))}" for name, code in SPLITS.items())
+            raise DatasetError(f"{data.path}: its {split} split is empty (objects per split: {counts}); "
+                               "`rcnn train` needs objects in the train split and in `validation_split` "
+                               "(a file from `rcnn import-real` holds test objects only: see `rcnn finetune`)")
+
+
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,
           cluster: Cluster | None = None) -> dict:
     """Train (or resume) a model; returns the last evaluation's metrics. With `cfg.distributed` (or a
@@ -242,7 +253,10 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     if cluster is not None and not cfg.distributed:
         cfg = dataclasses.replace(cfg, distributed=True)
     data_path, run_dir = Path(data_path), Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: exists and is not a directory (--out names the run directory)")
     data = SequenceData(data_path, cfg)  # validates before anything compiles
+    _check_splits(data, cfg)
     if cfg.distributed:
         join_cluster(cluster or Cluster())
     n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
@@ -397,8 +411,6 @@ def _evaluate(data: SequenceData, cfg: TrainConfig, state, eval_step, shard, mod
         out = eval_step(state, _put(batch, shard, cfg.batch_size), packing)
         loss_sum, c, w = (float(x) for x in jax.device_get(out))
         total, correct, n = total + loss_sum, correct + c, n + w
-    if n == 0:
-        raise ValueError(f"{data.path}: the {cfg.validation_split} split is empty")
     return total / n, correct / n
 
 

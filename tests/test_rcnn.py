@@ -577,6 +577,29 @@ def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     assert proc.returncode == 2 and "missing dataset" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_training_needs_train_and_validation_objects_and_a_run_directory(dataset, tmp_path):
+    """Checked before anything compiles: a file of test objects only (as `rcnn import-real` writes) gave
+    numpy's "need at least one array to concatenate"; an empty validation split failed at the first
+    evaluation, after `eval_every` steps; an --out that is a file gave "[Errno 17] File exists"."""
+    def all_test(f):
+        f["split"][...] = 2
+    only_test = _copy_with(dataset, tmp_path / "test.h5", all_test)
+    with pytest.raises(DatasetError, match=r"test.h5: its train split is empty \(objects per split: train 0, "
+                                           r"validation 0, test \d+\).*rcnn finetune"):
+        train(only_test, tmp_path / "run", TrainConfig(**TINY), progress=False)
+
+    def no_validation(f):
+        f["split"][...] = np.where(f["split"][()] == 1, 0, f["split"][()])
+    with pytest.raises(DatasetError, match="its validation split is empty"):
+        train(_copy_with(dataset, tmp_path / "nv.h5", no_validation), tmp_path / "run", TrainConfig(**TINY),
+              progress=False)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--out", str(tmp_path / "file")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "file: exists and is not a directory" in proc.stderr, proc.stderr
+
+
 BLOCK_SIMULATOR_DEPENDENCIES = """import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
