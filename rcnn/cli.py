@@ -213,6 +213,7 @@ def main(argv=None) -> int:
 
 
 def _train(args, cfg) -> int:
+    from .curves import FIGURE, kept_evaluation, read_metrics
     from .data import DatasetError
     from .train import Cluster, RunError, train
 
@@ -224,6 +225,10 @@ def _train(args, cfg) -> int:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    kept = kept_evaluation(read_metrics(args.out))
+    if kept is not None:
+        print(f"{args.out}: kept checkpoint from step {kept['step']} (val_loss {kept['val_loss']:.4g}, val_accuracy "
+              f"{kept.get('val_accuracy', float('nan')):.4g}); curves in {os.path.join(args.out, FIGURE)}")
     return 0
 
 

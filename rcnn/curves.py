@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 FIGURE = "training.png"
 
 
@@ -33,6 +35,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def kept_evaluation(rows: list[dict]) -> dict | None:
+    """The evaluation whose checkpoint `checkpoints/best` holds, by `rcnn train`'s rule: an evaluation
+    replaces the kept one when its validation loss is below the kept loss as stored (float32); None if no
+    loss was finite."""
+    kept, kept_loss = None, np.float32(np.inf)
+    for row in rows:
+        if row["val_loss"] < float(kept_loss):
+            kept, kept_loss = row, np.float32(row["val_loss"])
+    return kept
+
+
 def draw_training_curves(run_dir: str | Path, title: str | None = None):
     """The figure of `run_dir`'s training curves (a matplotlib Figure), or None before the first evaluation."""
     import matplotlib
@@ -44,17 +57,19 @@ def draw_training_curves(run_dir: str | Path, title: str | None = None):
     if not rows:
         return None
     step = [r["step"] for r in rows]
-    best = min(rows, key=lambda r: r["val_loss"])
+    best = kept_evaluation(rows)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     ax = axes[0]
     ax.plot(step, [r["train_loss"] for r in rows], marker="o", ms=3, label="training (interval mean)")
     ax.plot(step, [r["val_loss"] for r in rows], marker="o", ms=3, label="validation")
-    ax.axvline(best["step"], color="0.5", ls="--", lw=0.8, label=f"kept checkpoint (step {best['step']})")
+    if best is not None:
+        ax.axvline(best["step"], color="0.5", ls="--", lw=0.8, label=f"kept checkpoint (step {best['step']})")
     ax.set_ylabel("loss (summed over steps)")
     ax.legend(fontsize=7)
     ax = axes[1]
     ax.plot(step, [r.get("val_accuracy", float("nan")) for r in rows], marker="o", ms=3)
-    ax.axvline(best["step"], color="0.5", ls="--", lw=0.8)
+    if best is not None:
+        ax.axvline(best["step"], color="0.5", ls="--", lw=0.8)
     ax.set_ylabel("validation accuracy (last step)")
     ax.set_ylim(0, 1.02)
     ax = axes[2]
@@ -84,4 +99,4 @@ def write_training_figure(run_dir: str | Path, title: str | None = None) -> Path
     return out
 
 
-__all__ = ["FIGURE", "draw_training_curves", "read_metrics", "write_training_figure"]
+__all__ = ["FIGURE", "draw_training_curves", "kept_evaluation", "read_metrics", "write_training_figure"]

@@ -341,26 +341,35 @@ def _check_training_figure(run: Path) -> None:
     """`training.png` exists and its curves are metrics.jsonl's: losses, the kept checkpoint, accuracy, speed."""
     import matplotlib.pyplot as plt
 
-    from rcnn.curves import draw_training_curves
+    from rcnn.curves import draw_training_curves, kept_evaluation
 
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [int(p.name) for p in (run / "checkpoints" / "best").iterdir() if p.name.isdigit()]
+    assert kept == [kept_evaluation(rows)["step"]]  # the step whose checkpoint train kept
     png = plt.imread(run / "training.png")
     assert png.ndim == 3 and png.shape[1] > 2 * png.shape[0] > 200
     assert not (run / "training.png.tmp").exists()
     fig = draw_training_curves(run)
-    (loss_ax, acc_ax, speed_ax), key = fig.axes, lambda r: r["val_loss"]
-    train_line, val_line, kept = loss_ax.lines
+    loss_ax, acc_ax, speed_ax = fig.axes
+    train_line, val_line, kept_line = loss_ax.lines
     assert list(train_line.get_xdata()) == [r["step"] for r in rows]
     assert list(train_line.get_ydata()) == [r["train_loss"] for r in rows]
     assert list(val_line.get_ydata()) == [r["val_loss"] for r in rows]
-    assert kept.get_xdata()[0] == min(rows, key=key)["step"]
+    assert kept_line.get_xdata()[0] == kept[0]
     assert list(acc_ax.lines[0].get_ydata()) == [r["val_accuracy"] for r in rows]
     assert list(speed_ax.lines[0].get_ydata()) == [r["seq_per_s"] for r in rows]
     plt.close(fig)
 
 
 def test_training_figure_reports_a_damaged_metrics_log(tmp_path):
-    from rcnn.curves import draw_training_curves, write_training_figure
+    from rcnn.curves import draw_training_curves, kept_evaluation, write_training_figure
+
+    def kept(*losses):
+        found = kept_evaluation([{"step": i, "val_loss": v} for i, v in enumerate(losses)])
+        return None if found is None else found["step"]
+    assert kept(3.0, 2.0, 2.0, float("nan"), 1.5, 1.7) == 4
+    assert kept(float("nan")) is None
+    assert kept(1 + 1e-9, 1 + 5e-10) == 0  # train compares with the kept loss stored in float32 (1.0)
 
     assert write_training_figure(tmp_path) is None and not (tmp_path / "training.png").exists()  # no evaluation yet
     (tmp_path / "metrics.jsonl").write_text('{"step": 5, "train_loss": 1.0, "val_loss": 2.0}\n{"step": 10, "tra\n')
@@ -623,6 +632,9 @@ def test_network_commands_run_without_the_simulator_dependencies(dataset, tmp_pa
                  ["classify", str(run), str(dataset), "--out", str(tmp_path / "probs")]):
         proc = subprocess.run(cli + args, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        if args[0] == "train":
+            assert f"{run}: kept checkpoint from step 2 (val_loss " in proc.stdout, proc.stdout
+            assert f"curves in {run / 'training.png'}" in proc.stdout
     assert (run / "metrics.jsonl").exists() and (tmp_path / "report" / "metrics.json").exists()
     assert (tmp_path / "probs" / "probabilities.csv").exists()
     blocked = subprocess.run([sys.executable, "-c", "import galsim"], env=env, capture_output=True, text=True)
