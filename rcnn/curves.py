@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 FIGURE = "training.png"
+METRICS = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The evaluations logged in `run_dir/metrics.jsonl`, in order (empty if none yet)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     out = []
@@ -99,4 +100,4 @@ def write_training_figure(run_dir: str | Path, title: str | None = None) -> Path
     return out
 
 
-__all__ = ["FIGURE", "draw_training_curves", "kept_evaluation", "read_metrics", "write_training_figure"]
+__all__ = ["FIGURE", "METRICS", "draw_training_curves", "kept_evaluation", "read_metrics", "write_training_figure"]

@@ -282,7 +282,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     from jax.sharding import NamedSharding, PartitionSpec
     from tqdm.auto import tqdm
 
-    from .curves import read_metrics, write_training_figure
+    from .curves import METRICS, read_metrics, write_training_figure
     from .losses import class_weights
     from .models import build_model
 
@@ -321,7 +321,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     last = ocp.CheckpointManager((run_dir / "checkpoints" / "last").resolve(), options=options)
     best = ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options)
-    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file = run_dir / METRICS
     start = 0
     if resume and last.latest_step() is not None:
         start = int(last.latest_step())
