@@ -215,12 +215,15 @@ def main(argv=None) -> int:
 def _train(args, cfg) -> int:
     from .curves import FIGURE, kept_evaluation, read_metrics
     from .data import DatasetError
-    from .train import Cluster, RunError, train
+    from .train import Cluster, Interrupted, RunError, train
 
     launch = (args.coordinator, args.num_processes, args.process_id)
     cluster = Cluster(*launch) if any(v is not None for v in launch) else None
     try:
         result = train(args.data, args.out, cfg, progress=not args.no_progress, cluster=cluster)
+    except Interrupted as exc:
+        print(f"rcnn train: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's status for a process its signal ended
     except (DatasetError, RunError, ValueError, OSError) as exc:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +239,7 @@ def _other(args) -> int:
     """evaluate, baseline, classify, finetune, import-real."""
     from .data import DatasetError
     from .evaluate import ClassMapError, evaluate, parse_class_map
-    from .train import RunError
+    from .train import Interrupted, RunError
 
     try:
         if args.command == "evaluate":
@@ -274,6 +277,9 @@ def _other(args) -> int:
             from .real import import_real  # its errors (ImportError_) are ValueErrors
 
             print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
+    except Interrupted as exc:  # finetune's training
+        print(f"rcnn {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -308,8 +308,11 @@ _WORKER: dict = {}
 
 
 def _worker_start(path: str, cfg: TrainConfig, slots: list[str]) -> None:
+    import signal
     from multiprocessing.shared_memory import SharedMemory
 
+    # Ctrl-C reaches the terminal's whole process group: the parent stops the run and shuts the workers down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["data"] = SequenceData(path, cfg)
     _WORKER["slots"] = [SharedMemory(name) for name in slots]
 

@@ -5,7 +5,10 @@ val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_
 `checkpoints/best` (orbax) and `training.png` (`rcnn.curves`: losses, validation accuracy and throughput vs
 iteration, redrawn at each evaluation). Rerunning the same command after a kill resumes from `last`; batches
 and dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted
-run. A larger `iterations` extends a finished run.
+run. A larger `iterations` extends a finished run. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
+time limit) stops training after the step in flight and saves it with the unfinished interval's losses
+(`Interrupted`), so that nothing is lost and the resumed run logs what an uninterrupted one would; a second
+signal, or SIGKILL, stops at once, and the rerun goes on from the last evaluation.
 
 With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps (early fusion) or images
 (late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one
@@ -22,13 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from simulator.dataset import write_text_atomic
 from simulator.lock import exclusive
 
 from .config import TrainConfig
@@ -37,6 +43,58 @@ from .data import SPLITS, DatasetError, ReadAhead, SequenceData, loader_workers,
 
 class RunError(ValueError):
     """A run directory that does not match the request (names the file and the difference)."""
+
+
+#: In `checkpoints/`: the unfinished evaluation interval of a run stopped by a signal (its step, the losses
+#: and sequences so far, the time taken), so that the resumed run logs what an uninterrupted one would.
+INTERVAL = "interval.json"
+
+
+class Interrupted(Exception):
+    """`rcnn train` stopped by SIGINT or SIGTERM after the step in flight, with `checkpoints/last` saved at
+    that step: rerunning the command goes on from there."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step = signum, step
+        super().__init__(f"{run_dir}: stopped by {signal.Signals(signum).name} after step {step}, which is saved; "
+                         "rerun the same command to go on")
+
+
+@contextmanager
+def stop_on_signals(enabled: bool = True):
+    """Within: SIGINT and SIGTERM (Ctrl-C, `kill`, a batch scheduler's time limit) append their number to
+    the yielded list instead of stopping the process, so that training stops after the step in flight and
+    saves it; a second signal acts as before (the previous handlers are back). Only in the main thread (the
+    only one Python lets set handlers), and not for a signal that was ignored (a background job's SIGINT)."""
+    caught: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
+
+    def note(signum, frame):
+        caught.append(signum)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, note)
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _until_stopped(batches, caught: list[int]):
+    """`batches`, except that once a stop signal is caught, an input worker that died (of the same signal: a
+    scheduler signals every process of the job) ends them instead of raising."""
+    try:
+        yield from batches
+    except RuntimeError:
+        if not caught:
+            raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +303,10 @@ def _check_splits(data: SequenceData, cfg: TrainConfig) -> None:
 
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,
           cluster: Cluster | None = None) -> dict:
-    """Train (or resume) a model; returns the last evaluation's metrics. With `cfg.distributed` (or a
-    `cluster`, which implies it) this process first joins a multi-host run (module docstring)."""
+    """Train (or resume) a model; returns the last evaluation's metrics, or raises `Interrupted` once a
+    stop signal's step is saved. With `cfg.distributed` (or a `cluster`, which implies it) this process first
+    joins a multi-host run (module docstring), which stops on signals as before (the processes would have to
+    agree on a step)."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -345,41 +405,63 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                          cfg.prefetch)
     bar = tqdm(total=cfg.iterations, initial=start, unit="it", desc=f"train {cfg.model}",
                disable=not (progress and primary))
-    losses, t_start, seqs = [], time.perf_counter(), 0
-    try:
-        for item, batch in prefetch:
-            step = item[0] if rows else item
-            batch = dict(batch)
-            packing = cnn_rows(model, cfg, batch.pop("batch_mask", batch["mask"]), n_dev)
-            batch = _put(batch, shard, cfg.batch_size)
-            state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), packing)
-            losses.append(loss)
-            seqs += cfg.batch_size
-            bar.update(1)
-            done = step + 1
-            if done % cfg.eval_every == 0 or done == cfg.iterations:
-                train_loss = float(np.mean(jax.device_get(losses)))
-                val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard, model, rows)
-                elapsed = time.perf_counter() - t_start
-                result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
-                          "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
-                if val_loss < float(state["best_val_loss"]):
-                    state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
-                    best.save(done, args=ocp.args.StandardSave(state), force=True)
-                    best.wait_until_finished()
-                last.save(done, args=ocp.args.StandardSave(state), force=True)
-                last.wait_until_finished()
-                if primary:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(result) + "\n")
-                    write_training_figure(run_dir, title)
-                bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.2f}")
-                losses, seqs, t_start = [], 0, time.perf_counter()
-    finally:
-        prefetch.close()
-        bar.close()
-        last.close()
-        best.close()
+    losses, t_start, seqs, done = [], time.perf_counter(), 0, start
+    interval_file = run_dir / "checkpoints" / INTERVAL
+    if interval_file.exists():  # stopped between evaluations: the interval's losses so far, to go on with
+        saved = json.loads(interval_file.read_text())
+        if saved["step"] == start:
+            losses, seqs = [np.float32(x) for x in saved["losses"]], saved["seqs"]
+            t_start -= saved["elapsed_s"]
+        if primary:
+            interval_file.unlink()
+    # a multi-host run's processes would have to agree on the step to stop at: they stop as before, by dying
+    with stop_on_signals(enabled=not multi) as caught:
+        try:
+            for item, batch in _until_stopped(prefetch, caught):
+                step = item[0] if rows else item
+                batch = dict(batch)
+                packing = cnn_rows(model, cfg, batch.pop("batch_mask", batch["mask"]), n_dev)
+                batch = _put(batch, shard, cfg.batch_size)
+                state, loss = train_step(state, batch, jax.random.fold_in(base_key, step), packing)
+                losses.append(loss)
+                seqs += cfg.batch_size
+                bar.update(1)
+                done = step + 1
+                if done % cfg.eval_every == 0 or done == cfg.iterations:
+                    train_loss = float(np.mean(jax.device_get(losses)))
+                    val_loss, val_acc = _evaluate(data, cfg, state, eval_step, shard, model, rows)
+                    elapsed = time.perf_counter() - t_start
+                    result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
+                              "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
+                    if val_loss < float(state["best_val_loss"]):
+                        state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
+                        best.save(done, args=ocp.args.StandardSave(state), force=True)
+                        best.wait_until_finished()
+                    last.save(done, args=ocp.args.StandardSave(state), force=True)
+                    last.wait_until_finished()
+                    if primary:
+                        with metrics_file.open("a") as f:
+                            f.write(json.dumps(result) + "\n")
+                        write_training_figure(run_dir, title)
+                    bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
+                                    val_acc=f"{val_acc:.2f}")
+                    losses, seqs, t_start = [], 0, time.perf_counter()
+                if caught:
+                    break
+            if caught and done < cfg.iterations:
+                if done % cfg.eval_every:  # else saved by the evaluation just made
+                    last.save(done, args=ocp.args.StandardSave(state), force=True)
+                    last.wait_until_finished()
+                    if primary:
+                        write_text_atomic(interval_file, json.dumps(
+                            {"step": done, "losses": [float(x) for x in jax.device_get(losses)], "seqs": seqs,
+                             "elapsed_s": time.perf_counter() - t_start}))
+                raise Interrupted(caught[0], done, run_dir)
+        finally:
+            prefetch.close()
+            bar.close()
+            last.close()
+            best.close()
     return result
 
 

@@ -412,6 +412,87 @@ def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
     _check_training_figure(tmp_path / "ref")
 
 
+def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_same(dataset, tmp_path, monkeypatch):
+    """SIGTERM mid-interval: the step in flight finishes and is saved with the interval's losses; the rerun
+    logs what an uninterrupted run does (a kill without the signal path loses the steps since the last
+    evaluation: the test above)."""
+    import signal
+
+    import rcnn.train as rt
+
+    cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
+    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    real = rt.make_functions
+
+    def signalled(*a, **k):
+        train_step, eval_step = real(*a, **k)
+
+        def step(state, batch, key, cnn_rows=None):
+            if int(state["step"]) == 6:
+                signal.raise_signal(signal.SIGTERM)  # as `kill` or a scheduler's time limit would
+            return train_step(state, batch, key, cnn_rows)
+        return step, eval_step
+
+    monkeypatch.setattr(rt, "make_functions", signalled)
+    with pytest.raises(rt.Interrupted, match=r"run: stopped by SIGTERM after step 7, which is saved") as stop:
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 7)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    saved = json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())
+    assert (saved["step"], len(saved["losses"]), saved["seqs"]) == (7, 3, 3 * cfg.batch_size)  # steps 5-7
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["7"]
+    assert not (tmp_path / "run" / "train.lock").exists()
+    monkeypatch.setattr(rt, "make_functions", real)
+    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
+    for k in ("train_loss", "val_loss", "val_accuracy"):
+        assert resumed[k] == ref[k], k
+    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run"))
+    assert [(x["step"], x["train_loss"], x["val_loss"]) for x in a] == [(x["step"], x["train_loss"], x["val_loss"]) for x in b]
+    assert not (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()
+
+
+def test_a_dead_input_worker_ends_the_batches_only_after_a_stop_signal():
+    from rcnn.train import _until_stopped
+
+    def batches():
+        yield 1
+        raise RuntimeError("an input worker process died")
+    assert list(_until_stopped(batches(), caught=[15])) == [1]  # killed by the scheduler's SIGTERM as well
+    with pytest.raises(RuntimeError, match="worker process died"):
+        list(_until_stopped(batches(), caught=[]))
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_rcnn_train_and_its_input_workers_stops_it_and_the_rerun_goes_on(dataset, tmp_path, name):
+    """A real signal to the command's process group: a terminal's Ctrl-C (the workers ignore it) or a batch
+    scheduler's SIGTERM (it kills the workers: the step is saved all the same)."""
+    import signal
+    import time
+
+    sig = getattr(signal, name)
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--model", "lc", "--no-progress", "--out", str(run),
+           *(f"--set={k}={v}" for k, v in TINY.items()), "--set=iterations=100000", "--set=eval_every=7",
+           "--set=loader_workers=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err and f"stopped by {name} after step" in err, err[-2000:]
+    step = int(err.split("after step ")[1].split(",")[0])
+    assert step >= 7 and [p.name for p in (run / "checkpoints" / "last").iterdir() if p.name.isdigit()] == [str(step)]
+    assert (run / "checkpoints" / "interval.json").exists() == (step % 7 != 0)
+    assert not (run / "train.lock").exists()
+    more = subprocess.run(cmd[:-3] + [f"--set=iterations={step + 3}", "--set=eval_every=7", "--set=loader_workers=1"],
+                          capture_output=True, text=True)
+    assert more.returncode == 0 and f"step {step + 3}," in more.stdout, more.stderr[-2000:]
+
+
 def _copy_with(src, dst, edit):
     dst.write_bytes(src.read_bytes())
     with h5py.File(dst, "r+") as f:
