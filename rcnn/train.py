@@ -409,11 +409,9 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     interval_file = run_dir / "checkpoints" / INTERVAL
     if interval_file.exists():  # stopped between evaluations: the interval's losses so far, to go on with
         saved = json.loads(interval_file.read_text())
-        if saved["step"] == start:
+        if saved["step"] == start:  # (kept until the next evaluation's checkpoint, should this run be killed)
             losses, seqs = [np.float32(x) for x in saved["losses"]], saved["seqs"]
             t_start -= saved["elapsed_s"]
-        if primary:
-            interval_file.unlink()
     # a multi-host run's processes would have to agree on the step to stop at: they stop as before, by dying
     with stop_on_signals(enabled=not multi) as caught:
         try:
@@ -440,6 +438,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     last.save(done, args=ocp.args.StandardSave(state), force=True)
                     last.wait_until_finished()
                     if primary:
+                        interval_file.unlink(missing_ok=True)  # superseded by this checkpoint
                         with metrics_file.open("a") as f:
                             f.write(json.dumps(result) + "\n")
                         write_training_figure(run_dir, title)
@@ -450,12 +449,12 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     break
             if caught and done < cfg.iterations:
                 if done % cfg.eval_every:  # else saved by the evaluation just made
-                    last.save(done, args=ocp.args.StandardSave(state), force=True)
-                    last.wait_until_finished()
-                    if primary:
+                    if primary:  # first: a kill before the checkpoint leaves a file for a step never resumed
                         write_text_atomic(interval_file, json.dumps(
                             {"step": done, "losses": [float(x) for x in jax.device_get(losses)], "seqs": seqs,
                              "elapsed_s": time.perf_counter() - t_start}))
+                    last.save(done, args=ocp.args.StandardSave(state), force=True)
+                    last.wait_until_finished()
                 raise Interrupted(caught[0], done, run_dir)
         finally:
             prefetch.close()

@@ -442,6 +442,20 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
     assert (saved["step"], len(saved["losses"]), saved["seqs"]) == (7, 3, 3 * cfg.batch_size)  # steps 5-7
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["7"]
     assert not (tmp_path / "run" / "train.lock").exists()
+
+    def killed(*a, **k):  # the resumed run dies (SIGKILL, no signal path) before its next evaluation
+        train_step, eval_step = real(*a, **k)
+
+        def step(state, batch, key, cnn_rows=None):
+            if int(state["step"]) == 7:
+                raise KeyboardInterrupt
+            return train_step(state, batch, key, cnn_rows)
+        return step, eval_step
+
+    monkeypatch.setattr(rt, "make_functions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()  # still there for the next resume
     monkeypatch.setattr(rt, "make_functions", real)
     resumed = train(dataset, tmp_path / "run", cfg, progress=False)
     for k in ("train_loss", "val_loss", "val_accuracy"):
