@@ -380,26 +380,34 @@ def test_training_figure_reports_a_damaged_metrics_log(tmp_path):
         draw_training_curves(tmp_path)
 
 
-def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
-    cfg = TrainConfig(iterations=12, eval_every=4, cell="gru", loss="focal", **TINY)
-    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+def _at_step(monkeypatch, n: int, action) -> None:
+    """`rcnn.train.make_functions` patched so that its train step calls `action()` before state step `n`."""
     import rcnn.train as rt
 
     real = rt.make_functions
 
-    def dying(*a, **k):
+    def patched(*a, **k):
         train_step, eval_step = real(*a, **k)
 
         def step(state, batch, key, cnn_rows=None):
-            if int(state["step"]) == 6:
-                raise KeyboardInterrupt  # killed between checkpoints (saved at 4)
+            if int(state["step"]) == n:
+                action()
             return train_step(state, batch, key, cnn_rows)
         return step, eval_step
+    monkeypatch.setattr(rt, "make_functions", patched)
 
-    monkeypatch.setattr(rt, "make_functions", dying)
+
+def _die():
+    raise KeyboardInterrupt  # a kill with no signal path: nothing after it runs
+
+
+def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
+    cfg = TrainConfig(iterations=12, eval_every=4, cell="gru", loss="focal", **TINY)
+    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    _at_step(monkeypatch, 6, _die)  # killed between checkpoints (saved at 4)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "run", cfg, progress=False)
-    monkeypatch.setattr(rt, "make_functions", real)
+    monkeypatch.undo()
     resumed = train(dataset, tmp_path / "run", cfg, progress=False)
     for k in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed[k] == ref[k], k
@@ -422,18 +430,7 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
 
     cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
     ref = train(dataset, tmp_path / "ref", cfg, progress=False)
-    real = rt.make_functions
-
-    def signalled(*a, **k):
-        train_step, eval_step = real(*a, **k)
-
-        def step(state, batch, key, cnn_rows=None):
-            if int(state["step"]) == 6:
-                signal.raise_signal(signal.SIGTERM)  # as `kill` or a scheduler's time limit would
-            return train_step(state, batch, key, cnn_rows)
-        return step, eval_step
-
-    monkeypatch.setattr(rt, "make_functions", signalled)
+    _at_step(monkeypatch, 6, lambda: signal.raise_signal(signal.SIGTERM))  # as `kill` or a time limit would
     with pytest.raises(rt.Interrupted, match=r"run: stopped by SIGTERM after step 7, which is saved") as stop:
         train(dataset, tmp_path / "run", cfg, progress=False)
     assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 7)
@@ -442,21 +439,12 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
     assert (saved["step"], len(saved["losses"]), saved["seqs"]) == (7, 3, 3 * cfg.batch_size)  # steps 5-7
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["7"]
     assert not (tmp_path / "run" / "train.lock").exists()
-
-    def killed(*a, **k):  # the resumed run dies (SIGKILL, no signal path) before its next evaluation
-        train_step, eval_step = real(*a, **k)
-
-        def step(state, batch, key, cnn_rows=None):
-            if int(state["step"]) == 7:
-                raise KeyboardInterrupt
-            return train_step(state, batch, key, cnn_rows)
-        return step, eval_step
-
-    monkeypatch.setattr(rt, "make_functions", killed)
+    monkeypatch.undo()
+    _at_step(monkeypatch, 7, _die)  # the resumed run is killed before its next evaluation
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "run", cfg, progress=False)
     assert (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()  # still there for the next resume
-    monkeypatch.setattr(rt, "make_functions", real)
+    monkeypatch.undo()
     resumed = train(dataset, tmp_path / "run", cfg, progress=False)
     for k in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed[k] == ref[k], k
