@@ -431,10 +431,15 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
     cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
     ref = train(dataset, tmp_path / "ref", cfg, progress=False)
     _at_step(monkeypatch, 6, lambda: signal.raise_signal(signal.SIGTERM))  # as `kill` or a time limit would
-    with pytest.raises(rt.Interrupted, match=r"run: stopped by SIGTERM after step 7, which is saved") as stop:
-        train(dataset, tmp_path / "run", cfg, progress=False)
+    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # as a command started from a shell has them (a background job's SIGINT is ignored: it is left so)
+        with pytest.raises(rt.Interrupted, match=r"run: stopped by SIGTERM after step 7, which is saved") as stop:
+            train(dataset, tmp_path / "run", cfg, progress=False)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL is signal.getsignal(signal.SIGINT)  # put back
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 7)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     saved = json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())
     assert (saved["step"], len(saved["losses"]), saved["seqs"]) == (7, 3, 3 * cfg.batch_size)  # steps 5-7
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["7"]
@@ -474,16 +479,25 @@ def test_a_signal_to_rcnn_train_and_its_input_workers_stops_it_and_the_rerun_goe
     sig = getattr(signal, name)
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rcnn.cli", "train", str(dataset), "--model", "lc", "--no-progress", "--out", str(run),
+    # the signals' default actions, as in a terminal, whatever this test process inherited (a background
+    # job ignores SIGINT, and so would the command, as Python does)
+    cmd = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+           "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, '-m', "
+           "'rcnn.cli', *sys.argv[1:]])", "train", str(dataset), "--model", "lc", "--no-progress", "--out", str(run),
            *(f"--set={k}={v}" for k, v in TINY.items()), "--set=iterations=100000", "--set=eval_every=7",
            "--set=loader_workers=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    os.killpg(proc.pid, sig)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+    finally:  # never leave it running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err and f"stopped by {name} after step" in err, err[-2000:]
     step = int(err.split("after step ")[1].split(",")[0])
