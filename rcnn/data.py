@@ -87,6 +87,16 @@ class SequenceData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == SPLITS[split])
 
+    def require(self, split: str, why: str = "") -> np.ndarray:
+        """`indices(split)`, or a DatasetError naming the file and every split's count if it is empty (`why`:
+        what needs the split, appended to the message)."""
+        idx = self.indices(split)
+        if not len(idx):
+            counts = ", ".join(f"{name} {int(np.sum(self.split == code))}" for name, code in SPLITS.items())
+            raise DatasetError(f"{self.path}: its {split} split is empty (objects per split: {counts})"
+                               + (f"; {why}" if why else ""))
+        return idx
+
     def read(self, idx: np.ndarray, flux_factor: np.ndarray | None = None) -> dict:
         """Model inputs for objects `idx` (any order), validated: images or light curves, dt, masks, labels;
         `flux_factor` (len(idx),) rescales each sequence's fluxes (brightness augmentation)."""
@@ -132,9 +142,7 @@ class SequenceData:
 
     def sample(self, rng: np.random.Generator, split: str, batch_size: int) -> np.ndarray:
         """Object indices of a random batch: a random subset of the objects of a few random chunks."""
-        pool = self.indices(split)
-        if not len(pool):
-            raise DatasetError(f"{self.path}: no objects in the {split} split")
+        pool = self.require(split)
         chunks = np.unique(pool // self.chunk)
         chosen = []
         for c in rng.permutation(chunks):

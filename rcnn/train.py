@@ -38,7 +38,7 @@ from simulator.dataset import write_text_atomic
 from simulator.lock import exclusive
 
 from .config import TrainConfig
-from .data import SPLITS, DatasetError, ReadAhead, SequenceData, loader_workers, step_batch
+from .data import ReadAhead, SequenceData, loader_workers, step_batch
 
 
 class RunError(ValueError):
@@ -290,17 +290,6 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
     return True
 
 
-def _check_splits(data: SequenceData, cfg: TrainConfig) -> None:
-    """The training and validation splits hold objects (else a DatasetError now, not an empty batch or the
-    first evaluation's division by zero)."""
-    for split in dict.fromkeys(("train", cfg.validation_split)):
-        if not len(data.indices(split)):
-            counts = ", ".join(f"{name} {int(np.sum(data.split == code))}" for name, code in SPLITS.items())
-            raise DatasetError(f"{data.path}: its {split} split is empty (objects per split: {counts}); "
-                               "`rcnn train` needs objects in the train split and in `validation_split` "
-                               "(a file from `rcnn import-real` holds test objects only: see `rcnn finetune`)")
-
-
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,
           cluster: Cluster | None = None) -> dict:
     """Train (or resume) a model; returns the last evaluation's metrics, or raises `Interrupted` once a
@@ -316,7 +305,9 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir}: exists and is not a directory (--out names the run directory)")
     data = SequenceData(data_path, cfg)  # validates before anything compiles
-    _check_splits(data, cfg)
+    for split in dict.fromkeys(("train", cfg.validation_split)):  # now, not as an empty batch or evaluation
+        data.require(split, "`rcnn train` needs objects in the train split and in `validation_split` (a file "
+                            "from `rcnn import-real` holds test objects only: see `rcnn finetune`)")
     if cfg.distributed:
         join_cluster(cluster or Cluster())
     n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
@@ -389,8 +380,8 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
         state = restore_checkpoint(last, start, abstract, run_dir / "checkpoints" / "last")
         state = jax.device_put(state, replicated)
         if metrics_file.exists() and primary:  # drop evaluations logged after the checkpoint (a kill between)
-            lines = [ln for ln in metrics_file.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-            metrics_file.write_text("".join(ln + "\n" for ln in lines))
+            kept = [row for row in read_metrics(run_dir) if row["step"] <= start]
+            metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
     elif metrics_file.exists() and primary:
         metrics_file.unlink()
     base_key = jax.random.PRNGKey(cfg.seed)
