@@ -19,13 +19,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .dataset import PhotometryError, run_photometry
+    from simulator.stopping import Stopped, stop_requests
 
-    try:
-        out = run_photometry(args.dataset, args.sky, args.fwhm, args.batch_objects, not args.no_progress)
-    except (PhotometryError, OSError, KeyError) as exc:
-        print(f"photometry: error: {exc}", file=sys.stderr)
-        return 2
+    from .dataset import PhotometryError, run_photometry, working_copy
+
+    with stop_requests():
+        try:
+            out = run_photometry(args.dataset, args.sky, args.fwhm, args.batch_objects, not args.no_progress)
+        except (PhotometryError, OSError, KeyError) as exc:
+            print(f"photometry: error: {exc}", file=sys.stderr)
+            return 2
+        except Stopped as exc:
+            tmp = working_copy(args.dataset)
+            kept = (f"the objects measured so far are kept in {tmp}: rerun the same command to go on" if tmp.exists()
+                    else f"{args.dataset} is unchanged")
+            print(f"photometry: {exc}; {kept}", file=sys.stderr)
+            return exc.exit_status
     import numpy as np
 
     from simulator.dataset import open_h5

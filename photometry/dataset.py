@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from simulator.dataset import open_h5
 from simulator.lock import exclusive
 from simulator.settings import psf_fwhm_arcsec
+from simulator.stopping import check as check_stop
 
 from .optimal import OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
 
@@ -79,9 +80,15 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
     return path
 
 
+def working_copy(path: str | Path) -> Path:
+    """Where `run_photometry` measures `path` (a copy, renamed over it when done; kept by a stopped run)."""
+    path = Path(path)
+    return path.with_name(path.name + ".photometry-tmp")
+
+
 def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool, opts: dict) -> None:
     """`run_photometry` once the dataset is checked: measure on a working copy (resumable), rename it over."""
-    tmp = path.with_name(path.name + ".photometry-tmp")
+    tmp = working_copy(path)
     source = _source_id(path)
     options = json.dumps({"sky": sky, "fwhm": fwhm})
     resume = False
@@ -130,6 +137,7 @@ def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool
             f.flush()
             bar.update(stop - start)
             start = stop
+            check_stop()  # a stop signal: the batches done are kept in the working copy
         bar.close()
         mask = f["mask"][()]
         flux, err = g["flux_adu"][()], g["flux_err_adu"][()]

@@ -25,6 +25,7 @@ import numpy as np
 from photometry.optimal import bad_pixels, zero_point_scaling
 from simulator.dataset import UNLABELLED, class_names, open_h5, write_text_atomic
 from simulator.settings import psf_fwhm_arcsec
+from simulator.stopping import check as check_stop
 
 from . import metrics as M
 from .data import DatasetError
@@ -70,6 +71,7 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
                 flux[lo + i, j], err[lo + i, j] = aperture_flux(stamps, cond["sky_adu"], aperture_fwhm * fwhm_px,
                                                                 cond["gain"], cond["read_noise"], cond["saturation"])
                 bar.update(min(chunk_objects, n - lo))
+                check_stop()
     zs = zero_point_scaling(zero_point, mask)
     out["flux"], out["flux_err"] = flux * zs, err * zs
     first = np.argmax(mask, axis=1)
@@ -107,6 +109,7 @@ def light_curve_features(flux, flux_err, mjd, mask, mag_offset, progress: bool =
 
     out = np.zeros((len(flux), len(FEATURES)))
     for k in tqdm(range(len(flux)), unit="obj", desc="light-curve features", leave=False, disable=not progress):
+        check_stop()
         v = mask[k] & np.isfinite(flux[k]) & np.isfinite(flux_err[k]) & (flux_err[k] > 0)
         if v.sum() < 3:
             raise DatasetError(f"object {k} has {int(v.sum())} valid epochs; light-curve features need 3")

@@ -6,6 +6,8 @@ import os
 import platform
 import sys
 
+from simulator.stopping import Stopped, stop_requests
+
 
 def _at_least(minimum: int):
     """argparse type: an integer >= `minimum` (argparse names the option in its error)."""
@@ -209,21 +211,28 @@ def main(argv=None) -> int:
         use_fast_cpu_flags()
     if command_line:
         run_on_calling_thread()
-    return _other(args) if cfg is None else _train(args, cfg)
+    launch = (args.coordinator, args.num_processes, args.process_id) if cfg is not None else ()
+    cluster = None
+    if any(v is not None for v in launch):
+        from .train import Cluster
+
+        cluster = Cluster(*launch)
+    # a multi-host run's processes would have to agree on a step to stop at: SIGINT and SIGTERM end them as before
+    with stop_requests(enabled=cluster is None and not (cfg is not None and cfg.distributed)):
+        try:
+            return _other(args) if cfg is None else _train(args, cfg, cluster)
+        except Stopped as exc:  # train's (`Interrupted`) names the step it saved
+            print(f"rcnn {args.command}: {exc}", file=sys.stderr)
+            return exc.exit_status
 
 
-def _train(args, cfg) -> int:
+def _train(args, cfg, cluster) -> int:
     from .curves import FIGURE, kept_evaluation, read_metrics
     from .data import DatasetError
-    from .train import Cluster, Interrupted, RunError, train
+    from .train import RunError, train
 
-    launch = (args.coordinator, args.num_processes, args.process_id)
-    cluster = Cluster(*launch) if any(v is not None for v in launch) else None
     try:
         result = train(args.data, args.out, cfg, progress=not args.no_progress, cluster=cluster)
-    except Interrupted as exc:
-        print(f"rcnn train: {exc}", file=sys.stderr)
-        return 128 + exc.signum  # the shell's status for a process its signal ended
     except (DatasetError, RunError, ValueError, OSError) as exc:
         print(f"rcnn train: error: {exc}", file=sys.stderr)
         return 2
@@ -239,7 +248,7 @@ def _other(args) -> int:
     """evaluate, baseline, classify, finetune, import-real."""
     from .data import DatasetError
     from .evaluate import ClassMapError, evaluate, parse_class_map
-    from .train import Interrupted, RunError
+    from .train import RunError
 
     try:
         if args.command == "evaluate":
@@ -277,9 +286,6 @@ def _other(args) -> int:
             from .real import import_real  # its errors (ImportError_) are ValueErrors
 
             print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
-    except Interrupted as exc:  # finetune's training
-        print(f"rcnn {args.command}: {exc}", file=sys.stderr)
-        return 128 + exc.signum
     except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

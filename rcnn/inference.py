@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.stopping import check as check_stop
+
 from .data import SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
@@ -112,6 +114,7 @@ def predict(classifier: Classifier, data_path: str | Path, split: str | None = "
             if len(done) > 1:
                 done[-2] = (np.asarray(done[-2][0]), done[-2][1])
                 bar.update(len(done[-2][1]))
+            check_stop()
         bar.update(len(index) - bar.n)
     probs = np.concatenate([np.asarray(p) for p, _ in done])
     return Predictions(probs, np.concatenate([m for _, m in done]), data.label[index], index, classifier.class_names)

@@ -26,9 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from simulator.dataset import write_text_atomic
 from simulator.lock import exclusive
+from simulator.stopping import Stopped, stop_requests
 
 from .config import TrainConfig
 from .data import ReadAhead, SequenceData, loader_workers, step_batch
@@ -50,41 +50,14 @@ class RunError(ValueError):
 INTERVAL = "interval.json"
 
 
-class Interrupted(Exception):
+class Interrupted(Stopped):
     """`rcnn train` stopped by SIGINT or SIGTERM after the step in flight, with `checkpoints/last` saved at
     that step: rerunning the command goes on from there."""
 
     def __init__(self, signum: int, step: int, run_dir: Path):
-        self.signum, self.step = signum, step
-        super().__init__(f"{run_dir}: stopped by {signal.Signals(signum).name} after step {step}, which is saved; "
-                         "rerun the same command to go on")
-
-
-@contextmanager
-def stop_on_signals(enabled: bool = True):
-    """Within: SIGINT and SIGTERM (Ctrl-C, `kill`, a batch scheduler's time limit) append their number to
-    the yielded list instead of stopping the process, so that training stops after the step in flight and
-    saves it; a second signal acts as before (the previous handlers are back). Only in the main thread (the
-    only one Python lets set handlers), and not for a signal that was ignored (a background job's SIGINT)."""
-    caught: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
-
-    def note(signum, frame):
-        caught.append(signum)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    for sig in previous:
-        signal.signal(sig, note)
-    try:
-        yield caught
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        self.step = step
+        super().__init__(signum, f"{run_dir}: stopped by {signal.Signals(signum).name} after step {step}, which is "
+                                 "saved; rerun the same command to go on")
 
 
 def _until_stopped(batches, caught: list[int]):
@@ -404,7 +377,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
             losses, seqs = [np.float32(x) for x in saved["losses"]], saved["seqs"]
             t_start -= saved["elapsed_s"]
     # a multi-host run's processes would have to agree on the step to stop at: they stop as before, by dying
-    with stop_on_signals(enabled=not multi) as caught:
+    with stop_requests(enabled=not multi) as caught:
         try:
             for item, batch in _until_stopped(prefetch, caught):
                 step = item[0] if rows else item

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
 
     from .run import SimulationError, simulate
     from .settings import load_config
+    from .stopping import Stopped, stop_requests
     from .summary import plot_gallery, plot_summary, summarize
 
     overrides = {"survey": args.survey, "n_per_class": args.n_per_class, "seed": args.seed,
@@ -43,20 +44,33 @@ def main(argv=None) -> int:
                  "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None}
     if args.no_progress:
         overrides["progress"] = False
-    try:
-        cfg = load_config(args.config, overrides, args.set)
-        for png in filter(None, (args.plot, args.gallery)):  # before the work, not after it
-            Path(png).parent.mkdir(parents=True, exist_ok=True)
-        out = simulate(cfg, args.out, overwrite=args.overwrite)
-        print(summarize(out))
-        if args.plot:
-            print(f"figure: {plot_summary(out, args.plot)}")
-        if args.gallery:
-            print(f"gallery: {plot_gallery(out, args.gallery)}")
-    except (ValueError, NotImplementedError, ConditionsError, SimulationError, OSError) as exc:
-        print(f"simulate: error: {exc}", file=sys.stderr)
-        return 2
+    out = None
+    with stop_requests():
+        try:
+            cfg = load_config(args.config, overrides, args.set)
+            for png in filter(None, (args.plot, args.gallery)):  # before the work, not after it
+                Path(png).parent.mkdir(parents=True, exist_ok=True)
+            out = simulate(cfg, args.out, overwrite=args.overwrite)
+            print(summarize(out))
+            if args.plot:
+                print(f"figure: {plot_summary(out, args.plot)}")
+            if args.gallery:
+                print(f"gallery: {plot_gallery(out, args.gallery)}")
+        except (ValueError, NotImplementedError, ConditionsError, SimulationError, OSError) as exc:
+            print(f"simulate: error: {exc}", file=sys.stderr)
+            return 2
+        except Stopped as exc:
+            print(f"simulate: {exc}; " + (f"{out} is complete" if out else kept_shards(args.out)), file=sys.stderr)
+            return exc.exit_status
     return 0
+
+
+def kept_shards(out: str) -> str:
+    """What a `simulate` to `out` stopped before it finished leaves, for its message."""
+    n = len(list(Path(out + ".parts").glob("shard-*.h5")))
+    if not n:
+        return "no shard was finished"
+    return f"{n} finished shard{'s' * (n != 1)} kept in {out}.parts: rerun the same command to go on"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_versi
 from .lock import exclusive
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
+from .stopping import check as check_stop
+from .stopping import worker_signals
 from .templates import TEMPLATES_ENV
 
 
@@ -63,6 +65,14 @@ def _worker_context():
     return get_context("fork" if forkable else "spawn")
 
 
+def _worker_start() -> None:
+    """A pool worker's set-up: the parent's signal handlers off (`worker_signals`), and gc.freeze: a forked
+    worker's inherited heap (survey, templates, tables, imports: ~150k objects) leaves the cyclic
+    collector's scans (each full scan ~60 ms; ~2% of a worker's time)."""
+    worker_signals()
+    gc.freeze()
+
+
 def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
     """An iterator of ((start, stop), arrays) for every pending shard, in completion order. Workers (local
     processes or a Dask cluster) are started and given every shard now; `stack` closes them."""
@@ -75,10 +85,9 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
         futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
         return ((futures[fut], fut.result()) for fut in dask_completed(futures))
     if cfg.workers > 1 and len(pending) > 1:
-        # gc.freeze: a forked worker's inherited heap (survey, templates, tables, imports: ~150k objects)
-        # leaves the cyclic collector's scans (each full scan ~60 ms; ~2% of a worker's time)
-        pool = stack.enter_context(ProcessPoolExecutor(max_workers=cfg.workers, mp_context=_worker_context(),
-                                                       initializer=gc.freeze))
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=_worker_context(), initializer=_worker_start)
+        # on an error or a stop, shards not started are dropped: only those in flight are waited for
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
         return ((futures[fut], fut.result()) for fut in as_completed(futures))
     return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
@@ -144,3 +153,4 @@ def _shards_into(cfg: SimConfig, out: Path, parts: Path, content: str) -> None:
             write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
             merger.add(index[(a, b)])
             bar.update(b - a)
+            check_stop()  # a stop signal: this shard is kept, the pool drops those not started

@@ -18,6 +18,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from .stopping import check as check_stop
+
 #: Environment variable naming the template directory, used when `--templates` is not given.
 TEMPLATES_ENV = "STAMPSEQ_TEMPLATES"
 
@@ -68,6 +70,7 @@ def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Pat
     out = Path(out)
     written = []
     for rel, url, sha256 in DOWNLOADS:
+        check_stop()
         target = out / rel
         if target.exists():
             continue
@@ -108,11 +111,18 @@ def main(argv=None) -> int:
         for name, version in SNCOSMO_SOURCES:
             print(f"{Path(args.out) / 'sncosmo_data'}  <-  sncosmo source {name}" + (f" version {version}" if version else ""))
         return 0
-    try:
-        written = fetch_templates(args.out)
-    except Exception as exc:  # network and server failures come in many types; report, do not trace back
-        print(f"fetch-templates: error: {exc}", file=sys.stderr)
-        return 2
+    from .stopping import Stopped, stop_requests
+
+    with stop_requests():
+        try:
+            written = fetch_templates(args.out)
+        except Exception as exc:  # network and server failures come in many types; report, do not trace back
+            print(f"fetch-templates: error: {exc}", file=sys.stderr)
+            return 2
+        except Stopped as exc:
+            print(f"fetch-templates: {exc}; the files fetched so far are kept in {args.out}: rerun the same "
+                  "command to fetch the rest", file=sys.stderr)
+            return exc.exit_status
     print(f"fetched {len(written)} files and the sncosmo sources into {args.out}")
     return 0
 

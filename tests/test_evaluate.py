@@ -170,6 +170,33 @@ def test_predict_in_batches_equals_one_batch(run_4class):
     assert np.array_equal(parts.step_mask, whole.step_mask) and np.array_equal(parts.labels, whole.labels)
     np.testing.assert_allclose(parts.probs, whole.probs, atol=1e-5)  # other batch shapes: other roundings
 
+def test_a_stop_signal_ends_classify_after_the_batch_in_flight(run_4class, tmp_path, monkeypatch, capsys):
+    """SIGTERM while predicting: the batch in flight finishes, nothing is written, exit 143 with one line."""
+    import signal
+
+    from rcnn.cli import main
+    from rcnn.inference import Classifier
+
+    run, data = run_4class
+    real_launch = Classifier._launch
+
+    def signalling(self, batch):
+        signal.raise_signal(signal.SIGTERM)  # recorded: the batch is still computed
+        return real_launch(self, batch)
+
+    def unhandled(signum, frame):
+        raise AssertionError("the command did not handle the signal")
+
+    monkeypatch.setattr(Classifier, "_launch", signalling)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main(["classify", str(run), str(data), "--out", str(tmp_path / "cls"), "--no-progress"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.strip() == "rcnn classify: stopped by SIGTERM"
+    assert not (tmp_path / "cls").exists()
+
 
 def test_evaluate_bad_inputs(run_4class, tmp_path):
     run, data = run_4class

@@ -195,3 +195,48 @@ def test_cli_bad_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.h5", "text.h5"]  # no working copy left
     with pytest.raises(PhotometryError, match="batch_objects must be >= 1, got 0"):  # it looped for ever
         run_photometry(tmp_path / "other.h5", batch_objects=0)
+
+
+def test_a_stop_signal_ends_photometry_after_the_batch_in_flight(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a batch scheduler's time limit) mid-run: the batch in flight is finished and kept in the
+    working copy, the command says so and exits 143; the rerun gives what an uninterrupted run does."""
+    import signal
+
+    import photometry.dataset as pd
+    from photometry.cli import main
+
+    ds = tmp_path / "d.h5"
+    simulate(SimConfig(classes=("nonvariable", "supernova"), n_per_class=12, seed=3, progress=False), ds)
+    ref = tmp_path / "ref.h5"
+    ref.write_bytes(ds.read_bytes())
+    run_photometry(ref, batch_objects=8, progress=False)
+    calls = {"n": 0}
+    real_measure = pd.OptimalPhotometry.measure
+
+    def signalling(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGTERM)  # recorded: this batch is still measured and written
+        return real_measure(self, *a, **k)
+
+    def unhandled(signum, frame):
+        raise AssertionError("the command did not handle the signal")
+
+    monkeypatch.setattr(pd.OptimalPhotometry, "measure", signalling)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert main([str(ds), "--no-progress", "--batch-objects", "8"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    tmp = tmp_path / "d.h5.photometry-tmp"
+    assert f"photometry: stopped by SIGTERM; the objects measured so far are kept in {tmp}" in capsys.readouterr().err
+    with h5py.File(tmp, "r") as f:
+        assert f["photometry"].attrs["done"] == 16 and calls["n"] == 2
+    with h5py.File(ds, "r") as f:
+        assert "photometry" not in f
+    monkeypatch.setattr(pd.OptimalPhotometry, "measure", real_measure)
+    assert main([str(ds), "--no-progress", "--batch-objects", "8"]) == 0
+    with h5py.File(ds, "r") as f, h5py.File(ref, "r") as g:
+        for k in ("flux_adu", "flux_err_adu", "first_detection"):
+            assert np.array_equal(f[f"photometry/{k}"][()], g[f"photometry/{k}"][()], equal_nan=True), k
+    assert not tmp.exists()

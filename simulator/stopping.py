@@ -1,0 +1,80 @@
+"""How the commands stop on SIGINT and SIGTERM (Ctrl-C, `kill`, a batch scheduler's time limit).
+
+Python's defaults are a KeyboardInterrupt raised wherever the main thread is, and for SIGTERM death on the
+spot (no `finally`: forked workers ran on computing shards nobody would write). An exception raised from a
+signal handler is not safe either: it can land between a lock's acquisition and the `with` that releases
+it (h5py's global lock: the process hangs) or in a garbage collector's callback, where Python prints it and
+goes on. So within `stop_requests()` the first SIGINT or SIGTERM is only recorded, and the long loops call
+`check()` after each unit of work (a shard, a batch of objects; `rcnn train` after each step), which raises
+`Stopped` there, with that unit kept. The commands then say in one line what they kept and exit with the
+shell's status for the signal (130, 143). A second signal acts as Python's default: a stop at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: The recorded signals of the active `stop_requests` (one per process: nested ones share it).
+_ACTIVE: list[list[int]] = []
+
+
+class Stopped(KeyboardInterrupt):
+    """Work stopped by a signal. A KeyboardInterrupt, so that `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int, message: str | None = None):
+        self.signum = signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for a process its signal ended (128 + the signal's number)."""
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_requests(enabled: bool = True):
+    """Within: SIGINT and SIGTERM append their number to the yielded list instead of acting; the first one
+    also puts the previous handlers back, so that a second acts as before. Inside another `stop_requests`,
+    that one's list. Only in the main thread (the only one Python lets set handlers), and not for a signal
+    the process inherited as ignored (a background job's SIGINT), which stays ignored as Python keeps it."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    if _ACTIVE:
+        yield _ACTIVE[-1]
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous = {sig: h for sig, h in previous.items() if h is not signal.SIG_IGN}
+
+    def note(signum, frame):
+        caught.append(signum)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    for sig in previous:
+        signal.signal(sig, note)
+    _ACTIVE.append(caught)
+    try:
+        yield caught
+    finally:
+        _ACTIVE.pop()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def check() -> None:
+    """Raise `Stopped` if a stop signal was recorded (within `stop_requests`; a no-op outside)."""
+    if _ACTIVE and _ACTIVE[-1]:
+        raise Stopped(_ACTIVE[-1][0])
+
+
+def worker_signals() -> None:
+    """For a forked worker process: ignore SIGINT (Ctrl-C reaches the terminal's whole process group; the
+    parent stops the work and shuts its workers down) and die of SIGTERM, instead of running the handlers
+    inherited from the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
