@@ -60,14 +60,23 @@ class Interrupted(Stopped):
                                  "saved; rerun the same command to go on")
 
 
-def _until_stopped(batches, caught: list[int]):
+class InputFailed(RunError):
+    """Reading the training batches failed (an input process died, e.g. killed for memory; a read error)
+    after a step that is saved with the unfinished interval, as on a stop signal: rerunning goes on."""
+
+
+def _until_stopped(batches, caught: list[int], failed: list[Exception] | None = None):
     """`batches`, except that once a stop signal is caught, an input worker that died (of the same signal: a
-    scheduler signals every process of the job) ends them instead of raising."""
+    scheduler signals every process of the job) ends them instead of raising; and with a `failed` list,
+    an input failure is put there and ends them, so that the loop saves its step before reporting it."""
     try:
         yield from batches
-    except RuntimeError:
-        if not caught:
+    except Exception as exc:
+        if caught:
+            return
+        if failed is None:
             raise
+        failed.append(exc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,9 +386,10 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
             losses, seqs = [np.float32(x) for x in saved["losses"]], saved["seqs"]
             t_start -= saved["elapsed_s"]
     # a multi-host run's processes would have to agree on the step to stop at: they stop as before, by dying
+    failed: list[Exception] = []  # one-process runs: a multi-host run's processes would all have to save
     with stop_requests(enabled=not multi) as caught:
         try:
-            for item, batch in _until_stopped(prefetch, caught):
+            for item, batch in _until_stopped(prefetch, caught, None if multi else failed):
                 step = item[0] if rows else item
                 batch = dict(batch)
                 packing = cnn_rows(model, cfg, batch.pop("batch_mask", batch["mask"]), n_dev)
@@ -411,7 +421,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     losses, seqs, t_start = [], 0, time.perf_counter()
                 if caught:
                     break
-            if caught and done < cfg.iterations:
+            if (caught or failed) and done < cfg.iterations:
                 if done % cfg.eval_every:  # else saved by the evaluation just made
                     if primary:  # first: a kill before the checkpoint leaves a file for a step never resumed
                         write_text_atomic(interval_file, json.dumps(
@@ -419,6 +429,11 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                              "elapsed_s": time.perf_counter() - t_start}))
                     last.save(done, args=ocp.args.StandardSave(state), force=True)
                     last.wait_until_finished()
+                if failed:
+                    raise InputFailed(f"{run_dir}: reading the training batches failed after step {done}, which is "
+                                      f"saved ({type(failed[0]).__name__}: {failed[0]}); rerun the same command to go "
+                                      "on (with fewer loader_workers if an input process ran out of memory)"
+                                      ) from failed[0]
                 raise Interrupted(caught[0], done, run_dir)
         finally:
             prefetch.close()

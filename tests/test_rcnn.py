@@ -458,7 +458,7 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
     assert not (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()
 
 
-def test_a_dead_input_worker_ends_the_batches_only_after_a_stop_signal():
+def test_a_dead_input_worker_ends_the_batches_only_after_a_stop_signal_or_into_a_failure_list():
     from rcnn.train import _until_stopped
 
     def batches():
@@ -467,6 +467,39 @@ def test_a_dead_input_worker_ends_the_batches_only_after_a_stop_signal():
     assert list(_until_stopped(batches(), caught=[15])) == [1]  # killed by the scheduler's SIGTERM as well
     with pytest.raises(RuntimeError, match="worker process died"):
         list(_until_stopped(batches(), caught=[]))
+    failed = []
+    assert list(_until_stopped(batches(), caught=[], failed=failed)) == [1]
+    assert [str(e) for e in failed] == ["an input worker process died"]
+
+
+def test_a_failed_input_process_saves_the_step_and_the_rerun_logs_the_same(dataset, tmp_path, monkeypatch):
+    """An input process killed (e.g. for memory) mid-interval: the steps done are saved as on a stop signal,
+    the error says so, and the rerun logs what an uninterrupted run does."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import rcnn.train as rt
+
+    cfg = TrainConfig(iterations=8, eval_every=4, **TINY)
+    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    real = rt.ReadAhead
+
+    class Dying(real):
+        def __next__(self):
+            step, batch = super().__next__()
+            if step == 6:
+                raise BrokenProcessPool("A child process terminated abruptly")
+            return step, batch
+    monkeypatch.setattr(rt, "ReadAhead", Dying)
+    with pytest.raises(rt.InputFailed, match=r"run: reading the training batches failed after step 6, which is saved "
+                                             r"\(BrokenProcessPool: A child process terminated abruptly\)"):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["6"]
+    assert json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())["step"] == 6
+    monkeypatch.undo()
+    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
+    assert [resumed[k] for k in ("train_loss", "val_loss", "val_accuracy")] == [ref[k] for k in ("train_loss", "val_loss", "val_accuracy")]
+    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run"))
+    assert [(x["step"], x["train_loss"], x["val_loss"]) for x in a] == [(x["step"], x["train_loss"], x["val_loss"]) for x in b]
 
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
