@@ -246,7 +246,7 @@ def _train(args, cfg, cluster) -> int:
 
 def _other(args) -> int:
     """evaluate, baseline, classify, finetune, import-real."""
-    from .data import DatasetError
+    from .data import DatasetError, InputWorkerDied
     from .evaluate import ClassMapError, evaluate, parse_class_map
     from .train import RunError
 
@@ -286,7 +286,7 @@ def _other(args) -> int:
             from .real import import_real  # its errors (ImportError_) are ValueErrors
 
             print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
-    except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError) as exc:
+    except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError, InputWorkerDied) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

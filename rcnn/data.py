@@ -379,6 +379,10 @@ def read_rows(data: SequenceData, idx: np.ndarray) -> dict:
     return data.read(idx)
 
 
+class InputWorkerDied(RuntimeError):
+    """An input process of `ReadAhead` died (most often killed for memory)."""
+
+
 class ReadAhead:
     """(item, fn(data, item)) for each of `items` in order, computed up to `ahead` items in advance by a
     background thread (h5py releases the GIL while decompressing) or, with `workers` > 0, by that many
@@ -457,10 +461,10 @@ class ReadAhead:
                 result = future.result()
                 if isinstance(result, list):  # a layout in the item's slot, not the dict itself
                     result = _from_slot(self._slots[slot], result)
+                self._submit()  # into the slot just copied out
             except BrokenProcessPool as exc:
-                raise RuntimeError("an input worker process died (out of memory? set loader_workers lower, or "
-                                   "0 to read in a thread)") from exc
-            self._submit()  # into the slot just copied out
+                raise InputWorkerDied("an input worker process died (out of memory? set loader_workers lower, or "
+                                      "0 to read in a thread)") from exc
             return item, result
         item, result, exc = self._queue.get()
         if item is self._end:

@@ -431,9 +431,8 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     last.wait_until_finished()
                 if failed:
                     raise InputFailed(f"{run_dir}: reading the training batches failed after step {done}, which is "
-                                      f"saved ({type(failed[0]).__name__}: {failed[0]}); rerun the same command to go "
-                                      "on (with fewer loader_workers if an input process ran out of memory)"
-                                      ) from failed[0]
+                                      f"saved ({type(failed[0]).__name__}: {failed[0]}); rerun the same command to "
+                                      "go on") from failed[0]
                 raise Interrupted(caught[0], done, run_dir)
         finally:
             prefetch.close()

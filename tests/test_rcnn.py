@@ -475,9 +475,8 @@ def test_a_dead_input_worker_ends_the_batches_only_after_a_stop_signal_or_into_a
 def test_a_failed_input_process_saves_the_step_and_the_rerun_logs_the_same(dataset, tmp_path, monkeypatch):
     """An input process killed (e.g. for memory) mid-interval: the steps done are saved as on a stop signal,
     the error says so, and the rerun logs what an uninterrupted run does."""
-    from concurrent.futures.process import BrokenProcessPool
-
     import rcnn.train as rt
+    from rcnn.data import InputWorkerDied
 
     cfg = TrainConfig(iterations=8, eval_every=4, **TINY)
     ref = train(dataset, tmp_path / "ref", cfg, progress=False)
@@ -487,11 +486,11 @@ def test_a_failed_input_process_saves_the_step_and_the_rerun_logs_the_same(datas
         def __next__(self):
             step, batch = super().__next__()
             if step == 6:
-                raise BrokenProcessPool("A child process terminated abruptly")
+                raise InputWorkerDied("an input worker process died (out of memory?)")
             return step, batch
     monkeypatch.setattr(rt, "ReadAhead", Dying)
     with pytest.raises(rt.InputFailed, match=r"run: reading the training batches failed after step 6, which is saved "
-                                             r"\(BrokenProcessPool: A child process terminated abruptly\)"):
+                                             r"\(InputWorkerDied: an input worker process died \(out of memory\?\)\)"):
         train(dataset, tmp_path / "run", cfg, progress=False)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["6"]
     assert json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())["step"] == 6
@@ -604,6 +603,15 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
             assert reader._slots == []
             for (_, batch), want in zip(reader, direct):
                 np.testing.assert_array_equal(batch["images"], want["images"])
+    with ReadAhead(data, step_batch, range(3, 9), 1, ahead=2) as reader:  # its process killed (for memory)
+        next(reader)
+        import multiprocessing
+        import signal
+
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+        with pytest.raises(rcnn.data.InputWorkerDied, match="an input worker process died"):
+            list(reader)
     thread, procs = (list(data.batches("train", 40, workers=w)) for w in (0, 2))
     assert len(thread) == len(procs) == -(-len(data.indices("train")) // 40)
     for a, b in zip(thread, procs):
