@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -73,6 +74,14 @@ def _worker_start() -> None:
     gc.freeze()
 
 
+def _shard_result(future) -> dict:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise SimulationError("a worker process died (out of memory? use fewer --workers); the finished shards "
+                              "are kept: rerun the same command to go on") from exc
+
+
 def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
     """An iterator of ((start, stop), arrays) for every pending shard, in completion order. Workers (local
     processes or a Dask cluster) are started and given every shard now; `stack` closes them."""
@@ -89,7 +98,7 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
         # on an error or a stop, shards not started are dropped: only those in flight are waited for
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
-        return ((futures[fut], fut.result()) for fut in as_completed(futures))
+        return ((futures[fut], _shard_result(fut)) for fut in as_completed(futures))
     return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
 
 

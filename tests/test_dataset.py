@@ -1,4 +1,5 @@
 """Datasets end to end: the HDF5 contract, determinism across workers, resume after a kill, CLI errors."""
+import dataclasses
 import hashlib
 import os
 import signal
@@ -287,6 +288,35 @@ def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch
     with pytest.raises(OSError, match="Timed out"):
         simulate(SimConfig(n_per_class=2, progress=False), tmp_path / "x.h5")
     assert list(tmp_path.iterdir()) == []
+
+def test_a_killed_worker_is_a_clear_error(tmp_path, monkeypatch):
+    """A worker process killed (for memory, most often) while shards are pending: a SimulationError saying
+    so, not BrokenProcessPool's traceback; the rerun makes the dataset. (Killed as the shards are handed
+    out, before any result is on its way: a worker killed while sending one hangs Python's pool.)"""
+    import multiprocessing
+
+    import simulator.run
+    from simulator.run import SimulationError
+
+    cfg = SimConfig(n_per_class=20, seed=4, workers=2, shard_size=10, progress=False)
+    ref = tmp_path / "ref.h5"
+    simulate(dataclasses.replace(cfg, workers=1), ref)
+    killed = []
+
+    def kill_then_wait(futures):
+        killed.extend(multiprocessing.active_children())
+        for child in killed:
+            os.kill(child.pid, signal.SIGKILL)
+        return real_as_completed(futures)
+    real_as_completed = simulator.run.as_completed
+    monkeypatch.setattr(simulator.run, "as_completed", kill_then_wait)
+    out = tmp_path / "x.h5"
+    with pytest.raises(SimulationError, match=r"a worker process died \(out of memory\? use fewer --workers\)"):
+        simulate(cfg, out)
+    assert killed and not out.exists()
+    monkeypatch.undo()
+    simulate(cfg, out)
+    assert sha(out) == sha(ref)
 
 
 def test_a_second_simulate_to_the_same_output_stops_at_once(tmp_path):
