@@ -29,11 +29,9 @@ def main(argv=None) -> int:
         except (PhotometryError, OSError, KeyError) as exc:
             print(f"photometry: error: {exc}", file=sys.stderr)
             return 2
-        except Stopped as exc:
-            tmp = working_copy(args.dataset)
-            kept = (f"the objects measured so far are kept in {tmp}: rerun the same command to go on" if tmp.exists()
-                    else f"{args.dataset} is unchanged")
-            print(f"photometry: {exc}; {kept}", file=sys.stderr)
+        except Stopped as exc:  # raised after a batch is written to the working copy
+            print(f"photometry: {exc}; the objects measured so far are kept in {working_copy(args.dataset)}: rerun "
+                  "the same command to go on", file=sys.stderr)
             return exc.exit_status
     import numpy as np
 

@@ -44,7 +44,6 @@ def main(argv=None) -> int:
                  "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None}
     if args.no_progress:
         overrides["progress"] = False
-    out = None
     with stop_requests():
         try:
             cfg = load_config(args.config, overrides, args.set)
@@ -59,18 +58,12 @@ def main(argv=None) -> int:
         except (ValueError, NotImplementedError, ConditionsError, SimulationError, OSError) as exc:
             print(f"simulate: error: {exc}", file=sys.stderr)
             return 2
-        except Stopped as exc:
-            print(f"simulate: {exc}; " + (f"{out} is complete" if out else kept_shards(args.out)), file=sys.stderr)
+        except Stopped as exc:  # raised after a shard is written (`simulator.stopping.check`)
+            n = len(list(Path(args.out + ".parts").glob("shard-*.h5")))
+            print(f"simulate: {exc}; {n} finished shard{'s' * (n != 1)} kept in {args.out}.parts: rerun the same "
+                  "command to go on", file=sys.stderr)
             return exc.exit_status
     return 0
-
-
-def kept_shards(out: str) -> str:
-    """What a `simulate` to `out` stopped before it finished leaves, for its message."""
-    n = len(list(Path(out + ".parts").glob("shard-*.h5")))
-    if not n:
-        return "no shard was finished"
-    return f"{n} finished shard{'s' * (n != 1)} kept in {out}.parts: rerun the same command to go on"
 
 
 if __name__ == "__main__":

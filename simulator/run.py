@@ -78,7 +78,7 @@ def _shard_result(future) -> dict:
     try:
         return future.result()
     except BrokenProcessPool as exc:
-        raise SimulationError("a worker process died (out of memory? use fewer --workers); the finished shards "
+        raise SimulationError("a worker process died (out of memory? use fewer --workers); any finished shards "
                               "are kept: rerun the same command to go on") from exc
 
 
