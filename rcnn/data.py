@@ -316,11 +316,11 @@ _WORKER: dict = {}
 
 
 def _worker_start(path: str, cfg: TrainConfig, slots: list[str]) -> None:
-    import signal
     from multiprocessing.shared_memory import SharedMemory
 
-    # Ctrl-C reaches the terminal's whole process group: the parent stops the run and shuts the workers down
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from simulator.stopping import worker_signals
+
+    worker_signals()  # Ctrl-C reaches the whole process group: the parent stops and shuts the workers down
     _WORKER["data"] = SequenceData(path, cfg)
     _WORKER["slots"] = [SharedMemory(name) for name in slots]
 

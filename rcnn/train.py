@@ -385,8 +385,9 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
         if saved["step"] == start:  # (kept until the next evaluation's checkpoint, should this run be killed)
             losses, seqs = [np.float32(x) for x in saved["losses"]], saved["seqs"]
             t_start -= saved["elapsed_s"]
-    # a multi-host run's processes would have to agree on the step to stop at: they stop as before, by dying
-    failed: list[Exception] = []  # one-process runs: a multi-host run's processes would all have to save
+    # one-process runs only: a multi-host run's processes would have to agree on the step to stop at and save
+    # (they stop as before, by dying, and an input failure is raised as it comes)
+    failed: list[Exception] = []
     with stop_requests(enabled=not multi) as caught:
         try:
             for item, batch in _until_stopped(prefetch, caught, None if multi else failed):

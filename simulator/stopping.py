@@ -73,8 +73,8 @@ def check() -> None:
 
 
 def worker_signals() -> None:
-    """For a forked worker process: ignore SIGINT (Ctrl-C reaches the terminal's whole process group; the
-    parent stops the work and shuts its workers down) and die of SIGTERM, instead of running the handlers
-    inherited from the parent."""
+    """For a worker process: ignore SIGINT (Ctrl-C reaches the terminal's whole process group; the parent
+    stops the work and shuts its workers down) and die of SIGTERM, instead of running the handlers a forked
+    one inherits from the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
