@@ -171,7 +171,7 @@ def test_resume_after_kill_loses_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.h5", "ref.h5"]  # no partial output left beside
 
 
-def test_ctrl_c_stops_simulate_at_once_keeping_its_shards(tmp_path):
+def test_ctrl_c_stops_simulate_at_once_keeping_its_shards(tmp_path, signal_command):
     """Ctrl-C reaches the whole process group: the workers ignore it, the command drops the shards not
     started (it used to wait for all of them to be computed, then throw them away), says what it kept and
     exits 130; the rerun gives the bytes of an uninterrupted run."""
@@ -182,26 +182,11 @@ def test_ctrl_c_stops_simulate_at_once_keeping_its_shards(tmp_path):
     full_s = time.monotonic() - t0
     out = tmp_path / "stopped.h5"
     parts = Path(str(out) + ".parts")
-    # the signals' default actions, as in a terminal, whatever this test process inherited
-    cmd = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-           "os.execv(sys.executable, [sys.executable, '-m', 'simulator.cli', *sys.argv[1:]])", *args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(parts.glob("shard-*.h5"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.005)
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        stop_s = time.monotonic() - t0
-    finally:  # never leave it running
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    status, err, stop_s = signal_command("simulator.cli", [*args, "--out", str(out)],
+                                         lambda: len(list(parts.glob("shard-*.h5"))) >= 2, signal.SIGINT,
+                                         env={**os.environ, "PYTHONPATH": str(REPO)}, poll_s=0.005)
     kept = len(list(parts.glob("shard-*.h5")))
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert status == 130 and "Traceback" not in err, err[-2000:]
     assert f"simulate: stopped by SIGINT; {kept} finished shards kept in {parts}: rerun the same command" in err
     assert 2 <= kept < 175 and not out.exists()
     assert stop_s < full_s / 3, (stop_s, full_s)  # it did not compute the other ~170 shards first

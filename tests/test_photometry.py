@@ -139,6 +139,27 @@ def test_detection_rule_and_zero_point_scaling():
     assert np.isnan(scale[1, 3])
 
 
+def _at_batch(monkeypatch, n: int, action) -> dict:
+    """`OptimalPhotometry.measure` patched so that `action()` runs before its `n`-th call (one per batch);
+    returns its call count ({"n": ...})."""
+    import photometry.dataset as pd
+
+    calls = {"n": 0}
+    real = pd.OptimalPhotometry.measure
+
+    def measure(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return real(self, *a, **k)
+    monkeypatch.setattr(pd.OptimalPhotometry, "measure", measure)
+    return calls
+
+
+def _die():
+    raise KeyboardInterrupt  # a kill with no signal path: nothing after it runs
+
+
 def test_cli_adds_photometry_and_resumes(tmp_path, monkeypatch):
     ds = tmp_path / "d.h5"
     simulate(SimConfig(classes=("nonvariable", "supernova"), n_per_class=12, seed=3, progress=False), ds)
@@ -157,24 +178,13 @@ def test_cli_adds_photometry_and_resumes(tmp_path, monkeypatch):
         sn = f["label"][()] == 1
         assert (g["first_detection"][()][sn] >= 0).mean() > 0.8  # simulated SNe were brighter than 5 sigma once
     # interrupted after the first batch, then rerun: the same result
-    import photometry.dataset as pd
-
-    calls = {"n": 0}
-    real_measure = pd.OptimalPhotometry.measure
-
-    def failing(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_measure(self, *a, **k)
-
-    monkeypatch.setattr(pd.OptimalPhotometry, "measure", failing)
+    _at_batch(monkeypatch, 2, _die)
     with pytest.raises(KeyboardInterrupt):
         run_photometry(ds, batch_objects=8, progress=False)
     assert (tmp_path / "d.h5.photometry-tmp").exists()
     with h5py.File(ds, "r") as f:
         assert "photometry" not in f  # the dataset itself is untouched until the end
-    monkeypatch.setattr(pd.OptimalPhotometry, "measure", real_measure)
+    monkeypatch.undo()
     run_photometry(ds, batch_objects=8, progress=False)
     with h5py.File(ds, "r") as f, h5py.File(ref, "r") as g:
         assert np.array_equal(f["photometry/flux_adu"][()], g["photometry/flux_adu"][()], equal_nan=True)
@@ -202,7 +212,6 @@ def test_a_stop_signal_ends_photometry_after_the_batch_in_flight(tmp_path, monke
     working copy, the command says so and exits 143; the rerun gives what an uninterrupted run does."""
     import signal
 
-    import photometry.dataset as pd
     from photometry.cli import main
 
     ds = tmp_path / "d.h5"
@@ -210,19 +219,12 @@ def test_a_stop_signal_ends_photometry_after_the_batch_in_flight(tmp_path, monke
     ref = tmp_path / "ref.h5"
     ref.write_bytes(ds.read_bytes())
     run_photometry(ref, batch_objects=8, progress=False)
-    calls = {"n": 0}
-    real_measure = pd.OptimalPhotometry.measure
-
-    def signalling(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            signal.raise_signal(signal.SIGTERM)  # recorded: this batch is still measured and written
-        return real_measure(self, *a, **k)
+    # recorded: the second batch is still measured and written
+    calls = _at_batch(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGTERM))
 
     def unhandled(signum, frame):
         raise AssertionError("the command did not handle the signal")
 
-    monkeypatch.setattr(pd.OptimalPhotometry, "measure", signalling)
     before = signal.signal(signal.SIGTERM, unhandled)
     try:
         assert main([str(ds), "--no-progress", "--batch-objects", "8"]) == 143
@@ -234,7 +236,7 @@ def test_a_stop_signal_ends_photometry_after_the_batch_in_flight(tmp_path, monke
         assert f["photometry"].attrs["done"] == 16 and calls["n"] == 2
     with h5py.File(ds, "r") as f:
         assert "photometry" not in f
-    monkeypatch.setattr(pd.OptimalPhotometry, "measure", real_measure)
+    monkeypatch.undo()
     assert main([str(ds), "--no-progress", "--batch-objects", "8"]) == 0
     with h5py.File(ds, "r") as f, h5py.File(ref, "r") as g:
         for k in ("flux_adu", "flux_err_adu", "first_detection"):

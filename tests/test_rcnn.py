@@ -397,6 +397,15 @@ def _at_step(monkeypatch, n: int, action) -> None:
     monkeypatch.setattr(rt, "make_functions", patched)
 
 
+def _resumed_as_uninterrupted(tmp_path, resumed: dict, ref: dict) -> None:
+    """`tmp_path/run`, stopped and resumed, returned (`resumed`) and logged what the uninterrupted
+    `tmp_path/ref` did (`ref`): losses and accuracy exactly, timings aside."""
+    for k in ("train_loss", "val_loss", "val_accuracy"):
+        assert resumed[k] == ref[k], k
+    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run"))
+    assert [(x["step"], x["train_loss"], x["val_loss"]) for x in a] == [(x["step"], x["train_loss"], x["val_loss"]) for x in b]
+
+
 def _die():
     raise KeyboardInterrupt  # a kill with no signal path: nothing after it runs
 
@@ -408,12 +417,7 @@ def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "run", cfg, progress=False)
     monkeypatch.undo()
-    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
-    for k in ("train_loss", "val_loss", "val_accuracy"):
-        assert resumed[k] == ref[k], k
-    a = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    b = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["val_loss"] for x in a] == [json.loads(x)["val_loss"] for x in b]
+    _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
     _check_training_figure(tmp_path / "run")  # redrawn from the log as it continued, not the killed one
     (tmp_path / "ref" / "training.png").unlink()  # a finished run made before the figure existed gets one
     assert train(dataset, tmp_path / "ref", cfg, progress=False) == ref
@@ -450,11 +454,7 @@ def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_sam
         train(dataset, tmp_path / "run", cfg, progress=False)
     assert (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()  # still there for the next resume
     monkeypatch.undo()
-    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
-    for k in ("train_loss", "val_loss", "val_accuracy"):
-        assert resumed[k] == ref[k], k
-    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run"))
-    assert [(x["step"], x["train_loss"], x["val_loss"]) for x in a] == [(x["step"], x["train_loss"], x["val_loss"]) for x in b]
+    _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
     assert not (tmp_path / "run" / "checkpoints" / rt.INTERVAL).exists()
 
 
@@ -495,49 +495,32 @@ def test_a_failed_input_process_saves_the_step_and_the_rerun_logs_the_same(datas
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["6"]
     assert json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())["step"] == 6
     monkeypatch.undo()
-    resumed = train(dataset, tmp_path / "run", cfg, progress=False)
-    assert [resumed[k] for k in ("train_loss", "val_loss", "val_accuracy")] == [ref[k] for k in ("train_loss", "val_loss", "val_accuracy")]
-    a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", "run"))
-    assert [(x["step"], x["train_loss"], x["val_loss"]) for x in a] == [(x["step"], x["train_loss"], x["val_loss"]) for x in b]
+    _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
 
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-def test_a_signal_to_rcnn_train_and_its_input_workers_stops_it_and_the_rerun_goes_on(dataset, tmp_path, name):
+def test_a_signal_to_rcnn_train_and_its_input_workers_stops_it_and_the_rerun_goes_on(dataset, tmp_path, name,
+                                                                                     signal_command):
     """A real signal to the command's process group: a terminal's Ctrl-C (the workers ignore it) or a batch
     scheduler's SIGTERM (it kills the workers: the step is saved all the same)."""
     import signal
-    import time
 
     sig = getattr(signal, name)
-
     run = tmp_path / "run"
-    # the signals' default actions, as in a terminal, whatever this test process inherited (a background
-    # job ignores SIGINT, and so would the command, as Python does)
-    cmd = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-           "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, '-m', "
-           "'rcnn.cli', *sys.argv[1:]])", "train", str(dataset), "--model", "lc", "--no-progress", "--out", str(run),
-           *(f"--set={k}={v}" for k, v in TINY.items()), "--set=iterations=100000", "--set=eval_every=7",
-           "--set=loader_workers=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        os.killpg(proc.pid, sig)
-        out, err = proc.communicate(timeout=120)
-    finally:  # never leave it running
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 128 + sig, err[-2000:]
+    args = ["train", str(dataset), "--model", "lc", "--no-progress", "--out", str(run),
+            *(f"--set={k}={v}" for k, v in TINY.items())]
+    metrics = run / "metrics.jsonl"
+    status, err, _ = signal_command("rcnn.cli", args + ["--set=iterations=100000", "--set=eval_every=7",
+                                                        "--set=loader_workers=1"],
+                                    lambda: metrics.exists() and bool(metrics.read_text()), sig, poll_s=0.2)
+    assert status == 128 + sig, err[-2000:]
     assert "Traceback" not in err and f"stopped by {name} after step" in err, err[-2000:]
     step = int(err.split("after step ")[1].split(",")[0])
     assert step >= 7 and [p.name for p in (run / "checkpoints" / "last").iterdir() if p.name.isdigit()] == [str(step)]
     assert (run / "checkpoints" / "interval.json").exists() == (step % 7 != 0)
     assert not (run / "train.lock").exists()
-    more = subprocess.run(cmd[:-3] + [f"--set=iterations={step + 3}", "--set=eval_every=7", "--set=loader_workers=1"],
-                          capture_output=True, text=True)
+    more = subprocess.run([sys.executable, "-m", "rcnn.cli", *args, f"--set=iterations={step + 3}",
+                           "--set=eval_every=7", "--set=loader_workers=1"], capture_output=True, text=True)
     assert more.returncode == 0 and f"step {step + 3}," in more.stdout, more.stderr[-2000:]
 
 
