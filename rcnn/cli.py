@@ -88,19 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
 #: slower than they need be; YNNPACK for reductions only trains ~6% faster than all off, and YNNPACK's
 #: matmuls (`dot`: the dense layers, LSTM, identity dots) a further 3% at batch 256 and 10% at batch 64
 #: (Zen 5, steps compiled both ways in one process; on jaxlib 0.11 and 0.12, `reduce,dot` against all off:
-#: 1.15x at batch 256). The type names were checked on each jaxlib listed (an unknown name is a fatal XLA
-#: error), so other versions get all off. Inference is fastest with the defaults, so only the commands
-#: that train set it, unless the user's XLA_FLAGS mention it. XLA reads its flags once, before jax is used.
+#: 1.15x at batch 256). The type names were checked on each jaxlib in `CHECKED_JAXLIB` (an unknown name
+#: is a fatal XLA error), so other versions get all off. Inference is fastest with the defaults, so only the
+#: commands that train set it, unless the user's XLA_FLAGS mention it. XLA reads its flags once, before jax
+#: is used.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-CHECKED_YNN_TYPES = {"0.10": "reduce,dot", "0.11": "reduce,dot", "0.12": "reduce,dot"}
+YNN_TYPES = "reduce,dot"
 #: XLA's memory-optimised CPU scheduler, for training batches of at least `MEMORY_SCHEDULER_MIN_BATCH`: a
 #: Table 3 step's buffers at batch 256 take 3.5 GB instead of 6.6 GB, at the same speed (batch 128 ~10%
-#: faster, fewer pages to zero; batch 64 ~5% slower, so smaller batches keep the default). Checked on
-#: jaxlib 0.10-0.12, like the YNNPACK type names (on 0.11 and 0.12 with YNNPACK's matmuls: 4.49 against
-#: 4.50 GB, steps 0.97x).
+#: faster, fewer pages to zero; batch 64 ~5% slower, so smaller batches keep the default). On 0.11 and
+#: 0.12 with YNNPACK's matmuls: 4.49 against 4.50 GB, steps 0.97x.
 MEMORY_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 MEMORY_SCHEDULER_MIN_BATCH = 128
-CHECKED_SCHEDULER = ("0.10", "0.11", "0.12")
+#: The jaxlib versions (major.minor) on which both flags' names and their speed were checked.
+CHECKED_JAXLIB = ("0.10", "0.11", "0.12")
 
 
 def _jaxlib_minor() -> str:
@@ -121,9 +122,9 @@ def use_fast_cpu_flags(batch_size: int | None = None, model: str = "rcnn") -> No
     flags, jaxlib = os.environ.get("XLA_FLAGS", ""), _jaxlib_minor()
     extra = []
     if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        extra.append(CPU_XLA_FLAG + CHECKED_YNN_TYPES.get(jaxlib, ""))
+        extra.append(CPU_XLA_FLAG + (YNN_TYPES if jaxlib in CHECKED_JAXLIB else ""))
     if (model == "rcnn" and (batch_size or 0) >= MEMORY_SCHEDULER_MIN_BATCH and "xla_cpu_scheduler_type" not in flags
-            and jaxlib in CHECKED_SCHEDULER):
+            and jaxlib in CHECKED_JAXLIB):
         extra.append(MEMORY_SCHEDULER_FLAG)
     os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
 
