@@ -53,6 +53,8 @@ class SequenceData:
             if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
                 raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size})")
             n, t = shape[:2]
+            if n == 0:
+                raise DatasetError(f"{self.path}: holds no objects ('stamps' has shape {shape})")
             for k in ("mask", "mjd") + (LC_REQUIRED if cfg.model != "rcnn" else ()):
                 if f[k].shape != (n, t):
                     raise DatasetError(f"{self.path}: '{k}' has shape {f[k].shape}; expected {(n, t)}")

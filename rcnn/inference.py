@@ -99,9 +99,7 @@ def predict(classifier: Classifier, data_path: str | Path, split: str | None = "
     """Predictions for the objects of a split of a dataset (all objects if `split` is None); a progress bar
     (objects) on the terminal unless `progress` is False."""
     data = SequenceData(data_path, classifier.cfg)
-    index = np.arange(data.n_objects) if split is None else data.indices(split)
-    if not len(index):
-        raise RunError(f"{data_path}: no objects in the {split} split")
+    index = np.arange(data.n_objects) if split is None else data.require(split)
     import jax
     from tqdm.auto import tqdm
 

@@ -217,6 +217,33 @@ def test_evaluate_bad_inputs(run_4class, tmp_path):
     assert proc.returncode == 2 and "['a_key_from_the_future'] are unknown to this version" in proc.stderr
 
 
+def test_evaluating_an_empty_split_or_dataset_names_the_file(run_4class, tmp_path):
+    """A simulated set without test objects names the split's counts (as training's checks do); a dataset of
+    no objects is refused when opened, before any split is looked at."""
+    from rcnn.data import DatasetError
+
+    run, data = run_4class
+    no_test = tmp_path / "no_test.h5"
+    no_test.write_bytes(data.read_bytes())
+    with h5py.File(no_test, "r+") as f:
+        f["split"][...] = np.where(f["split"][()] == 2, 0, f["split"][()])
+    with pytest.raises(DatasetError, match=r"no_test.h5: its test split is empty \(objects per split: train \d+, "
+                                           r"validation \d+, test 0\)"):
+        evaluate([run], no_test, tmp_path / "rep")
+    empty = tmp_path / "empty.h5"
+    with h5py.File(data, "r") as src, h5py.File(empty, "w") as f:
+        per_object = []
+        src.visititems(lambda name, obj: per_object.append(name) if isinstance(obj, h5py.Dataset)
+                       and obj.shape[:1] == src["label"].shape else None)
+        for name in per_object:
+            f[name] = src[name][:0]
+        f["label"].attrs["class_names"] = src["label"].attrs["class_names"]
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(empty), "--out",
+                           str(tmp_path / "c")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "empty.h5: holds no objects" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "c").exists()
+
+
 def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
     """Fine-tuning trains on per_class real objects of each class and reports on the others only."""
     from rcnn.finetune import finetune
