@@ -10,8 +10,10 @@ Attributes record the options. The PSF is the dataset's own (`config`: psf, moff
 psf_fwhm_per_seeing, psf_fwhm_offset_arcsec: the FWHM expected from the logged seeing; root attribute
 `pixel_scale_arcsec`). Per-epoch PSF jitter is unknown to an observer: `--fwhm fit` measures it.
 
-The work happens on a copy (`DATASET.h5.photometry-tmp`) that is renamed over the dataset at the end;
-an interrupted run resumes from the last finished batch of the copy.
+The dataset is checked before any work (arrays, shapes, config, and the conditions at every valid epoch: a
+NaN or zero gain, seeing or zero point would silently give NaN fluxes). The work happens on a copy
+(`DATASET.h5.photometry-tmp`) that is renamed over the dataset at the end; an interrupted run resumes from
+the last finished batch of the copy (as does one that failed, e.g. on a full disk).
 """
 from __future__ import annotations
 
@@ -35,23 +37,123 @@ PER_EPOCH = ("flux_adu", "flux_err_adu", "dx_px", "dy_px", "sky_adu", "fwhm_px",
 
 
 class PhotometryError(ValueError):
-    """A dataset photometry cannot work on (names the file and what is missing)."""
+    """A dataset photometry cannot work on (names the file, the dataset or attribute, and the value)."""
+
+
+#: Per-epoch conditions the photometry reads (sky_adu only with `sky="log"`; seeing_arcsec, whose bound depends
+#: on the config, in `_check_conditions`): what a valid (mask True) epoch must hold, and the test. Padded
+#: epochs hold NaN and are never read.
+CONDITIONS = {
+    "gain": ("a finite number > 0", lambda v: np.isfinite(v) & (v > 0)),
+    "read_noise": ("a finite number >= 0", lambda v: np.isfinite(v) & (v >= 0)),
+    "saturation": ("a number > 0", lambda v: v > 0),
+    "zero_point": ("a finite number", np.isfinite),
+    "sky_adu": ("a finite number", np.isfinite),
+}
+
+
+def _number(value, where: str, rule: str, ok) -> float:
+    """`value` as a float if it is a real number passing `ok`, else a PhotometryError saying `where` and `rule`."""
+    value = value.item() if isinstance(value, np.generic) else value  # an HDF5 attribute: shown as a number
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = None
+    if x is None or isinstance(value, bool) or not ok(x):
+        raise PhotometryError(f"{where} is {value!r}; expected {rule}")
+    return x
 
 
 def _psf_options(f: h5py.File, path: Path) -> dict:
+    """The dataset's PSF and pixel scale (root attributes `config` and `pixel_scale_arcsec`), checked."""
+    if "config" not in f.attrs:
+        raise PhotometryError(f"{path}: no 'config' attribute; not a stampseq dataset")
     try:
         cfg = json.loads(f.attrs["config"])
-    except KeyError:
-        raise PhotometryError(f"{path}: no 'config' attribute; not a stampseq dataset") from None
+    except (TypeError, ValueError) as exc:
+        raise PhotometryError(f"{path}: attribute 'config' is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise PhotometryError(f"{path}: attribute 'config' is {cfg!r}; expected a JSON object")
     scale = f.attrs.get("pixel_scale_arcsec")
     if scale is None:  # datasets made before the attribute existed
         from survey_params import make_sampler
 
-        scale = make_sampler(cfg["survey"], cfg.get("conditions"), cfg["seeing_limit_arcsec"]).pixel_scale_arcsec
-    return {"psf": cfg.get("psf", "moffat"), "moffat_beta": float(cfg.get("moffat_beta", 4.2)),
-            "fwhm_per_seeing": float(cfg.get("psf_fwhm_per_seeing", 1.0)),
-            "fwhm_offset_arcsec": float(cfg.get("psf_fwhm_offset_arcsec", 0.0)), "pixel_scale_arcsec": float(scale),
-            "stamp_size": int(cfg.get("stamp_size", 21))}
+        try:
+            scale = make_sampler(cfg["survey"], cfg.get("conditions"), cfg["seeing_limit_arcsec"]).pixel_scale_arcsec
+        except KeyError as exc:
+            raise PhotometryError(f"{path}: no 'pixel_scale_arcsec' attribute, nor config {exc} to take it "
+                                  "from") from None
+        except ValueError as exc:  # an unknown survey, or its conditions logs
+            raise PhotometryError(f"{path}: no 'pixel_scale_arcsec' attribute; its config's survey: {exc}") from None
+    size = cfg.get("stamp_size", 21)
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise PhotometryError(f"{path}: config 'stamp_size' is {size!r}; expected an integer")
+    finite = np.isfinite
+    return {"psf": cfg.get("psf", "moffat"),
+            "moffat_beta": _number(cfg.get("moffat_beta", 4.2), f"{path}: config 'moffat_beta'",
+                                   "a finite number > 1.1 (a Moffat PSF)", lambda x: finite(x) and x > 1.1),
+            "fwhm_per_seeing": _number(cfg.get("psf_fwhm_per_seeing", 1.0), f"{path}: config 'psf_fwhm_per_seeing'",
+                                       "a finite number > 0", lambda x: finite(x) and x > 0),
+            "fwhm_offset_arcsec": _number(cfg.get("psf_fwhm_offset_arcsec", 0.0),
+                                          f"{path}: config 'psf_fwhm_offset_arcsec'", "a finite number", finite),
+            "pixel_scale_arcsec": _number(scale, f"{path}: attribute 'pixel_scale_arcsec'", "a finite number > 0",
+                                          lambda x: finite(x) and x > 0),
+            "stamp_size": size}
+
+
+def _require(f: h5py.File, path: Path, keys: list[str]) -> None:
+    """Every dataset in `keys` present and an array of the right type: `mask` bool, the others numbers."""
+    missing = [k for k in keys if k not in f]
+    if missing:
+        raise PhotometryError(f"{path}: missing dataset(s) {', '.join(missing)}")
+    for k in keys:
+        if not isinstance(f[k], h5py.Dataset):
+            raise PhotometryError(f"{path}: '{k}' is a group; expected an array")
+        dtype, expected = f[k].dtype, "bool" if k == "mask" else "numbers"
+        if not (dtype == bool if k == "mask" else dtype.kind in "fiu"):
+            raise PhotometryError(f"{path}: '{k}' has dtype {dtype}; expected {expected}")
+
+
+def _check_shapes(f: h5py.File, path: Path, keys: list[str], stamp_size: int) -> np.ndarray:
+    """`stamps` (N, T, S, S) with N > 0 and S the config's stamp size, the other `keys` (N, T); returns the
+    mask, refused if no epoch is valid (nothing to measure)."""
+    shape = f["stamps"].shape
+    if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
+        raise PhotometryError(f"{path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size}) "
+                              "(the config's stamp_size)")
+    if shape[0] == 0:
+        raise PhotometryError(f"{path}: holds no objects ('stamps' has shape {shape})")
+    for k in keys:
+        if k != "stamps" and f[k].shape != shape[:2]:
+            raise PhotometryError(f"{path}: '{k}' has shape {f[k].shape}; expected {shape[:2]}")
+    mask = f["mask"][()]
+    if not mask.any():
+        raise PhotometryError(f"{path}: no valid epochs ('mask' is all False)")
+    return mask
+
+
+def _check_conditions(f: h5py.File, path: Path, names: list[str], mask: np.ndarray, opts: dict) -> None:
+    """The conditions `names` usable at every valid epoch (`CONDITIONS`; the seeing must give a positive PSF
+    FWHM): a NaN or zero there would silently give NaN fluxes, or a whole NaN light curve (eq. 4's reference)."""
+    min_seeing = max(0.0, -opts["fwhm_offset_arcsec"] / opts["fwhm_per_seeing"])
+    rules = {**CONDITIONS, "seeing_arcsec": (f"a finite number > {min_seeing:.3g} (a positive PSF FWHM)",
+                                             lambda v: np.isfinite(v) & (v > min_seeing))}
+    for name in names:
+        rule, ok = rules[name]
+        v = f[f"conditions/{name}"][()]
+        bad = mask & ~ok(v)
+        if bad.any():
+            row, epoch = (int(i[0]) for i in np.nonzero(bad))
+            raise PhotometryError(f"{path}: 'conditions/{name}' is {v[row, epoch]!s} at row {row}, epoch {epoch} (a "
+                                  f"valid epoch; {int(bad.sum())} bad valid epoch(s) in all); expected {rule}")
+
+
+def _photometer(path: Path, opts: dict) -> OptimalPhotometry:
+    """The photometry for the dataset's PSF and stamp size, or a PhotometryError naming the file."""
+    try:
+        return OptimalPhotometry(opts["stamp_size"], opts["psf"], opts["moffat_beta"])
+    except ValueError as exc:  # an unknown psf, a stamp size it cannot render
+        raise PhotometryError(f"{path}: config: {exc}") from None
 
 
 def _source_id(path: Path) -> str:
@@ -69,14 +171,17 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         raise PhotometryError(f"batch_objects must be >= 1, got {batch_objects}")
     if not path.exists():
         raise PhotometryError(f"{path}: dataset not found")
-    with open_h5(path) as f:  # checked before the copy: a file we cannot use leaves nothing behind
-        for key in ("stamps", "mask", "conditions/seeing_arcsec", "conditions/gain"):
-            if key not in f:
-                raise PhotometryError(f"{path}: dataset '{key}' is missing")
+    names = ["seeing_arcsec", "gain", "read_noise", "saturation", "zero_point"] + (["sky_adu"] if sky == "log" else [])
+    keys = ["stamps", "mask"] + [f"conditions/{k}" for k in names]
+    with open_h5(path) as f:  # all checked before the copy: a file we cannot use leaves nothing behind
+        _require(f, path, keys)
         opts = _psf_options(f, path)
+        mask = _check_shapes(f, path, keys, opts["stamp_size"])
+        _check_conditions(f, path, names, mask, opts)
+    op = _photometer(path, opts)
     # a second `photometry` on the dataset stops here (before it could overwrite the first's working copy)
     with exclusive(path.with_name(path.name + ".photometry-lock"), f"{path} (photometry)", remove=True):
-        _measure(path, sky, fwhm, batch_objects, progress, opts)
+        _measure(path, sky, fwhm, batch_objects, progress, op, opts)
     return path
 
 
@@ -86,7 +191,8 @@ def working_copy(path: str | Path) -> Path:
     return path.with_name(path.name + ".photometry-tmp")
 
 
-def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool, opts: dict) -> None:
+def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool, op: OptimalPhotometry,
+             opts: dict) -> None:
     """`run_photometry` once the dataset is checked: measure on a working copy (resumable), rename it over."""
     tmp = working_copy(path)
     source = _source_id(path)
@@ -112,7 +218,6 @@ def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool
                                  chunks=(min(64, n), t), compression="gzip", compression_opts=1, shuffle=True)
             g.attrs.update(source=source, options=options, done=0)
         g = f["photometry"]
-        op = OptimalPhotometry(opts["stamp_size"], opts["psf"], opts["moffat_beta"])
         start = int(g.attrs["done"])
         bar = tqdm(total=n, initial=start, unit="obj", desc="photometry", disable=not progress)
         while start < n:
@@ -120,10 +225,10 @@ def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool
             m = f["mask"][start:stop]
             stamps = f["stamps"][start:stop][m]
             cond = {k: f[f"conditions/{k}"][start:stop][m] for k in
-                    ("seeing_arcsec", "sky_adu", "gain", "read_noise", "saturation")}
+                    ("seeing_arcsec", "gain", "read_noise", "saturation") + (("sky_adu",) if sky == "log" else ())}
             fwhm_px = psf_fwhm_arcsec(cond["seeing_arcsec"], opts["fwhm_per_seeing"],
                                       opts["fwhm_offset_arcsec"]) / opts["pixel_scale_arcsec"]
-            sky_adu = cond["sky_adu"] if sky == "log" else None
+            sky_adu = cond.get("sky_adu")
             if fwhm == "fit":
                 fwhm_px = fit_fwhm(op, stamps, fwhm_px, cond["gain"], cond["read_noise"], sky_adu, cond["saturation"])
             r = op.measure(stamps, fwhm_px, cond["gain"], cond["read_noise"], sky_adu, cond["saturation"])

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from photometry.dataset import PhotometryError, run_photometry
+from photometry.dataset import PhotometryError, run_photometry, working_copy
 from photometry.optimal import OptimalPhotometry, first_detection, zero_point_scaling
 from simulator.flux import mag_to_adu
 from simulator.noise import add_ccd_noise
@@ -198,7 +198,7 @@ def test_cli_bad_input(tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
     for name, message in (("text.h5", "text.h5: cannot be read as an HDF5 dataset"),
-                          ("other.h5", "other.h5: dataset 'stamps' is missing")):
+                          ("other.h5", "other.h5: missing dataset(s) stamps, mask, conditions/seeing_arcsec")):
         proc = subprocess.run([sys.executable, "-m", "photometry.cli", str(tmp_path / name)], capture_output=True,
                               text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -242,3 +242,148 @@ def test_a_stop_signal_ends_photometry_after_the_batch_in_flight(tmp_path, monke
         for k in ("flux_adu", "flux_err_adu", "first_detection"):
             assert np.array_equal(f[f"photometry/{k}"][()], g[f"photometry/{k}"][()], equal_nan=True), k
     assert not tmp.exists()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small valid dataset (8 objects, 20 epochs), copied and corrupted by the bad-input tests."""
+    out = tmp_path_factory.mktemp("small") / "d.h5"
+    simulate(SimConfig(classes=("nonvariable", "supernova"), n_per_class=4, seed=1, progress=False), out)
+    return out
+
+
+def _replace(key, make):
+    """A corruption: dataset `key` replaced by `make(its values)` (None: removed)."""
+    def corrupt(f):
+        new = make(f[key][()])
+        del f[key]
+        if new is not None:
+            f[key] = new
+    return corrupt
+
+
+def _config(**changes):
+    def corrupt(f):
+        import json
+
+        f.attrs["config"] = json.dumps({**json.loads(f.attrs["config"]), **changes})
+    return corrupt
+
+
+def _at_first_valid(key, value, row=5):
+    """`key` set to `value` at object `row`'s first valid epoch."""
+    def corrupt(f):
+        v = f[key][()]
+        v[row, np.argmax(f["mask"][row])] = value
+        f[key][...] = v
+    return corrupt
+
+
+def _stamps_group(f):
+    del f["stamps"]
+    f.create_group("stamps")
+
+
+def _no_objects(f):
+    for k in ["stamps", "mask"] + [f"conditions/{c}" for c in f["conditions"]]:
+        _replace(k, lambda v: v[:0])(f)
+
+
+BAD_INPUT = [  # (corruption, message after "d.h5: "); the fixture's dataset has shape (8, 20)
+    (_replace("mask", lambda v: v.astype(np.float32)), "'mask' has dtype float32; expected bool"),
+    (_replace("mask", lambda v: v.astype(np.int64)), "'mask' has dtype int64; expected bool"),
+    (_replace("mask", lambda v: v[:, :-2]), "'mask' has shape (8, 18); expected (8, 20)"),
+    (_replace("mask", lambda v: v[:-3]), "'mask' has shape (5, 20); expected (8, 20)"),
+    (_replace("conditions/gain", lambda v: v[:, :1]), "'conditions/gain' has shape (8, 1); expected (8, 20)"),
+    (_replace("stamps", lambda v: v[:, :, 3:18, 3:18]), "'stamps' has shape (8, 20, 15, 15); expected (N, T, 21, 21)"),
+    (_replace("stamps", lambda v: v[..., :20]), "'stamps' has shape (8, 20, 21, 20); expected (N, T, 21, 21)"),
+    (_replace("stamps", lambda v: v[..., 0]), "'stamps' has shape (8, 20, 21); expected (N, T, 21, 21)"),
+    (_replace("stamps", lambda v: v.astype("S8")), "'stamps' has dtype |S8; expected numbers"),
+    (_stamps_group, "'stamps' is a group; expected an array"),
+    (_no_objects, "holds no objects ('stamps' has shape (0, 20, 21, 21))"),
+    (_replace("mask", np.zeros_like), "no valid epochs ('mask' is all False)"),
+    (lambda f: f.attrs.__setitem__("config", "{not json"), "attribute 'config' is not valid JSON"),
+    (_config(psf="foo"), "config: psf must be one of ('moffat', 'kolmogorov'), got 'foo'"),
+    (_config(moffat_beta="abc"), "config 'moffat_beta' is 'abc'; expected a finite number > 1.1"),
+    (_config(stamp_size=15), "'stamps' has shape (8, 20, 21, 21); expected (N, T, 15, 15)"),
+    (_config(stamp_size=20), "'stamps' has shape (8, 20, 21, 21); expected (N, T, 20, 20)"),
+    (lambda f: f.attrs.__setitem__("pixel_scale_arcsec", 0.0),
+     "attribute 'pixel_scale_arcsec' is 0.0; expected a finite number > 0"),
+    (_replace("conditions/sky_adu", lambda v: None), "missing dataset(s) conditions/sky_adu"),
+    (_replace("conditions/read_noise", lambda v: None), "missing dataset(s) conditions/read_noise"),
+    (_replace("conditions/saturation", lambda v: None), "missing dataset(s) conditions/saturation"),
+    (_replace("conditions/zero_point", lambda v: None), "missing dataset(s) conditions/zero_point"),
+    (lambda f: [_replace(f"conditions/{k}", lambda v: None)(f) for k in ("gain", "zero_point")],
+     "missing dataset(s) conditions/gain, conditions/zero_point"),
+    # values that gave NaN fluxes (or a whole NaN light curve: eq. 4's reference is the first zero point)
+    (_at_first_valid("conditions/zero_point", np.nan), "'conditions/zero_point' is nan at row 5, epoch "),
+    (_at_first_valid("conditions/seeing_arcsec", np.nan), "'conditions/seeing_arcsec' is nan at row 5, epoch "),
+    (_at_first_valid("conditions/seeing_arcsec", 0.0), "'conditions/seeing_arcsec' is 0.0 at row 5, epoch "),
+    (_at_first_valid("conditions/gain", np.nan), "'conditions/gain' is nan at row 5, epoch "),
+    (_at_first_valid("conditions/gain", 0.0), "'conditions/gain' is 0.0 at row 5, epoch "),
+    (_at_first_valid("conditions/read_noise", -1.0), "'conditions/read_noise' is -1.0 at row 5, epoch "),
+    (_at_first_valid("conditions/sky_adu", np.inf), "'conditions/sky_adu' is inf at row 5, epoch "),
+    (_at_first_valid("conditions/saturation", 0.0), "'conditions/saturation' is 0.0 at row 5, epoch "),
+]
+
+
+@pytest.mark.parametrize("corrupt, message", BAD_INPUT, ids=[m[:60] for _, m in BAD_INPUT])
+def test_bad_dataset_is_one_error_line_and_leaves_nothing(small, tmp_path, capsys, corrupt, message):
+    """Exit status 2 and one line naming the file, the array or attribute and the value, before any work: no
+    traceback, the dataset unchanged and no working copy left."""
+    from photometry.cli import main
+
+    ds = tmp_path / "d.h5"
+    ds.write_bytes(small.read_bytes())
+    with h5py.File(ds, "r+") as f:
+        corrupt(f)
+    before = ds.read_bytes()
+    assert main([str(ds), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"photometry: error: {ds}: {message}") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert ds.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]
+
+
+def test_bad_conditions_at_padded_epochs_and_objects_without_epochs_are_fine(small, tmp_path, capsys):
+    """Conditions at padded (mask False) epochs are never used; an object with no valid epoch gets an
+    all-NaN light curve and no detection."""
+    from photometry.cli import main
+
+    ds = tmp_path / "d.h5"
+    ds.write_bytes(small.read_bytes())
+    with h5py.File(ds, "r+") as f:
+        m = f["mask"][()]
+        m[2:4] = False  # with 2 objects a batch: one batch of nothing to measure
+        f["mask"][...] = m
+        for k in ("gain", "seeing_arcsec", "zero_point"):
+            v = f[f"conditions/{k}"][()]
+            v[~m] = 0.0
+            f[f"conditions/{k}"][...] = v
+    assert main([str(ds), "--no-progress", "--batch-objects", "2"]) == 0, capsys.readouterr().err
+    with h5py.File(ds, "r") as f:
+        g = f["photometry"]
+        assert np.isfinite(g["lc_flux"][()][m]).all() and np.isnan(g["lc_flux"][()][~m]).all()
+        assert (g["first_detection"][2:4] == -1).all()
+
+
+def test_a_failure_while_measuring_keeps_the_finished_batches(small, tmp_path, monkeypatch):
+    """An error mid-run (a full disk, a read error) is no bad input: the batches done stay in the working copy,
+    the dataset is untouched, and the rerun goes on to what an uninterrupted run gives."""
+    ds, ref = tmp_path / "d.h5", tmp_path / "ref.h5"
+    ds.write_bytes(small.read_bytes())
+    ref.write_bytes(small.read_bytes())
+    run_photometry(ref, batch_objects=2, progress=False)
+
+    def fail():
+        raise OSError("No space left on device")
+    calls = _at_batch(monkeypatch, 2, fail)
+    with pytest.raises(OSError, match="No space left"):
+        run_photometry(ds, batch_objects=2, progress=False)
+    assert calls["n"] == 2 and working_copy(ds).exists() and ds.read_bytes() == small.read_bytes()
+    monkeypatch.undo()
+    run_photometry(ds, batch_objects=2, progress=False)
+    assert not working_copy(ds).exists()
+    with h5py.File(ds, "r") as f, h5py.File(ref, "r") as g:
+        assert np.array_equal(f["photometry/lc_flux"][()], g["photometry/lc_flux"][()], equal_nan=True)
