@@ -49,15 +49,32 @@ class SequenceData:
             if missing:
                 hint = " (run `photometry` on it first)" if any(k.startswith("photometry/") for k in missing) else ""
                 raise DatasetError(f"{self.path}: missing dataset(s) {', '.join(missing)}{hint}")
+            for k in needed:
+                if not isinstance(f[k], h5py.Dataset) or f[k].dtype.kind not in ("iu" if k in ("label", "split")
+                                                                                  else "biuf"):
+                    what = (f"holds {f[k].dtype}" if isinstance(f[k], h5py.Dataset) else "is a group")
+                    raise DatasetError(f"{self.path}: '{k}' {what}; expected "
+                                       + ("integers" if k in ("label", "split") else "numbers"))
             shape = f["stamps"].shape
             if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
                 raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size})")
             n, t = shape[:2]
             if n == 0:
                 raise DatasetError(f"{self.path}: holds no objects ('stamps' has shape {shape})")
-            for k in ("mask", "mjd") + (LC_REQUIRED if cfg.model != "rcnn" else ()):
-                if f[k].shape != (n, t):
-                    raise DatasetError(f"{self.path}: '{k}' has shape {f[k].shape}; expected {(n, t)}")
+            for k in needed[1:]:
+                want = (n,) if k in ("label", "split") else (n, t)
+                if f[k].shape != want:
+                    raise DatasetError(f"{self.path}: '{k}' has shape {f[k].shape}; expected {want}")
+            mask = f["mask"][()]
+            if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+                i, j = np.argwhere(~np.isin(mask, (0, 1)))[0]
+                raise DatasetError(f"{self.path}: 'mask'[{i}, {j}] = {mask[i, j]}; expected true/false (1/0)")
+            mask = mask.astype(bool)
+            late = mask[:, 1:] & ~mask[:, :-1]
+            if late.any():  # the models, the time origin and eq. 4's reference epoch all assume it
+                i, j = np.argwhere(late)[0]
+                raise DatasetError(f"{self.path}: 'mask' of object {i} has valid epoch {j + 1} after an invalid "
+                                   "one; an object's valid epochs must come first, in time order")
             names = f["label"].attrs.get("class_names")
             if names is None:
                 raise DatasetError(f"{self.path}: 'label' has no 'class_names' attribute")
@@ -80,23 +97,27 @@ class SequenceData:
                                        "'photometry/first_detection' (run `photometry` first)")
                 self.alert = f[key][()].astype(np.int64)
             self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
-        self.n_objects, self.n_epochs = n, t
-        self.n_images = min(t, cfg.max_steps)
-        if self.n_images < cfg.n_w:
-            raise DatasetError(f"{self.path}: sequences have {self.n_images} images; n_w = {cfg.n_w} needs more")
-        self.n_steps = self.n_images - cfg.n_w + 1
+            self.n_objects, self.n_epochs = n, t
+            self.n_images = min(t, cfg.max_steps)
+            if self.n_images < cfg.n_w:
+                raise DatasetError(f"{self.path}: sequences have {self.n_images} images; n_w = {cfg.n_w} needs more")
+            self.n_steps = self.n_images - cfg.n_w + 1
+            self.has_step = mask[:, cfg.n_w - 1]  # a step to classify: n_w valid epochs
 
     def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == SPLITS[split])
+        """The objects of `split` that have a step to classify (at least n_w valid epochs)."""
+        return np.flatnonzero((self.split == SPLITS[split]) & self.has_step)
 
     def require(self, split: str, why: str = "") -> np.ndarray:
         """`indices(split)`, or a DatasetError naming the file and every split's count if it is empty (`why`:
         what needs the split, appended to the message)."""
         idx = self.indices(split)
         if not len(idx):
+            n = int(np.sum(self.split == SPLITS[split]))
             counts = ", ".join(f"{name} {int(np.sum(self.split == code))}" for name, code in SPLITS.items())
-            raise DatasetError(f"{self.path}: its {split} split is empty (objects per split: {counts})"
-                               + (f"; {why}" if why else ""))
+            problem = (f"none of the {n} objects of its {split} split has a step (n_w = {self.cfg.n_w} valid epochs; "
+                       "see 'mask')" if n else f"its {split} split is empty (objects per split: {counts})")
+            raise DatasetError(f"{self.path}: {problem}" + (f"; {why}" if why else ""))
         return idx
 
     def read(self, idx: np.ndarray, flux_factor: np.ndarray | None = None) -> dict:

@@ -93,7 +93,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     for run_dir in run_dirs:
         clf = Classifier(run_dir)
         mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
-        pred = predict(clf, data, split=None if real else "test", progress=progress)  # after the labels' check
+        every = predict(clf, data, split=None if real else "test", progress=progress)  # after the labels' check
+        pred = every.scored()  # a real object with fewer than n_w valid epochs has no prediction
         labels = mapping[pred.labels]
         name = f"{Path(run_dir).name} ({clf.cfg.model})"
         if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
@@ -102,6 +103,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         summary = M.summary(pred.probs, pred.step_mask, labels, clf.class_names, last_step)
         recall_steps = M.recall_vs_step(pred.probs, pred.step_mask, labels, len(clf.class_names))
         entry = {"run": str(run_dir), "model": clf.cfg.model, "checkpoint_step": clf.step, **summary,
+                 "objects_without_step": len(every.index) - len(pred.index),
                  "accuracy_vs_step": M.accuracy_vs_step(pred.probs, pred.step_mask, labels).tolist(),
                  "recall_vs_step": {clf.class_names[c]: recall_steps[:, c].tolist() for c in np.unique(labels)}}
         if real:  # recall keyed by the real labels too

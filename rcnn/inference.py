@@ -9,7 +9,7 @@ import numpy as np
 
 from simulator.stopping import check as check_stop
 
-from .data import SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
+from .data import DatasetError, SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
@@ -23,6 +23,11 @@ class Predictions:
     labels: np.ndarray      # (N,) dataset labels (in the dataset's own classes)
     index: np.ndarray       # (N,) object indices in the dataset
     class_names: list[str]  # the model's classes
+
+    def scored(self) -> Predictions:
+        """Only the objects with a valid step: those without one have no prediction to score."""
+        keep = self.step_mask.any(axis=1)
+        return Predictions(self.probs[keep], self.step_mask[keep], self.labels[keep], self.index[keep], self.class_names)
 
 
 class Classifier:
@@ -58,6 +63,11 @@ class Classifier:
         manager.close()
         self.step = int(step)
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(self.variables)
+               if not np.isfinite(np.asarray(v, np.float32)).all()]
+        if bad:
+            raise RunError(f"{ckpt}: step {step} has non-finite weights in {', '.join(bad[:3])}"
+                           f"{' ...' if len(bad) > 3 else ''} (the run diverged?)")
         from .models import apply_model
 
         self._forward = jax.jit(lambda v, b, rows: jax.nn.softmax(apply_model(self.model, v, b, train=False,
@@ -96,9 +106,13 @@ class Classifier:
 
 def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256,
             progress: bool = True) -> Predictions:
-    """Predictions for the objects of a split of a dataset (all objects if `split` is None); a progress bar
-    (objects) on the terminal unless `progress` is False."""
+    """Predictions for the objects of a split of a dataset that have a step to classify (n_w valid epochs),
+    or for every object if `split` is None (those without a step have an empty `step_mask` row); a
+    progress bar (objects) on the terminal unless `progress` is False."""
     data = SequenceData(data_path, classifier.cfg)
+    if split is None and not data.has_step.any():
+        raise DatasetError(f"{data_path}: none of its {data.n_objects} objects has a step to classify "
+                           f"(n_w = {classifier.cfg.n_w} valid epochs; see 'mask')")
     index = np.arange(data.n_objects) if split is None else data.require(split)
     import jax
     from tqdm.auto import tqdm

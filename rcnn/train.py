@@ -406,6 +406,8 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     elapsed = time.perf_counter() - t_start
                     result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
                               "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
+                    if not np.isfinite([train_loss, val_loss]).all():
+                        _diverged(run_dir, result, best.latest_step(), primary, title)
                     if val_loss < float(state["best_val_loss"]):
                         state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
                         best.save(done, args=ocp.args.StandardSave(state), force=True)
@@ -441,6 +443,24 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
             last.close()
             best.close()
     return result
+
+
+class Diverged(RunError):
+    """The losses of an evaluation are not finite: the weights have diverged (a learning rate too high)."""
+
+
+def _diverged(run_dir: Path, result: dict, kept: int | None, primary: bool, title: str) -> None:
+    """Log the evaluation whose losses are not finite (metrics and figure) and raise `Diverged`, without
+    saving its state: resuming would only diverge again, and `checkpoints/best` keeps the last good one."""
+    from .curves import METRICS, write_training_figure
+
+    if primary:
+        with (run_dir / METRICS).open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        write_training_figure(run_dir, title)
+    kept_note = f"checkpoints/best keeps step {kept}" if kept is not None else "no checkpoint was kept"
+    raise Diverged(f"{run_dir}: training diverged by step {result['step']} (train_loss {result['train_loss']}, "
+                   f"val_loss {result['val_loss']}); {kept_note}. Lower learning_rate and train into a new --out")
 
 
 def _optimizer(cfg: TrainConfig):

@@ -128,6 +128,7 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     assert set(m["recall"]) == {"supernova", "rrlyrae", "eclipsing_binary", "nonvariable"}
     e = next(iter(m["runs"].values()))
     assert set(e["recall_real_labels"]) == {"SN", "RRLyrae", "EB", "NV"} and e["step"] <= 20
+    assert e["n_objects"] == 40 and e["objects_without_step"] == 0
     assert m["balanced_recall"] == pytest.approx(np.mean(list(m["recall"].values())))
     # classify: the output schema
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(real), "--out",
@@ -242,6 +243,50 @@ def test_evaluating_an_empty_split_or_dataset_names_the_file(run_4class, tmp_pat
                            str(tmp_path / "c")], capture_output=True, text=True)
     assert proc.returncode == 2 and "empty.h5: holds no objects" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "rep").exists() and not (tmp_path / "c").exists()
+
+
+def test_real_objects_without_a_step_are_classified_as_none_and_not_scored(run_4class, real_h5, tmp_path):
+    """A real object with fewer than n_w valid epochs has no prediction: it was scored by the output of the
+    first step computed on padding."""
+    from rcnn.classify import classify
+
+    run, _ = run_4class
+    short = tmp_path / "short.h5"
+    short.write_bytes(real_h5[0].read_bytes())
+    with h5py.File(short, "r+") as f:
+        m = f["mask"][()]
+        m[5, 2:] = False
+        f["mask"][...] = m
+    e = next(iter(evaluate([run], short, tmp_path / "rep", real=True, progress=False)["runs"].values()))
+    assert e["n_objects"] == 39 and e["objects_without_step"] == 1
+    classify(run, short, tmp_path / "cls", progress=False)
+    objects = json.loads((tmp_path / "cls" / "probabilities.json").read_text())["objects"]
+    assert len(objects) == 40 and objects[5]["predicted"] is None and objects[4]["predicted"] is not None
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused(run_4class, tmp_path):
+    """Its predictions were argmax(NaN) = the first class, scored and written without a word."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    run, data = run_4class
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    best = ocp.CheckpointManager((bad / "checkpoints" / "best").resolve())
+    step = best.latest_step()
+    state = best.restore(step, args=ocp.args.StandardRestore())
+    layer = next(k for k, v in state["params"].items() if "kernel" in v)
+    state["params"][layer]["kernel"] = np.full_like(state["params"][layer]["kernel"], np.nan)
+    step += 1  # a later checkpoint, the one a Classifier loads
+    best.save(step, args=ocp.args.StandardSave(state))
+    best.wait_until_finished()
+    best.close()
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(bad), str(data), "--out",
+                           str(tmp_path / "c")], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"best: step {step} has non-finite weights in ['params']['{layer}']['kernel']" \
+        in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):

@@ -707,6 +707,73 @@ def test_bad_datasets_get_clear_errors(dataset, tmp_path):
     assert proc.returncode == 2 and "missing dataset" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _regroup(name, make):
+    """An edit for `_copy_with`: dataset `name` replaced by `make(old values)` (an array or "group")."""
+    def edit(f):
+        new, attrs = make(f[name][()]), dict(f[name].attrs)
+        del f[name]
+        if isinstance(new, str):
+            f.create_group(name)
+        else:
+            f[name] = new
+            f[name].attrs.update(attrs)
+    return edit
+
+
+def _set_mask(rows, valid):
+    """An edit for `_copy_with`: objects `rows` get the mask row `valid` (a function of the row length)."""
+    def edit(f):
+        m = f["mask"][()]
+        m[rows] = valid(m.shape[1])
+        f["mask"][...] = m
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_regroup("stamps", lambda old: "group"), r"'stamps' is a group; expected numbers"),
+    (_regroup("label", lambda old: old + 0.7), r"'label' holds float64; expected integers"),  # was truncated
+    (_regroup("conditions/sky_adu", lambda old: old[:, :5]), r"'conditions/sky_adu' has shape \(120, 5\); expected "
+                                                              r"\(120, 20\)"),  # a numpy broadcast error
+    (_regroup("split", lambda old: old[:-1]), r"'split' has shape \(119,\); expected \(120,\)"),
+    (_regroup("mask", lambda old: old.astype(np.int8) * 2), r"'mask'\[0, 0\] = 2; expected true/false"),
+    (_set_mask([7], lambda t: np.arange(t) != 2), r"'mask' of object 7 has valid epoch 3 after an invalid one"),
+], ids=["group", "float-labels", "sky-shape", "split-shape", "mask-values", "mask-gap"])
+def test_malformed_arrays_are_refused_when_opened(dataset, tmp_path, edit, message):
+    """Each was a numpy/h5py traceback, or (labels, gaps in the mask) a silently wrong input."""
+    bad = _copy_with(dataset, tmp_path / "bad.h5", edit)
+    with pytest.raises(DatasetError, match="bad.h5: " + message):
+        SequenceData(bad, TrainConfig(**TINY))
+
+
+def test_objects_without_a_step_are_left_out_and_a_split_of_none_is_refused(dataset, tmp_path):
+    """An object with fewer than n_w valid epochs has no step to classify: training and evaluation leave
+    it out; a split or dataset of only such objects (all masks false trained to a loss of 0.0) is an error."""
+    cfg = TrainConfig(**TINY)
+    full = SequenceData(dataset, cfg)
+    train_idx = full.indices("train")
+    short = _copy_with(dataset, tmp_path / "short.h5", _set_mask(train_idx[:3], lambda t: np.arange(t) < cfg.n_w - 1))
+    assert list(SequenceData(short, cfg).indices("train")) == list(train_idx[3:])
+    none = _copy_with(dataset, tmp_path / "none.h5", _set_mask(slice(None), lambda t: np.zeros(t, bool)))
+    with pytest.raises(DatasetError, match=r"none.h5: none of the \d+ objects of its train split has a step \(n_w = 3 "
+                                           r"valid epochs; see 'mask'\); `rcnn train` needs"):
+        train(none, tmp_path / "run", TrainConfig(**TINY), progress=False)
+
+
+def test_a_diverging_run_stops_at_its_evaluation(dataset, tmp_path):
+    """A learning rate far too high made NaN losses, logged with exit status 0 and evaluated as class 0."""
+    from rcnn.curves import read_metrics
+    from rcnn.train import Diverged
+
+    cfg = TrainConfig(**{**TINY, "batch_size": 8}, iterations=6, eval_every=2, learning_rate=1e30)
+    with pytest.raises(Diverged, match=r"run: training diverged by step 2 \(train_loss nan, val_loss nan\); no "
+                                       "checkpoint was kept. Lower learning_rate"):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [2] and np.isnan(rows[0]["val_loss"])
+    assert (tmp_path / "run" / "training.png").exists()
+    assert not any((tmp_path / "run" / "checkpoints" / "last").iterdir())  # the diverged state is not saved
+
+
 def test_training_needs_train_and_validation_objects_and_a_run_directory(dataset, tmp_path):
     """Checked before anything compiles: a file of test objects only (as `rcnn import-real` writes) gave
     numpy's "need at least one array to concatenate"; an empty validation split failed at the first
