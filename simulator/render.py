@@ -269,8 +269,8 @@ class Renderer:
                  moffat_beta: float = 2.5, batch_size: int = 128):
         if psf not in PSF_MODELS:
             raise ValueError(f"psf must be one of {PSF_MODELS}, got {psf!r}")
-        if stamp_size % 2 != 1 or min(fft_size, host_fft_size) < 2 * stamp_size:
-            raise ValueError(f"stamp_size must be odd and FFT sizes >= 2*stamp_size; got {stamp_size}, "
+        if stamp_size < 3 or stamp_size % 2 != 1 or min(fft_size, host_fft_size) < 2 * stamp_size:
+            raise ValueError(f"stamp_size must be odd and >= 3, and FFT sizes >= 2*stamp_size; got {stamp_size}, "
                              f"{fft_size}, {host_fft_size}")
         self.stamp_size, self.batch_size = stamp_size, batch_size
         self.psf_table = ktable(psf, float(moffat_beta))

@@ -102,9 +102,24 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
     return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
 
 
+def check_output_file(path: str | Path, option: str) -> None:
+    """A SimulationError, before any work, unless the file `path` (given by the CLI `option`) can be made:
+    not a directory, and its nearest existing ancestor a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise SimulationError(f"{path}: is a directory; {option} names a file")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise SimulationError(f"{parent}: is not a directory, so {option} {path} cannot be written")
+
+
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
     out = Path(out)
+    parts = Path(str(out) + ".parts")
+    check_output_file(out, "--out")
+    if parts.exists() and not parts.is_dir():
+        raise SimulationError(f"{parts}: is not a directory (simulate keeps the shards of {out} there)")
     # record the data directories the environment selects, so the stored config says what was used
     env = {"conditions": os.environ.get(CONDITIONS_ENV), "templates": os.environ.get(TEMPLATES_ENV)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in env.items() if v and getattr(cfg, k) is None})
@@ -120,7 +135,6 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
             return out
         raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
     n_epochs(cfg)  # load the survey and templates once here: bad inputs fail before anything is written
-    parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     with exclusive(parts / "lock", str(out)):  # a second `simulate` to the same OUT stops here
         manifest = parts / "config.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ EXECUTION_KEYS = ("workers", "scheduler", "progress")
 
 #: HiTS PSF FWHM = PSF_FWHM_PER_SEEING x logged seeing + PSF_FWHM_OFFSET_ARCSEC (fitted on real stars, below)
 PSF_FWHM_PER_SEEING, PSF_FWHM_OFFSET_ARCSEC = 0.931, -0.159
+#: Each PSF shear component is drawn ~ N(0, psf_shear_rms): up to 0.1, |g| >= 1 has probability e^-50 per epoch.
+MAX_PSF_SHEAR_RMS = 0.1
 
 
 @dataclass
@@ -96,8 +99,12 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
-        self.split_fractions = tuple(float(x) for x in self.split_fractions)
+        try:
+            self.split_fractions = tuple(float(x) for x in self.split_fractions)
+        except (TypeError, ValueError):
+            raise ValueError(f"split_fractions must be three numbers, got {self.split_fractions!r}") from None
         check_field_types(self)
+        check_finite(self)
         unknown = [c for c in self.classes if c not in ALL_CLASSES]
         if unknown:
             raise ValueError(f"unknown class(es) {unknown}; known: {', '.join(ALL_CLASSES)}")
@@ -105,27 +112,48 @@ class SimConfig:
             raise ValueError(f"classes must be a non-empty list without repeats, got {self.classes}")
         if self.n_per_class < 1:
             raise ValueError(f"n_per_class must be >= 1, got {self.n_per_class}")
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
+        if (len(self.split_fractions) != 3 or not all(x >= 0 for x in self.split_fractions)
+                or abs(sum(self.split_fractions) - 1) > 1e-9):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
         if self.max_epochs is not None and self.max_epochs < self.pre_alert_epochs + 1:
             raise ValueError(f"max_epochs must be None or >= pre_alert_epochs + 1 = {self.pre_alert_epochs + 1}, "
                              f"got {self.max_epochs}")
         if self.pre_alert_epochs < 0 or self.min_dates < 1:
             raise ValueError(f"pre_alert_epochs must be >= 0 and min_dates >= 1, got {self.pre_alert_epochs}, {self.min_dates}")
+        if self.max_epochs is not None and self.min_dates > self.max_epochs:  # no sequence is longer than max_epochs
+            raise ValueError(f"min_dates must be <= max_epochs = {self.max_epochs}, got {self.min_dates}")
+        if self.stamp_size < 3 or self.stamp_size % 2 != 1:
+            raise ValueError(f"stamp_size must be an odd integer >= 3, got {self.stamp_size}")
+        if min(self.fft_size, self.host_fft_size) < 2 * self.stamp_size:
+            raise ValueError(f"fft_size and host_fft_size must be >= 2 x stamp_size = {2 * self.stamp_size}, got "
+                             f"{self.fft_size}, {self.host_fft_size}")
+        if self.psf == "moffat" and not self.moffat_beta > 1.1:
+            raise ValueError(f"moffat_beta must be > 1.1 (GalSim's Moffat is untruncated), got {self.moffat_beta}")
         if not (self.psf_fwhm_per_seeing > 0 and self.psf_fwhm_scatter >= 0):
             raise ValueError(f"psf_fwhm_per_seeing must be > 0 and psf_fwhm_scatter >= 0, got "
                              f"{self.psf_fwhm_per_seeing}, {self.psf_fwhm_scatter}")
+        if not 0 <= self.psf_shear_rms <= MAX_PSF_SHEAR_RMS:
+            raise ValueError(f"psf_shear_rms must be in [0, {MAX_PSF_SHEAR_RMS}] (a wider spread draws shears |g| >= 1, "
+                             f"which no PSF has), got {self.psf_shear_rms}")
         if self.shard_size < 1 or self.workers < 1:
             raise ValueError(f"shard_size and workers must be >= 1, got {self.shard_size}, {self.workers}")
         for key in ("host_fraction_supernova", "host_fraction_other"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
-        for key in ("psf_shear_rms", "zero_point_error_mag", "host_abs_mag_sigma", "host_size_scatter_dex",
-                    "asteroid_rate_scatter_dex"):
+        if not 0 < self.host_disk_thickness <= 1:
+            raise ValueError(f"host_disk_thickness (a disk's intrinsic axis ratio) must be in (0, 1], got "
+                             f"{self.host_disk_thickness}")
+        for key in ("zero_point_error_mag", "host_abs_mag_sigma", "host_size_scatter_dex", "asteroid_rate_scatter_dex"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if not self.asteroid_rate_deg_per_day > 0:
-            raise ValueError(f"asteroid_rate_deg_per_day must be > 0, got {self.asteroid_rate_deg_per_day}")
+        for key in ("seeing_limit_arcsec", "asteroid_rate_deg_per_day", "host_disk_hlr_arcsec_at_g20",
+                    "host_disk_hlr_kpc"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for low, high in (("star_mag_min", "star_mag_cut"), ("star_mag_min", "rrlyrae_mag_cut"),
+                          ("host_mag_min", "host_mag_max")):
+            if not getattr(self, low) < getattr(self, high):
+                raise ValueError(f"{low} must be < {high} = {getattr(self, high)}, got {getattr(self, low)}")
 
     def content_dict(self) -> dict:
         """The options that determine the dataset's bytes (stored with it)."""
@@ -155,6 +183,15 @@ def check_field_types(config) -> None:
             setattr(config, f.name, value)
         else:
             raise ValueError(f"{f.name} must be {TYPE_NAMES[kind]}{' or null' if optional else ''}; got {value!r}")
+
+
+def check_finite(config) -> None:
+    """Each float field of the dataclass `config` (once `check_field_types` has run) finite or None: NaN
+    passes every range check (`x < 0` is false), inf crashes deep in a run or makes a silent nonsense."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if str(f.type) in ("float", "float | None") and value is not None and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
 def yaml_value(text: str, where: str):
@@ -205,7 +242,10 @@ def _coerce(name: str, text: str):
     if name in ("classes", "split_fractions") and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
         if name == "split_fractions":
-            value = [float(v) for v in value]
+            try:
+                value = [float(v) for v in value]
+            except ValueError:
+                raise ValueError(f"--set {name}={text}: split_fractions must be comma-separated numbers") from None
     return value
 
 

@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from simulator.run import simulate
+from simulator.run import SimulationError, simulate
 from simulator.settings import SimConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +235,9 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "max_epochs=7.5"], "max_epochs must be an integer or null; got 7.5"),
     (["--set", "host_fraction_other=2"], "host_fraction_other must be in [0, 1]"),
     (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
+    (["--set", "split_fractions=a,b,c"], "--set split_fractions=a,b,c: split_fractions must be comma-separated numbers"),
+    (["--set", "zero_point_error_mag=nan"], "zero_point_error_mag must be a finite number, got nan"),
+    (["--set", "psf_fwhm_offset_arcsec=-5"], "psf_fwhm_offset_arcsec (the PSF FWHM) must be > 0 at the survey's best"),
     (["--config", "/nonexistent/sim.yaml"], "/nonexistent/sim.yaml: config file not found"),
     (["--set", "seeing_limit_arcsec=0.1"], "none of 300 objects drawn has an epoch within the seeing limit (0.1\")"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
@@ -281,7 +285,6 @@ def test_a_killed_worker_is_a_clear_error(tmp_path, monkeypatch):
     import multiprocessing
 
     import simulator.run
-    from simulator.run import SimulationError
 
     cfg = SimConfig(n_per_class=20, seed=4, workers=2, shard_size=10, progress=False)
     ref = tmp_path / "ref.h5"
@@ -397,3 +400,100 @@ def test_a_file_system_without_flock_runs_unguarded(tmp_path, monkeypatch):
         pass
     out = simulate(SimConfig(n_per_class=1, classes=("nonvariable",), progress=False), tmp_path / "x.h5")
     assert out.exists()
+
+
+FLOAT_KEYS = [f.name for f in dataclasses.fields(SimConfig) if f.type in ("float", "float | None")]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_option_must_be_finite(key, value):
+    """NaN passes every range check (and shard.py's `> 0` tests), inf crashes deep in a run: both are refused."""
+    with pytest.raises(ValueError, match=f"^{key} must be a finite number, got {value}$"):
+        SimConfig(**{key: value})
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"stamp_size": -5}, "stamp_size must be an odd integer >= 3, got -5"),
+    ({"stamp_size": 1}, "stamp_size must be an odd integer >= 3, got 1"),
+    ({"stamp_size": 20}, "stamp_size must be an odd integer >= 3, got 20"),
+    ({"fft_size": 40}, "fft_size and host_fft_size must be >= 2 x stamp_size = 42, got 40, 64"),
+    ({"moffat_beta": 0}, "moffat_beta must be > 1.1 (GalSim's Moffat is untruncated), got 0.0"),
+    ({"moffat_beta": 1.1}, "moffat_beta must be > 1.1"),
+    ({"host_disk_thickness": -1}, "host_disk_thickness (a disk's intrinsic axis ratio) must be in (0, 1], got -1.0"),
+    ({"host_disk_thickness": 0}, "host_disk_thickness (a disk's intrinsic axis ratio) must be in (0, 1]"),
+    ({"host_disk_thickness": 1.5}, "host_disk_thickness (a disk's intrinsic axis ratio) must be in (0, 1]"),
+    ({"min_dates": 100}, "min_dates must be <= max_epochs = 20, got 100"),
+    ({"psf_shear_rms": 0.7}, "psf_shear_rms must be in [0, 0.1]"),
+    ({"psf_shear_rms": -0.01}, "psf_shear_rms must be in [0, 0.1]"),
+    ({"seeing_limit_arcsec": 0}, "seeing_limit_arcsec must be > 0, got 0.0"),
+    ({"host_disk_hlr_kpc": -3.5}, "host_disk_hlr_kpc must be > 0, got -3.5"),
+    ({"host_disk_hlr_arcsec_at_g20": 0}, "host_disk_hlr_arcsec_at_g20 must be > 0, got 0.0"),
+    ({"host_mag_max": 16}, "host_mag_min must be < host_mag_max = 16.0, got 17.0"),
+    ({"star_mag_min": 23}, "star_mag_min must be < star_mag_cut = 22.8, got 23.0"),
+    ({"rrlyrae_mag_cut": 14}, "star_mag_min must be < rrlyrae_mag_cut = 14.0, got 14.5"),
+    ({"split_fractions": (float("nan"), 0.5, 0.5)}, "split_fractions must be three non-negative numbers summing to 1"),
+    ({"split_fractions": ("a", "b", "c")}, "split_fractions must be three numbers, got ('a', 'b', 'c')"),
+    ({"split_fractions": 0.8}, "split_fractions must be three numbers, got 0.8"),
+])
+def test_out_of_range_options_are_refused_by_key(values, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        SimConfig(**values)
+
+
+def test_sensible_edge_values_are_accepted():
+    SimConfig(stamp_size=3, fft_size=6, host_fft_size=6, moffat_beta=1.11, host_disk_thickness=1.0, min_dates=20,
+              psf_shear_rms=0.1, psf="kolmogorov")
+    SimConfig(moffat_beta=0, psf="kolmogorov")  # moffat_beta is not used then
+    SimConfig(min_dates=10_000, max_epochs=None)  # no cap: every object's whole sequence
+
+
+def test_psf_fwhm_must_be_positive_at_the_surveys_best_seeing():
+    """The FWHM (per_seeing x seeing + offset) is checked at the best seeing the conditions can give,
+    before anything is written: an offset that makes it negative there is refused, one just short is not."""
+    from survey_params import make_sampler
+    from simulator.shard import best_seeing_arcsec, n_epochs
+
+    model = make_sampler("hits", None, 2.0)
+    best = best_seeing_arcsec(model)
+    seeing = np.concatenate([c.seeing_arcsec[c.mask] for c in model.draw_many([np.random.default_rng(1)] * 300)])
+    assert best <= seeing.min() < best + 0.05
+    cfg = SimConfig(classes=("nonvariable",), psf_fwhm_per_seeing=1.0)
+    n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=0.01 - best))  # valid: FWHM 0.01" at the best seeing
+    with pytest.raises(ValueError, match=re.escape(f"must be > 0 at the survey's best seeing, {best:g}\", got 1 x "
+                                                   f"{best:g} + -5 = {best - 5:.4g}\"")):
+        n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=-5.0))
+
+
+def test_best_seeing_of_real_logs(hits_dir):
+    from survey_params import make_sampler
+    from simulator.shard import best_seeing_arcsec
+
+    logs = make_sampler("hits", str(hits_dir), 1.5)
+    logged = np.concatenate([np.asarray(logs.survey.field_epochs(f, 1.5)["seeing_arcsec"]) for f in logs.survey.fields()])
+    assert best_seeing_arcsec(logs) == logged.min()
+
+
+def test_output_paths_that_cannot_be_written_are_refused_at_once(tmp_path, capsys):
+    """An --out that is a directory, or under a file, and a --plot under a file: one line, exit 2, before
+    any simulating, and nothing left behind."""
+    from simulator.cli import main
+
+    (tmp_path / "somedir").mkdir()
+    (tmp_path / "afile").write_text("")
+    for args, message in [
+        (["--out", str(tmp_path / "somedir")], f"{tmp_path / 'somedir'}: is a directory; --out names a file"),
+        (["--out", str(tmp_path / "somedir"), "--overwrite"], "somedir: is a directory; --out names a file"),
+        (["--out", str(tmp_path / "afile" / "x.h5")], f"{tmp_path / 'afile'}: is not a directory, so --out "),
+        (["--out", str(tmp_path / "afile" / "sub" / "x.h5")], f"{tmp_path / 'afile'}: is not a directory"),
+        (["--out", str(tmp_path / "x.h5"), "--plot", str(tmp_path / "afile" / "p.png")],
+         f"{tmp_path / 'afile'}: is not a directory, so --plot "),
+        (["--out", str(tmp_path / "x.h5"), "--gallery", str(tmp_path / "somedir")], "is a directory; --gallery names a file"),
+    ]:
+        assert main(["--n-per-class", "2", "--no-progress", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "somedir"]
+    (tmp_path / "x.h5.parts").write_text("")
+    with pytest.raises(SimulationError, match="x.h5.parts: is not a directory"):
+        simulate(SimConfig(n_per_class=2, progress=False), tmp_path / "x.h5")
