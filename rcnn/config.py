@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.settings import check_field_types, yaml_mapping, yaml_value
+from simulator.settings import check_field_types, check_finite, yaml_mapping, yaml_value
 
 MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
@@ -83,6 +83,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        check_finite(self)
         self.context = _context_names(self.context)
         checks = [(self.model in MODELS, f"model must be one of {MODELS}", "model"),
                   (self.cell in CELLS, f"cell must be one of {CELLS}", "cell"),
@@ -127,6 +128,9 @@ class TrainConfig:
 
 def _context_names(value) -> list[str]:
     """The `context` key as a list of CONTEXT_INPUTS names (true = the host pair, as GOTO's catalogue inputs)."""
+    if not isinstance(value, (bool, str, list, tuple, type(None))):
+        raise ValueError(f"context: {value!r} must be a list or comma-separated string of inputs among "
+                         f"{', '.join(CONTEXT_INPUTS)} (or true, all, none)")
     if value is True:
         return ["has_host", "host_distance"]
     if value in (False, None, "", "none"):

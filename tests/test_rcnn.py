@@ -648,7 +648,12 @@ def test_bad_config_values_name_the_key(tmp_path):
                           ("rnn_units=0", "rnn_units, eval_batches must be >= 1; got conv_filters=64, dense_units=1024, "
                                           "rnn_units=0"),  # a JAX traceback before
                           ("bn_momentum=2", "bn_momentum must be in [0, 1); got bn_momentum=2.0"),
-                          ("flux_scale_adu=0", "flux_scale_adu must be > 0")):
+                          ("flux_scale_adu=0", "flux_scale_adu must be > 0"),
+                          # trained to NaN losses, or on inputs all 0, with exit status 0
+                          ("learning_rate=inf", "learning_rate must be a finite number, got inf"),
+                          ("flux_scale_adu=inf", "flux_scale_adu must be a finite number, got inf"),
+                          ("focal_gamma=nan", "focal_gamma must be a finite number, got nan"),
+                          ("context=123", "context: 123 must be a list or comma-separated string")):  # a TypeError
         with pytest.raises(ValueError) as err:
             load_config(sets=[item])
         assert message in str(err.value)
