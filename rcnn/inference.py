@@ -35,10 +35,9 @@ class Classifier:
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best"):
         import jax
-        import orbax.checkpoint as ocp
 
         from .models import build_model
-        from .train import _optimizer, init_state, read_run_config, restore_checkpoint
+        from .train import _optimizer, checkpoint_manager, init_state, read_run_config, restore_checkpoint
 
         run_dir = Path(run_dir)
         cfg_file = run_dir / "config.yaml"
@@ -47,7 +46,7 @@ class Classifier:
         self.cfg, extra = read_run_config(cfg_file)
         self.class_names = list(extra["_class_names"])
         ckpt = run_dir / "checkpoints" / checkpoint
-        manager = ocp.CheckpointManager(ckpt.resolve()) if ckpt.exists() else None
+        manager = checkpoint_manager(ckpt) if ckpt.exists() else None
         step = manager.latest_step() if manager else None
         if step is None:
             raise RunError(f"{ckpt}: no checkpoint (has the run reached its first evaluation?)")
@@ -59,8 +58,10 @@ class Classifier:
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
                    "context": np.zeros((1, max(self.cfg.n_context, 1)), np.float32)}
         abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
-        state = restore_checkpoint(manager, step, abstract, ckpt)
-        manager.close()
+        try:
+            state = restore_checkpoint(manager, step, abstract, ckpt)
+        finally:  # an open manager's threads print "Event loop is closed" tracebacks at exit
+            manager.close()
         self.step = int(step)
         self.variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(self.variables)

@@ -126,17 +126,42 @@ def _mesh():
 
 def restore_checkpoint(manager, step: int, abstract, where: Path):
     """`manager`'s checkpoint `step` restored into the tree `abstract` (shapes and dtypes of this version's
-    state for the run's config), or a RunError naming the checkpoint, with orbax's account of the difference."""
+    state for the run's config), or a RunError naming the checkpoint and the first array that differs. The
+    arrays are compared before restoring: a restore that fails part-way leaves orbax's reads in flight,
+    which print "Event loop is closed" tracebacks at exit."""
+    import jax
     import orbax.checkpoint as ocp
 
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except ValueError as exc:
-        detail = " ".join(str(exc).split())
-        hint = (" It holds convolution biases: runs saved before the RCNN's convolutions lost them (the batch norm "
-                "after each cancels them) must be trained again." if "Conv_0.bias" in detail else "")
-        raise RunError(f"{where}: checkpoint {step} does not fit the model this version of stampseq builds from the "
-                       f"run's config.yaml.{hint} Orbax: {detail[:400]}{' ...' if len(detail) > 400 else ''}") from None
+    def shapes(tree) -> dict:  # "params/Conv_0/kernel" -> shape (the stored tree has dicts for named tuples)
+        return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(v.shape)
+                for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+    stored, wanted = shapes(manager.item_metadata(step)), shapes(abstract)
+    differ = sorted((k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)),
+                    key=lambda k: (not k.startswith("params/"), k))  # a layer's weights before Adam's moments
+    detail = ""
+    if differ:
+        k = differ[0]
+        detail = (f"{k} is {stored[k] if k in stored else 'absent'} in the checkpoint and "
+                  f"{wanted[k] if k in wanted else 'absent'} in the model ({len(differ)} array(s) differ)")
+    else:
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except ValueError as exc:
+            detail = " ".join(str(exc).split())
+            detail = f"Orbax: {detail[:400]}{' ...' if len(detail) > 400 else ''}"
+    hint = (" It holds convolution biases: runs saved before the RCNN's convolutions lost them (the batch norm "
+            "after each cancels them) must be trained again." if "params/Conv_0/bias" in stored else "")
+    raise RunError(f"{where}: checkpoint {step} does not fit the model this version of stampseq builds from the "
+                   f"run's config.yaml: {detail}.{hint}")
+
+
+def checkpoint_manager(directory: Path, options=None):
+    """An orbax manager of the run's state under `directory`, able to read a checkpoint's array metadata."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _put(batch: dict, sharding, size: int | None = None):
@@ -352,8 +377,8 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                  "opt_state": tx.init(source.variables["params"])}
     state = jax.device_put(jax.device_get(state) if multi else state, replicated)
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    last = ocp.CheckpointManager((run_dir / "checkpoints" / "last").resolve(), options=options)
-    best = ocp.CheckpointManager((run_dir / "checkpoints" / "best").resolve(), options=options)
+    last = checkpoint_manager(run_dir / "checkpoints" / "last", options)
+    best = checkpoint_manager(run_dir / "checkpoints" / "best", options)
     metrics_file = run_dir / METRICS
     start = 0
     if resume and last.latest_step() is not None:
