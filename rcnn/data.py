@@ -75,6 +75,12 @@ class SequenceData:
                 i, j = np.argwhere(late)[0]
                 raise DatasetError(f"{self.path}: 'mask' of object {i} has valid epoch {j + 1} after an invalid "
                                    "one; an object's valid epochs must come first, in time order")
+            if cfg.model != "rcnn":
+                err = f["photometry/lc_flux_err"][()]
+                if (mask & (err < 0)).any():
+                    i, j = np.argwhere(mask & (err < 0))[0]
+                    raise DatasetError(f"{self.path}: 'photometry/lc_flux_err'[{i}, {j}] = {err[i, j]} at a valid "
+                                       "epoch; an uncertainty is >= 0")
             names = f["label"].attrs.get("class_names")
             if names is None:
                 raise DatasetError(f"{self.path}: 'label' has no 'class_names' attribute")

@@ -750,6 +750,15 @@ def test_malformed_arrays_are_refused_when_opened(dataset, tmp_path, edit, messa
         SequenceData(bad, TrainConfig(**TINY))
 
 
+def test_negative_light_curve_errors_are_refused(dataset, tmp_path):
+    """The light-curve models took a negative flux uncertainty as input without a word."""
+    bad = _copy_with(dataset, tmp_path / "bad.h5", _regroup("photometry/lc_flux_err", lambda e: np.where(
+        np.arange(e.shape[1]) == 1, -np.abs(e), e)))
+    with pytest.raises(DatasetError, match=r"bad.h5: 'photometry/lc_flux_err'\[0, 1\] = -[\d.e+-]+ at a valid epoch"):
+        SequenceData(bad, TrainConfig(model="lc", **TINY))
+    SequenceData(bad, TrainConfig(**TINY))  # the RCNN does not read them
+
+
 def test_objects_without_a_step_are_left_out_and_a_split_of_none_is_refused(dataset, tmp_path):
     """An object with fewer than n_w valid epochs has no step to classify: training and evaluation leave
     it out; a split or dataset of only such objects (all masks false trained to a loss of 0.0) is an error."""
