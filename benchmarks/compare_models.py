@@ -63,7 +63,7 @@ def main() -> None:
     if (shared / "real_dev.npz").exists():
         from rcnn.real import import_real
 
-        real = import_real(shared / "real_dev.npz", out / "real.h5", shared / "camera.csv")
+        real = import_real(shared / "real_dev.npz", out / "real.h5", shared / "camera.csv", overwrite=True)
     rows = []
     for i, (name, options) in enumerate(VARIANTS.items()):
         run_dir = out / f"run{i}"

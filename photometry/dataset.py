@@ -41,7 +41,7 @@ class PhotometryError(ValueError):
 
 
 #: Per-epoch conditions the photometry reads (sky_adu only with `sky="log"`; seeing_arcsec, whose bound depends
-#: on the config, in `_check_conditions`): what a valid (mask True) epoch must hold, and the test. Padded
+#: on the config, in `check_conditions`): what a valid (mask True) epoch must hold, and the test. Padded
 #: epochs hold NaN and are never read.
 CONDITIONS = {
     "gain": ("a finite number > 0", lambda v: np.isfinite(v) & (v > 0)),
@@ -64,7 +64,7 @@ def _number(value, where: str, rule: str, ok) -> float:
     return x
 
 
-def _psf_options(f: h5py.File, path: Path) -> dict:
+def psf_options(f: h5py.File, path: Path) -> dict:
     """The dataset's PSF and pixel scale (root attributes `config` and `pixel_scale_arcsec`), checked."""
     if "config" not in f.attrs:
         raise PhotometryError(f"{path}: no 'config' attribute; not a stampseq dataset")
@@ -101,7 +101,7 @@ def _psf_options(f: h5py.File, path: Path) -> dict:
             "stamp_size": size}
 
 
-def _require(f: h5py.File, path: Path, keys: list[str]) -> None:
+def require_arrays(f: h5py.File, path: Path, keys: list[str]) -> None:
     """Every dataset in `keys` present and an array of the right type: `mask` bool, the others numbers."""
     missing = [k for k in keys if k not in f]
     if missing:
@@ -114,7 +114,7 @@ def _require(f: h5py.File, path: Path, keys: list[str]) -> None:
             raise PhotometryError(f"{path}: '{k}' has dtype {dtype}; expected {expected}")
 
 
-def _check_shapes(f: h5py.File, path: Path, keys: list[str], stamp_size: int) -> np.ndarray:
+def check_shapes(f: h5py.File, path: Path, keys: list[str], stamp_size: int) -> np.ndarray:
     """`stamps` (N, T, S, S) with N > 0 and S the config's stamp size, the other `keys` (N, T); returns the
     mask, refused if no epoch is valid (nothing to measure)."""
     shape = f["stamps"].shape
@@ -132,7 +132,7 @@ def _check_shapes(f: h5py.File, path: Path, keys: list[str], stamp_size: int) ->
     return mask
 
 
-def _check_conditions(f: h5py.File, path: Path, names: list[str], mask: np.ndarray, opts: dict) -> None:
+def check_conditions(f: h5py.File, path: Path, names: list[str], mask: np.ndarray, opts: dict) -> None:
     """The conditions `names` usable at every valid epoch (`CONDITIONS`; the seeing must give a positive PSF
     FWHM): a NaN or zero there would silently give NaN fluxes, or a whole NaN light curve (eq. 4's reference)."""
     min_seeing = max(0.0, -opts["fwhm_offset_arcsec"] / opts["fwhm_per_seeing"])
@@ -174,10 +174,10 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
     names = ["seeing_arcsec", "gain", "read_noise", "saturation", "zero_point"] + (["sky_adu"] if sky == "log" else [])
     keys = ["stamps", "mask"] + [f"conditions/{k}" for k in names]
     with open_h5(path) as f:  # all checked before the copy: a file we cannot use leaves nothing behind
-        _require(f, path, keys)
-        opts = _psf_options(f, path)
-        mask = _check_shapes(f, path, keys, opts["stamp_size"])
-        _check_conditions(f, path, names, mask, opts)
+        require_arrays(f, path, keys)
+        opts = psf_options(f, path)
+        mask = check_shapes(f, path, keys, opts["stamp_size"])
+        check_conditions(f, path, names, mask, opts)
     op = _photometer(path, opts)
     # a second `photometry` on the dataset stops here (before it could overwrite the first's working copy)
     with exclusive(path.with_name(path.name + ".photometry-lock"), f"{path} (photometry)", remove=True):

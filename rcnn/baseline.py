@@ -14,6 +14,12 @@ Modes: train on one dataset and test on another (`--test`, e.g. simulated -> rea
 `rcnn evaluate`), or stratified K-fold cross-validation on one labelled set (`--cv K`, e.g. the 40 real
 objects), or by default the simulated dataset's train -> test split. Writes `metrics.json` (`recall`,
 `balanced_recall`, confusion, feature importances) and `confusion.png` (with the importances).
+
+Every dataset is checked before any work (`check_dataset`): `rcnn train`'s checks (`SequenceData`: arrays,
+types, shapes, mask values, valid epochs first, labels in the class range), stamps of the config's size and
+the per-epoch conditions at every valid epoch used (`photometry`'s checks), finite times and exposure times.
+Objects with fewer than `MIN_EPOCHS` valid epochs have no features: they are left out of training and testing,
+counted in the report (`objects_left_out`) and in its `mode`, as `rcnn evaluate` leaves out objects without a step.
 """
 from __future__ import annotations
 
@@ -23,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import UNLABELLED, class_names, open_h5, write_text_atomic
+from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, write_text_atomic
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
 
 from . import metrics as M
-from .data import DatasetError
+from .config import TrainConfig
+from .data import DatasetError, SequenceData
 from .dmdt import asinh_mag
 from .evaluate import DEFAULT_CLASS_MAP, draw_confusion, map_labels
 
@@ -36,29 +43,63 @@ FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtos
             "max_brightening_sigma", "max_fading_sigma", "von_neumann", "ls_log_period_d", "ls_power",
             "slope_mag_per_d", "max_phase", "early_late_mag")
 PERIOD_RANGE_D = (0.05, 10.0)
+MIN_EPOCHS = 3  # valid epochs the features need (a reduced chi2, a von Neumann ratio, a period)
+#: per-epoch conditions the aperture photometry reads, checked at valid epochs by photometry's rules (CONDITIONS)
+PHOTOMETRY_CONDITIONS = ("seeing_arcsec", "gain", "read_noise", "saturation", "zero_point", "sky_adu")
+
+
+def check_dataset(path: str | Path, max_epochs: int = 20) -> dict:
+    """Refuse (DatasetError / PhotometryError, both ValueErrors naming the file, the array and the value) a
+    dataset `aperture_light_curves` would crash on or silently misread; returns its `pixel_scale_arcsec` and
+    `stamp_size` (config). `SequenceData`'s checks as for `rcnn train`, then `photometry`'s: stamps of the
+    config's size, the conditions at every valid epoch among the first `max_epochs` (the seeing by the HiTS
+    PSF relation the baseline uses); `mjd` finite and `exp_time_s` > 0 there too."""
+    from photometry.dataset import check_conditions, check_shapes, psf_options, require_arrays
+    from simulator.settings import PSF_FWHM_OFFSET_ARCSEC, PSF_FWHM_PER_SEEING
+
+    path = Path(path)
+    if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < MIN_EPOCHS:
+        raise ValueError(f"max_epochs must be an integer >= {MIN_EPOCHS} (the features need them), got {max_epochs!r}")
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset not found")
+    with open_h5(path) as f:
+        opts = psf_options(f, path)
+    SequenceData(path, TrainConfig(max_steps=max_epochs, n_w=1), stamp_size=opts["stamp_size"])
+    keys = ["mjd"] + [f"conditions/{k}" for k in PHOTOMETRY_CONDITIONS + ("exp_time_s",)]
+    with open_h5(path) as f:
+        require_arrays(f, path, keys)
+        mask = check_shapes(f, path, ["stamps", "mask"] + keys, opts["stamp_size"]).astype(bool)
+        mask[:, max_epochs:] = False  # later epochs are never read
+        relation = {"fwhm_per_seeing": PSF_FWHM_PER_SEEING, "fwhm_offset_arcsec": PSF_FWHM_OFFSET_ARCSEC}
+        check_conditions(f, path, list(PHOTOMETRY_CONDITIONS), mask, relation)
+        for key, rule, ok in (("mjd", "a finite number", np.isfinite),
+                              ("conditions/exp_time_s", "a finite number > 0", lambda v: np.isfinite(v) & (v > 0))):
+            v = f[key][()]
+            bad = mask & ~ok(v)
+            if bad.any():
+                row, epoch = (int(i[0]) for i in np.nonzero(bad))
+                raise DatasetError(f"{path}: '{key}' is {v[row, epoch]!s} at row {row}, epoch {epoch} (a valid epoch; "
+                                   f"{int(bad.sum())} bad valid epoch(s) in all); expected {rule}")
+    return {k: opts[k] for k in ("pixel_scale_arcsec", "stamp_size")}
 
 
 def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm: float = 1.0,
-                          chunk_objects: int = 4096, progress: bool = True) -> dict:
+                          chunk_objects: int = 4096, progress: bool = True, checked: dict | None = None) -> dict:
     """Aperture photometry of every valid epoch (first `max_epochs`) of a dataset: flux/err (eq. 4 scaled).
-    Stamps are read `chunk_objects` objects at a time (a paper-scale set's stamps are tens of GB)."""
+    Stamps are read `chunk_objects` objects at a time (a paper-scale set's stamps are tens of GB). The dataset
+    is checked first (`check_dataset`) unless `checked` gives that check's result."""
     from tqdm.auto import tqdm
 
-    if not Path(path).exists():
-        raise DatasetError(f"{path}: dataset not found")
+    if checked is None:
+        checked = check_dataset(path, max_epochs)
     with open_h5(path) as f:
-        for key in ("stamps", "mask", "mjd", "label", "conditions/sky_adu", "conditions/zero_point",
-                    "conditions/seeing_arcsec", "conditions/exp_time_s", "conditions/gain",
-                    "conditions/read_noise", "conditions/saturation"):
-            if key not in f:
-                raise DatasetError(f"{path}: missing dataset '{key}'")
         t = min(f["mask"].shape[1], max_epochs)
-        # valid epochs are packed first: keep the first max_epochs of them
-        mask = f["mask"][:, :t]
+        # valid epochs are packed first (checked): keep the first max_epochs of them
+        mask = f["mask"][:, :t].astype(bool)  # 0/1 numbers allowed, as for `rcnn train`
         zero_point, exp_time = (f[f"conditions/{k}"][:, :t].astype(np.float64) for k in ("zero_point", "exp_time_s"))
         out = {"mjd": f["mjd"][:, :t], "mask": mask, "label": f["label"][()].astype(int), "classes": class_names(path),
-               "split": f["split"][()] if "split" in f else np.zeros(len(mask), np.uint8)}
-        scale = float(f.attrs.get("pixel_scale_arcsec", 0.27))
+               "split": f["split"][()]}
+        scale = checked["pixel_scale_arcsec"]
         n = len(mask)
         flux, err = np.full(mask.shape, np.nan), np.full(mask.shape, np.nan)
         with tqdm(total=n, unit="obj", desc="aperture photometry", leave=False, disable=not progress) as bar:
@@ -111,8 +152,9 @@ def light_curve_features(flux, flux_err, mjd, mask, mag_offset, progress: bool =
     for k in tqdm(range(len(flux)), unit="obj", desc="light-curve features", leave=False, disable=not progress):
         check_stop()
         v = mask[k] & np.isfinite(flux[k]) & np.isfinite(flux_err[k]) & (flux_err[k] > 0)
-        if v.sum() < 3:
-            raise DatasetError(f"object {k} has {int(v.sum())} valid epochs; light-curve features need 3")
+        if v.sum() < MIN_EPOCHS:
+            raise ValueError(f"object {k} has {int(v.sum())} usable epochs (valid, finite flux, positive error); "
+                             f"light-curve features need {MIN_EPOCHS}")
         f, e, t = flux[k, v], flux_err[k, v], mjd[k, v]
         m = asinh_mag(f, np.median(e))
         me = 1.0857 * e / np.hypot(np.abs(f), 2 * np.median(e))
@@ -134,10 +176,24 @@ def light_curve_features(flux, flux_err, mjd, mask, mag_offset, progress: bool =
     return out
 
 
-def _load(path, max_epochs, progress: bool = True):
-    lc = aperture_light_curves(path, max_epochs, progress=progress)
-    x = light_curve_features(lc["flux"], lc["flux_err"], lc["mjd"], lc["mask"], lc["mag_offset"], progress=progress)
-    return x, lc
+def _load(path, max_epochs, checked: dict, progress: bool = True):
+    """Features (of the objects kept), the light curves, and `keep`: the objects with >= MIN_EPOCHS valid
+    epochs (the others are left out). A valid epoch the photometry could not measure is an error."""
+    lc = aperture_light_curves(path, max_epochs, progress=progress, checked=checked)
+    mask = lc["mask"]
+    bad = mask & ~(np.isfinite(lc["flux"]) & np.isfinite(lc["flux_err"]) & (lc["flux_err"] > 0))
+    if bad.any():
+        i, j = (int(v[0]) for v in np.nonzero(bad))
+        raise DatasetError(f"{path}: aperture photometry of object {i} at valid epoch {j} gave flux "
+                           f"{lc['flux'][i, j]} +- {lc['flux_err'][i, j]} ADU ({int(bad.sum())} such epoch(s)); "
+                           "check its stamps and conditions ('conditions/sky_adu', 'gain', 'read_noise')")
+    keep = mask.sum(1) >= MIN_EPOCHS
+    if not keep.any():
+        raise DatasetError(f"{path}: no object has {MIN_EPOCHS} valid epochs (see 'mask'); the light-curve "
+                           "features need them")
+    x = light_curve_features(lc["flux"][keep], lc["flux_err"][keep], lc["mjd"][keep], mask[keep],
+                             lc["mag_offset"][keep], progress=progress)
+    return x, lc, keep
 
 
 def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None = None, cv: int | None = None,
@@ -148,18 +204,28 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     from sklearn.model_selection import StratifiedKFold
 
     out_dir = Path(out_dir)
+    check_output(out_dir, "--out", directory=True)
+    if test is not None and cv is not None:
+        raise ValueError("give at most one of --test and --cv")
+    if cv is not None and (not isinstance(cv, (int, np.integer)) or isinstance(cv, bool) or cv < 2):
+        raise ValueError(f"--cv {cv}: needs 2 <= K <= the smallest class's count")
+    if not isinstance(n_trees, int) or isinstance(n_trees, bool) or n_trees < 1:
+        raise ValueError(f"n_trees must be an integer >= 1, got {n_trees!r}")
     if UNLABELLED in class_names(data):  # before the photometry: nothing to learn from
         raise DatasetError(f"{data}: its objects were imported without labels; the forest trains on labelled ones")
-    x, lc = _load(data, max_epochs, progress)
-    classes, y = lc["classes"], lc["label"]
+    checked = {p: check_dataset(p, max_epochs) for p in ((data,) if test is None else (data, test))}  # before any work
+    x, lc, keep = _load(data, max_epochs, checked[data], progress)
+    classes, y = lc["classes"], lc["label"][keep]
+    left_out = {str(data): int((~keep).sum())}
     forest = lambda: RandomForestClassifier(n_trees, class_weight="balanced", random_state=seed, n_jobs=-1)  # noqa: E731
     if test is not None:
-        x_test, lc_test = _load(test, max_epochs, progress)
+        x_test, lc_test, keep_test = _load(test, max_epochs, checked[test], progress)
+        left_out[str(test)] = int((~keep_test).sum())
         y_test = map_labels(lc_test["classes"], classes, DEFAULT_CLASS_MAP if class_map is None else class_map,
-                            test)[lc_test["label"]]
+                            test)[lc_test["label"][keep_test]]
         model = forest().fit(x, y)
         pred, importances, mode = model.predict(x_test), model.feature_importances_, f"train {data}, test {test}"
-    elif cv:
+    elif cv is not None:
         counts = np.bincount(y, minlength=len(classes))
         if cv < 2 or cv > counts[counts > 0].min():
             raise ValueError(f"--cv {cv}: needs 2 <= K <= the smallest class's count ({counts[counts > 0].min()})")
@@ -170,12 +236,15 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
             imps.append(model.feature_importances_)
         importances, mode = np.mean(imps, 0), f"{cv}-fold cross-validation on {data}"
     else:
-        tr, te = lc["split"] == 0, lc["split"] == 2
+        tr, te = lc["split"][keep] == 0, lc["split"][keep] == 2
         if not tr.any() or not te.any():
-            raise ValueError(f"{data}: needs train and test splits (or give --test or --cv)")
+            raise ValueError(f"{data}: needs train and test splits of objects with >= {MIN_EPOCHS} valid epochs "
+                             f"(or give --test or --cv)")
         model = forest().fit(x[tr], y[tr])
         y_test, pred, importances = y[te], model.predict(x[te]), model.feature_importances_
         mode = f"train split -> test split of {data}"
+    if any(left_out.values()):
+        mode += "; left out (< %d valid epochs): %s" % (MIN_EPOCHS, ", ".join(f"{n} of {p}" for p, n in left_out.items()))
     present = np.unique(y_test)
     recall = M.recall_per_class(y_test, pred, len(classes))
     report = {"mode": mode, "n_test": int(len(y_test)), "max_epochs": max_epochs, "classes": classes,
@@ -183,7 +252,8 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
               "balanced_recall": float(np.mean(recall[present])),
               "accuracy": float(np.mean(pred == y_test)),
               "confusion": M.confusion(y_test, pred, len(classes)).tolist(),
-              "feature_importance": dict(zip(FEATURES, np.round(importances, 4).tolist()))}
+              "feature_importance": dict(zip(FEATURES, np.round(importances, 4).tolist())),
+              "min_valid_epochs": MIN_EPOCHS, "objects_left_out": left_out}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=1))
     _figures(report, present, out_dir)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import open_h5, write_text_atomic
+from simulator.dataset import check_output, open_h5, write_text_atomic
 
 from .inference import Classifier, predict
 
 
 def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures: int = 0,
              progress: bool = True) -> Path:
+    check_output(out_dir, "--out", directory=True)
     clf = Classifier(run_dir)
     pred = predict(clf, data, split=None, progress=progress)
     out_dir = Path(out_dir)

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "for the galactic-latitude context input")
     r.add_argument("--context", help="host cross-match CSV (name, has_host, host_distance_arcsec) for the host "
                                      "context inputs")
-    r.add_argument("--out", required=True, help="output HDF5 dataset")
+    r.add_argument("--out", required=True, help="output HDF5 dataset (an existing one is refused without --overwrite)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     return p
 
 
@@ -265,8 +266,6 @@ def _other(args) -> int:
         elif args.command == "baseline":
             from .baseline import run_baseline
 
-            if args.test and args.cv:
-                raise ValueError("give at most one of --test and --cv")
             r = run_baseline(args.data, args.out, args.test, args.cv, parse_class_map(args.class_map), args.seed,
                              args.max_epochs, progress=not args.no_progress)
             print(f"random forest ({r['mode']}): balanced recall {r['balanced_recall']:.3f} | "
@@ -286,7 +285,7 @@ def _other(args) -> int:
         else:
             from .real import import_real  # its errors (ImportError_) are ValueErrors
 
-            print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context)}")
+            print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context, overwrite=args.overwrite)}")
     except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError, InputWorkerDied) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import UNLABELLED, class_names, open_h5, write_text_atomic
+from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, write_text_atomic
 
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
@@ -32,21 +32,36 @@ class ClassMapError(ValueError):
     """A label that cannot be mapped to the model's classes."""
 
 
-def parse_class_map(text: str | None) -> dict:
-    """'SN=supernova,NV=nonvariable' -> dict (merged over the default)."""
-    out = dict(DEFAULT_CLASS_MAP)
+class ClassMap(dict):
+    """Real label -> model class: the default merged with a `--class-map`, whose labels are `given`."""
+
+    given: frozenset = frozenset()
+
+
+def parse_class_map(text: str | None) -> ClassMap:
+    """'SN=supernova,NV=nonvariable' -> ClassMap (merged over the default); a label given twice is an error."""
+    out, given = ClassMap(DEFAULT_CLASS_MAP), []
     for item in (text or "").split(","):
         if not item.strip():
             continue
         if "=" not in item:
             raise ClassMapError(f"--class-map expects LABEL=model_class pairs, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k in given:
+            raise ClassMapError(f"--class-map maps {k!r} twice ({k}={out[k]}, {k}={v})")
+        out[k] = v
+        given.append(k)
+    out.given = frozenset(given)
     return out
 
 
 def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: dict | None, path) -> np.ndarray:
-    """Index of each dataset class among the model's classes (same names map to themselves)."""
+    """Index of each dataset class among the model's classes (same names map to themselves). A label a
+    `--class-map` names (`ClassMap.given`) must be one of the dataset's: else a typo would go unnoticed."""
+    unknown = sorted(set(getattr(class_map, "given", ())) - set(dataset_classes))
+    if unknown:
+        raise ClassMapError(f"{path}: --class-map maps {unknown}, which are not labels of this dataset (its labels: "
+                            f"{dataset_classes})")
     out = []
     for name in dataset_classes:
         if name == UNLABELLED:
@@ -85,6 +100,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
              class_map: dict | None = None, last_step: int = 20, progress: bool = True) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
+    check_output(out_dir, "--out", directory=True)
     data = Path(data)
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simulator.dataset import class_names, open_h5
+from simulator.dataset import check_output, class_names, open_h5
 
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
 from .inference import Classifier
@@ -30,6 +30,7 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     run_dir, real, out = Path(run_dir), Path(real), Path(out)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
+    check_output(out, "--out", directory=True)
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     names = class_names(real)

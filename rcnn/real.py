@@ -19,16 +19,22 @@ files, one per object (`FITS layout` below). Per object:
   `survey_params.hits_fields`, or `fields`: a table of field, ra_deg, dec_deg); `context/has_host` and
   `context/host_distance_arcsec` from a catalogue cross-match `context` (CSV: name, has_host,
   host_distance_arcsec), since the stamps alone do not say which galaxy is a host.
+Refused, with one line naming the file, the array and the value: a file that is not the layout, no objects,
+a frame without an observation time (`mjd` NaN: it cannot be placed in its sequence), an object without a
+usable frame (no g band, or conditions no frame can give), unreadable side tables, and an existing output
+unless `overwrite` (`--overwrite`). Valid epochs always come first in each row (`mask` packed).
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from photometry.optimal import bad_pixels, border_sky, first_detection, zero_point_scaling
 from photometry.real import G_FILTER_CODE, camera_medians, measure_frames
-from simulator.dataset import UNLABELLED, write_arrays
+from simulator.dataset import UNLABELLED, check_output, open_h5, write_arrays
 from survey_params.limits import limiting_magnitude
 
 CONDITIONS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5")
@@ -59,8 +65,29 @@ LABELS = ("label", "class_names")  # both, or neither (unlabelled objects)
 FITS_FILTERS = {"g": 0, "r": 1, "i": 2, "u": 3}
 
 
+#: The first bytes of a zip archive (an .npz): a local file header, or the end record of an empty archive.
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (astropy's registry errors append a table of formats)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def load_npz(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as d:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic not in ZIP_MAGIC:
+        raise ImportError_(f"{path}: is not an .npz archive (a zip of .npy arrays, as numpy.savez writes; its "
+                           f"first bytes are {magic!r})")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise ImportError_(f"{path}: is not a readable .npz archive ({_first_line(exc)})") from None
+    with archive as d:
+        if not d.files:
+            raise ImportError_(f"{path}: holds no arrays (an empty .npz archive; expected the real_dev.npz layout)")
         missing = [k for k in NEEDED if k not in d] + [k for k in LABELS if k not in d and any(j in d for j in LABELS)]
         if missing:
             raise ImportError_(f"{path}: missing array(s) {', '.join(missing)} (expected the real_dev.npz layout; "
@@ -69,9 +96,13 @@ def load_npz(path: Path) -> dict:
         for k in NEEDED + tuple(k for k in ("name",) + LABELS if k in d):
             try:
                 out[k] = d[k]
-            except ValueError:  # numpy refuses pickled object arrays without allow_pickle, which we never give
+            except ValueError as exc:  # numpy refuses pickled object arrays without allow_pickle, which we never give
+                if "allow_pickle" not in str(exc):
+                    raise ImportError_(f"{path}: array '{k}' cannot be read ({_first_line(exc)})") from None
                 raise ImportError_(f"{path}: array '{k}' holds Python objects (pickled); save it as numbers or "
                                    f"fixed-width strings") from None
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a damaged member
+                raise ImportError_(f"{path}: array '{k}' cannot be read ({_first_line(exc)})") from None
     if "label" not in out:
         out["label"], out["class_names"] = np.zeros(max(len(out["offsets"]) - 1, 0), int), np.array([UNLABELLED])
     return out
@@ -79,8 +110,15 @@ def load_npz(path: Path) -> dict:
 
 def check_layout(a: dict, path: Path) -> None:
     """The arrays of the npz layout agree with each other: odd square stamps, offsets that cut them into the
-    objects, one entry per frame or per object, labels that index class_names."""
+    objects (at least one), one entry per frame or per object, labels that index class_names, a finite
+    observation time for every frame."""
     stamps, offsets, n_obj = a["stamps"], np.asarray(a["offsets"]), len(a["label"])
+    per_frame = ("mjd", "hits_epoch", "filter_code") + CONDITIONS
+    for k in ("stamps", "offsets") + per_frame:
+        kind = np.asarray(a[k]).dtype.kind
+        if kind not in "biuf" or (k == "offsets" and kind == "f"):
+            raise ImportError_(f"{path}: '{k}' has dtype {np.asarray(a[k]).dtype}; expected "
+                               f"{'integers' if k == 'offsets' else 'numbers'}")
     if stamps.ndim != 3 or stamps.shape[1] != stamps.shape[2] or stamps.shape[1] % 2 == 0:
         raise ImportError_(f"{path}: 'stamps' has shape {stamps.shape}; expected (frames, S, S) with S odd "
                            f"(the source at the central pixel)")
@@ -89,7 +127,9 @@ def check_layout(a: dict, path: Path) -> None:
         raise ImportError_(f"{path}: 'offsets' has {len(offsets)} entries from {offsets[0] if len(offsets) else None} "
                            f"to {offsets[-1] if len(offsets) else None}; expected {n_obj + 1} increasing from 0 to "
                            f"{len(stamps)} (one more than the objects in 'label', ending at the frames in 'stamps')")
-    per_frame = ("mjd", "hits_epoch", "filter_code") + CONDITIONS
+    if n_obj == 0:
+        raise ImportError_(f"{path}: holds no objects ('offsets' is {offsets.tolist()}, 'stamps' has "
+                           f"{len(stamps)} frames)")
     per_object = ("field",) + tuple(k for k in ("name",) if k in a)
     for keys, n, what in ((per_frame, len(stamps), "frame of 'stamps'"), (per_object, n_obj, "object of 'label'")):
         for k in keys:
@@ -99,6 +139,17 @@ def check_layout(a: dict, path: Path) -> None:
     if not np.issubdtype(label.dtype, np.integer) or (label < 0).any() or (label >= len(a["class_names"])).any():
         raise ImportError_(f"{path}: 'label' must be integers indexing 'class_names' (0..{len(a['class_names']) - 1}); "
                            f"got {label.dtype} from {label.min()} to {label.max()}")
+    no_time = np.flatnonzero(~np.isfinite(a["mjd"]))
+    if no_time.size:  # a frame without an observation time cannot be placed in its sequence
+        i = int(no_time[0])
+        k = int(np.searchsorted(offsets, i, side="right")) - 1
+        more = f" ({no_time.size - 1} more frame(s) too)" if no_time.size > 1 else ""
+        raise ImportError_(f"{path}: 'mjd'[{i}] is {float(a['mjd'][i])!r}: frame {i - offsets[k]} of object {k}"
+                           f"{_object_name(a, k)} has no observation time{more}; every frame needs one")
+
+
+def _object_name(a: dict, k: int) -> str:
+    return f" ('{a['name'][k]}')" if "name" in a else ""
 
 
 def load_fits_dir(path: Path) -> dict:
@@ -119,6 +170,14 @@ def load_fits_dir(path: Path) -> dict:
             if missing or len(table) != len(cube):
                 raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
                                    f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing})")
+            try:
+                mjd = np.asarray(table["MJD"], dtype=float)
+            except (TypeError, ValueError) as exc:
+                raise ImportError_(f"{f}: EPOCHS column MJD is not numbers ({_first_line(exc)})") from None
+            if not np.isfinite(mjd).all():
+                i = int(np.flatnonzero(~np.isfinite(mjd))[0])
+                raise ImportError_(f"{f}: EPOCHS row {i + 1}, column MJD: {float(mjd[i])!r}; every image needs its "
+                                   f"observation time")
             cubes.append(cube)
             tables.append({k: np.asarray(table[k]) for k in table.columns.names})
             labels.append(str(header.get("LABEL", UNLABELLED)))
@@ -168,7 +227,12 @@ def _field_latitudes(fields: np.ndarray, fields_file: str | Path | None) -> np.n
     if fields_file is None:
         b = latitude_by_field(hits_fields_table(), "the built-in HiTS field centres")
     else:
-        b = latitude_by_field(Table.read(fields_file), str(fields_file))
+        try:
+            table = Table.read(fields_file)
+        except Exception as exc:  # astropy raises many types: an unknown format, a malformed file, ...
+            raise ImportError_(f"{fields_file}: cannot be read as a table of field, ra_deg, dec_deg (a CSV, ECSV, "
+                               f"FITS or VOTable file; {_first_line(exc)})") from None
+        b = latitude_by_field(table, str(fields_file))
     return np.array([b.get(str(f), np.nan) for f in fields], np.float32)
 
 
@@ -201,19 +265,64 @@ def _host_context(path: str | Path, names: list[str]) -> tuple[np.ndarray, np.nd
     return has, dist
 
 
+def check_destination(out: Path, source: Path, overwrite: bool) -> None:
+    """An ImportError_, before any work, unless `out` (`--out`) can be written: not a directory, its nearest
+    existing ancestor a directory, not the source, and if it exists, an earlier import of the same source
+    (rerunning a pipeline redoes it) or `overwrite`: any other file is kept."""
+    check_output(out, "--out", error=ImportError_)
+    if out.exists():
+        if source.exists() and out.resolve() == source.resolve():
+            raise ImportError_(f"{out}: is the source itself; give --out another file")
+        if not overwrite and _imported_from(out) != str(source):
+            raise ImportError_(f"{out}: exists and is not an import of {source}; pass --overwrite to replace it")
+
+
+def _imported_from(path: Path) -> str | None:
+    """The `source` attribute of an HDF5 file `rcnn import-real` wrote, else None."""
+    try:
+        with open_h5(path) as f:
+            return f.attrs.get("source")
+    except (OSError, ValueError):
+        return None
+
+
+def _no_usable_frames(a: dict, path: Path, objects: np.ndarray, g: np.ndarray, cond: dict) -> ImportError_:
+    """The error for objects without a usable frame: what each lacks (no g-band frame, or a condition that
+    neither the frame nor the same field and epoch nor the object's other frames give)."""
+    k = int(objects[0])
+    frames = np.arange(a["offsets"][k], a["offsets"][k + 1])
+    gk = frames[g[frames]]
+    if gk.size == 0:
+        codes = sorted({float(x) for x in a["filter_code"][frames]}, key=lambda x: (np.isnan(x), x))
+        why = f"none of its {frames.size} frames is g band (filter_code {G_FILTER_CODE}; it has filter_code {codes})"
+    else:
+        lack = {c: int((~np.isfinite(cond[c][gk])).sum()) for c in CONDITIONS}
+        why = (f"each of its {gk.size} g-band frame(s) lacks a condition (NaN: "
+               f"{', '.join(f'{c} in {n}' for c, n in lack.items() if n)}), and no frame of the same field and "
+               f"epoch, nor the object's other frames, give it")
+    more = f" ({objects.size - 1} more object(s) too)" if objects.size > 1 else ""
+    return ImportError_(f"{path}: object {k}{_object_name(a, k)} has no usable frame: {why}{more}")
+
+
 def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
                 pixel_scale_arcsec: float = 0.27, fields_file: str | Path | None = None,
-                context_csv: str | Path | None = None) -> Path:
+                context_csv: str | Path | None = None, overwrite: bool = False) -> Path:
     """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
-    to a dataset (see the module docstring); returns `out`."""
-    path = Path(path)
+    to a dataset (see the module docstring); returns `out`. An existing `out` is refused unless `overwrite`."""
+    path, out = Path(path), Path(out)
     if not path.exists():
         raise ImportError_(f"{path}: not found")
+    check_destination(out, path, overwrite)
     a = load_fits_dir(path) if path.is_dir() else load_npz(path)
     check_layout(a, path)
     offsets = a["offsets"]
     n_obj = len(a["label"])
     gain, rn, sat = camera_medians(camera_csv)
+    # the side tables are read before the photometry, so that a bad one fails at once
+    latitude = _field_latitudes(a["field"], fields_file)
+    host = None
+    if context_csv is not None:
+        host = _host_context(context_csv, [str(x) for x in a.get("name", np.arange(n_obj))])
     owner = np.repeat(np.arange(n_obj), np.diff(offsets))
     field = a["field"][owner]
     g = a["filter_code"] == G_FILTER_CODE
@@ -231,6 +340,9 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     cond["limmag5"] = np.where(np.isfinite(a["limmag5"]), a["limmag5"], lim_formula)
     estimated |= ~np.isfinite(a["limmag5"])
     usable = g & np.all([np.isfinite(cond[k]) for k in CONDITIONS], axis=0)
+    empty = np.flatnonzero(np.add.reduceat(usable, offsets[:-1]) == 0)
+    if empty.size:
+        raise _no_usable_frames(a, path, empty, g, cond)
     # photometry of every usable frame
     u = np.flatnonzero(usable)
     phot, _ = measure_frames(stamps[u], cond["seeing_arcsec"][u], cond["sky_adu"][u], gain, rn, sat,
@@ -260,10 +372,9 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
               "truth/object_index": np.arange(n_obj, dtype=np.int64)}
     if "name" in a:
         arrays["truth/name"] = np.array([str(x) for x in a["name"]], dtype=object)
-    arrays["context/galactic_latitude_deg"] = _field_latitudes(a["field"], fields_file)
-    if context_csv is not None:
-        names = [str(x) for x in a.get("name", np.arange(n_obj))]
-        arrays["context/has_host"], arrays["context/host_distance_arcsec"] = _host_context(context_csv, names)
+    arrays["context/galactic_latitude_deg"] = latitude
+    if host is not None:
+        arrays["context/has_host"], arrays["context/host_distance_arcsec"] = host
     for key in CONDITIONS + ("gain", "read_noise", "saturation"):
         arrays[f"conditions/{key}"] = np.full((n_obj, t), np.nan, np.float32)
     for k, frames in enumerate(rows):
@@ -285,7 +396,6 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
                                                            arrays["mask"]).astype(np.int16)
     attrs = {"survey": "hits", "source": str(path), "format_version": 1, "pixel_scale_arcsec": pixel_scale_arcsec,
              "config": "{}", "class_names": str(class_names)}
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_arrays(out, arrays, attrs, class_names)
     return out

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import write_text_atomic
+from simulator.dataset import check_output, write_text_atomic
 from simulator.lock import exclusive
 from simulator.stopping import Stopped, stop_requests
 
@@ -309,8 +309,7 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     if cluster is not None and not cfg.distributed:
         cfg = dataclasses.replace(cfg, distributed=True)
     data_path, run_dir = Path(data_path), Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"{run_dir}: exists and is not a directory (--out names the run directory)")
+    check_output(run_dir, "--out", directory=True, error=RunError)
     data = SequenceData(data_path, cfg)  # validates before anything compiles
     for split in dict.fromkeys(("train", cfg.validation_split)):  # now, not as an empty batch or evaluation
         data.require(split, "`rcnn train` needs objects in the train split and in `validation_split` (a file "

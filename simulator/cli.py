@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from survey_params import ConditionsError
 
-    from .run import SimulationError, check_output_file, simulate
+    from .dataset import check_output
+    from .run import SimulationError, simulate
     from .settings import load_config
     from .stopping import Stopped, stop_requests
     from .summary import plot_gallery, plot_summary, summarize
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             cfg = load_config(args.config, overrides, args.set)
             for option, png in (("--plot", args.plot), ("--gallery", args.gallery)):  # before the work, not after it
                 if png:
-                    check_output_file(png, option)
+                    check_output(png, option, error=SimulationError)
                     Path(png).parent.mkdir(parents=True, exist_ok=True)
             out = simulate(cfg, args.out, overwrite=args.overwrite)
             print(summarize(out))

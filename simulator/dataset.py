@@ -168,6 +168,19 @@ def _create(group: h5py.File, name: str, data) -> None:
     group.create_dataset(name, data=data, **kwargs)
 
 
+def check_output(path: str | Path, option: str, directory: bool = False, error: type = ValueError) -> None:
+    """`error` naming `path` (the CLI's `option`) unless it can be written as a file (or as a `directory`):
+    checked before any work, so that a run does not end in "[Errno 21] Is a directory" or "[Errno 17] File
+    exists"."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise error(f"{path}: {'exists and is not' if directory else 'is'} a directory; {option} names a "
+                    + ("directory" if directory else "file"))
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise error(f"{parent}: is not a directory, so {option} {path} cannot be written")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """`text` written under a temporary name beside `path`, then renamed to it: a kill leaves the old file
     or the new one, never half of one (reports, manifests)."""

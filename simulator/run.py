@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from survey_params.sampling import CONDITIONS_ENV
 
-from .dataset import FORMAT_VERSION, Merger, open_h5, pack_chunks, package_version, write_arrays, write_text_atomic
+from .dataset import (FORMAT_VERSION, Merger, check_output, open_h5, pack_chunks, package_version, write_arrays,
+                      write_text_atomic)
 from .lock import exclusive
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
@@ -102,22 +103,11 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
     return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
 
 
-def check_output_file(path: str | Path, option: str) -> None:
-    """A SimulationError, before any work, unless the file `path` (given by the CLI `option`) can be made:
-    not a directory, and its nearest existing ancestor a directory."""
-    path = Path(path)
-    if path.is_dir():
-        raise SimulationError(f"{path}: is a directory; {option} names a file")
-    parent = next(p for p in path.absolute().parents if p.exists())
-    if not parent.is_dir():
-        raise SimulationError(f"{parent}: is not a directory, so {option} {path} cannot be written")
-
-
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
     out = Path(out)
     parts = Path(str(out) + ".parts")
-    check_output_file(out, "--out")
+    check_output(out, "--out", error=SimulationError)
     if parts.exists() and not parts.is_dir():
         raise SimulationError(f"{parts}: is not a directory (simulate keeps the shards of {out} there)")
     # record the data directories the environment selects, so the stored config says what was used

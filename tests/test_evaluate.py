@@ -1,6 +1,7 @@
 """Metrics by hand, the real-data importer, class mapping, evaluation reports and `classify` output."""
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,12 @@ def test_class_mapping():
     with pytest.raises(ClassMapError, match="'QSO' has no mapping"):
         map_labels(["QSO"], model, parse_class_map(None), "x")
     assert map_labels(["EB"], model, parse_class_map("EB=rrlyrae"), "x").tolist() == [1]
+    # a label mapped twice took the last; one the data lacks (a typo) left the default in place, silently
+    with pytest.raises(ClassMapError, match=r"--class-map maps 'EB' twice \(EB=rrlyrae, EB=supernova\)"):
+        parse_class_map("EB=rrlyrae, EB=supernova")
+    with pytest.raises(ClassMapError, match=r"x: --class-map maps \['Sn'\], which are not labels of this dataset "
+                                            r"\(its labels: \['SN', 'EB'\]\)"):
+        map_labels(["SN", "EB"], model, parse_class_map("EB=rrlyrae,Sn=rrlyrae"), "x")
     with pytest.raises(ClassMapError, match="LABEL=model_class"):
         parse_class_map("EB")
 
@@ -347,6 +354,11 @@ def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
 
     with pytest.raises(ImportError_, match=r"unknown FILTER value\(s\) \['z'\]"):
         import_real(bad, tmp_path / "bad.h5")
+    write_fits_object(bad / "x.fits", np.zeros((2, 21, 21)), {"mjd": [1.0, np.nan], "filter": ["g", "g"],
+                                                               **{c: [1.0, 1.0] for c in CONDITIONS}}, "NV")
+    with pytest.raises(ImportError_, match=r"x\.fits: EPOCHS row 2, column MJD: nan; every image needs"):
+        import_real(bad, tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_malformed_real_files_name_the_array(tmp_path, hits_dir):
@@ -366,6 +378,145 @@ def test_malformed_real_files_name_the_array(tmp_path, hits_dir):
         with pytest.raises(ImportError_, match=f"{path.name}: {message}"):
             import_real(path, tmp_path / f"{key}.h5", hits_dir / "camera.csv")
         assert not (tmp_path / f"{key}.h5").exists()
+
+
+def _objects(d: dict, keep) -> dict:
+    """The arrays of real_dev.npz for the objects `keep` only."""
+    frames = np.concatenate([np.arange(d["offsets"][k], d["offsets"][k + 1]) for k in keep])
+    out = {k: v[frames] for k, v in d.items() if np.shape(v)[:1] == (len(d["stamps"]),)}
+    out.update({k: d[k][keep] for k in ("label", "name", "field")}, class_names=d["class_names"],
+               offsets=np.concatenate([[0], np.cumsum(np.diff(d["offsets"])[keep])]))
+    return out
+
+
+def _with(d: dict, key: str, index, value) -> dict:
+    v = d[key].copy()
+    v[index] = value
+    return {**d, key: v}
+
+
+def _no_objects(d: dict) -> dict:
+    return {**{k: v[:0] for k, v in d.items() if k not in ("offsets", "class_names")}, "offsets": np.array([0]),
+            "class_names": d["class_names"]}
+
+
+def _write_npz(content):
+    def write(path, d):
+        np.savez(path, **content(d))
+    return write
+
+
+#: Input files `rcnn import-real` must refuse with one line naming the file: case -> (write(path, real_dev
+#: arrays), the input's option (None: the source; the others get real_dev.npz as source), message pattern).
+BAD_REAL_INPUTS = {
+    "text file named .npz": (lambda p, d: p.write_text("name,mjd\nx,1\n"), None, r"is not an \.npz archive"),
+    "empty file": (lambda p, d: p.write_bytes(b""), None, r"is not an \.npz archive"),
+    "npy file named .npz": (lambda p, d: np.save(open(p, "wb"), d["mjd"]), None, r"is not an \.npz archive"),
+    "empty archive": (lambda p, d: __import__("zipfile").ZipFile(p, "w").close(), None, r"holds no arrays"),
+    "damaged archive": (lambda p, d: p.write_bytes(b"PK\x03\x04" + bytes(60)), None, r"is not a readable \.npz"),
+    "no objects": (_write_npz(_no_objects), None, r"holds no objects \('offsets' is \[0\], 'stamps' has 0 frames\)"),
+    "mjd as text": (_write_npz(lambda d: {**d, "mjd": d["mjd"].astype(str)}), None,
+                    r"'mjd' has dtype <U\d+; expected numbers"),
+    "a frame without mjd": (_write_npz(lambda d: _with(d, "mjd", 30, np.nan)), None,
+                            r"'mjd'\[30\] is nan: frame 5 of object 1 \('.+'\) has no observation time"),
+    "all frames r band": (_write_npz(lambda d: {**d, "filter_code": np.ones_like(d["filter_code"])}), None,
+                          r"object 0 \('.+'\) has no usable frame: none of its 25 frames is g band .*\[1\.0\]\) "
+                          r"\(39 more object\(s\) too\)"),
+    "no seeing": (_write_npz(lambda d: _with(d, "seeing_arcsec", slice(None), np.nan)), None,
+                  r"object 0 .* has no usable frame: .*NaN: seeing_arcsec in \d+\)"),
+    "no zero point": (_write_npz(lambda d: _with(d, "zero_point", slice(None), np.nan)), None,
+                      r"object 0 .* has no usable frame: .*NaN: zero_point in \d+\)"),
+    "empty camera table": (lambda p, d: p.write_text(""), "--camera", r"is empty; expected a camera table"),
+    "camera not a CSV table": (lambda p, d: p.write_text("just text\nmore text\n"), "--camera",
+                               r"lacks column\(s\) gain, read_noise, saturation"),
+    "camera binary": (lambda p, d: p.write_bytes(b"\xff\xfe\x00\x93" * 20), "--camera", r"is not a CSV text file"),
+    "camera bad gain": (lambda p, d: p.write_text("ccd,gain,read_noise,saturation\n1,4.0,6.1,38000\n2,,6.2,40000\n"),
+                        "--camera", r"line 3, column 'gain': '' is not a positive number"),
+    "fields not a table": (lambda p, d: p.write_bytes(b"\x00\x01 not a table"), "--fields",
+                           r"cannot be read as a table of field, ra_deg, dec_deg"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REAL_INPUTS))
+def test_unusable_real_inputs_are_refused_in_one_line(case, tmp_path, hits_dir, capsys):
+    """Each refused by `rcnn import-real` with exit 2 and one line naming the file, the array or column and the
+    value: no traceback, no output file."""
+    from rcnn.cli import main
+
+    write, option, message = BAD_REAL_INPUTS[case]
+    d = dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False))
+    bad = tmp_path / ("bad.npz" if option is None else f"bad.{option[2:]}")  # bad.fields: no format by its name
+    write(bad, d)
+    source = bad if option is None else hits_dir / "real_dev.npz"
+    extra = [] if option is None else [option, str(bad)]
+    if option != "--camera":
+        extra += ["--camera", str(hits_dir / "camera.csv")]
+    out = tmp_path / "out" / "real.h5"
+    assert main(["import-real", str(source), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"rcnn import-real: error: {bad}: "), err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_import_real_refuses_an_existing_output_without_overwrite(tmp_path, hits_dir, capsys):
+    """As `simulate`: an existing --out is kept unless --overwrite; a directory, an output under a file or the
+    source itself are refused before any work."""
+    from rcnn.cli import main
+
+    src = tmp_path / "four.npz"
+    np.savez(src, **_objects(dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False)), [0, 10, 20, 30]))
+    out = tmp_path / "real.h5"
+    out.write_bytes(b"a simulated dataset")
+    (tmp_path / "file").write_text("x")
+    argv = ["import-real", str(src), "--camera", str(hits_dir / "camera.csv"), "--out"]
+    for target, message in ((out, f"{out}: exists and is not an import of {src}; pass --overwrite to replace it"),
+                            (tmp_path, f"{tmp_path}: is a directory; --out names a file"),
+                            (tmp_path / "file" / "x.h5", f"{tmp_path / 'file'}: is not a directory, so --out"),
+                            (src, f"{src}: is the source itself")):
+        assert main(argv + [str(target)] + (["--overwrite"] if target == src else [])) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rcnn import-real: error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == b"a simulated dataset" and not (tmp_path / "file" / "x.h5").exists()
+    assert main(argv + [str(out), "--overwrite"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f["mask"].shape[0] == 4
+    assert main(argv + [str(out)]) == 0  # an import of the same source is redone (a pipeline rerun)
+
+
+def test_imported_sequences_put_valid_epochs_first(tmp_path, hits_dir):
+    """Frames dropped mid-sequence (r band, band unknown), conditions estimated, frames out of time order:
+    each row still holds its valid epochs first, in time order (rcnn.data.SequenceData requires it)."""
+    from rcnn.data import SequenceData
+    from rcnn.real import import_real
+
+    d = _objects(dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False)), [0, 1, 10, 20, 30])
+    g = np.flatnonzero(d["filter_code"] == 0)
+    d = _with(d, "filter_code", g[[2, 30, 31, 60]], 1)  # dropped: not g band
+    d = _with(d, "filter_code", g[[5, 90]], np.nan)  # dropped: band unknown
+    for k in ("seeing_arcsec", "zero_point"):  # estimated, kept: conditions missing for a whole exposure
+        d = _with(d, k, d["hits_epoch"] == d["hits_epoch"][g[8]], np.nan)
+    dropped = d["mjd"][g[[2, 30, 31, 60, 5, 90]]]
+    lo, hi = d["offsets"][2], d["offsets"][3]
+    order = np.concatenate([np.arange(lo), np.arange(lo, hi)[::-1], np.arange(hi, len(d["mjd"]))])
+    d = {k: (v[order] if np.shape(v)[:1] == (len(order),) else v) for k, v in d.items()}  # object 2 backwards
+    src = tmp_path / "gaps.npz"
+    np.savez(src, **d)
+    out = import_real(src, tmp_path / "gaps.h5", hits_dir / "camera.csv")
+    with h5py.File(out, "r") as f:
+        mask, mjd = f["mask"][()], f["mjd"][()]
+        first, estimated = f["photometry/first_detection"][()], f["conditions/estimated"][()]
+    n = mask.sum(1)
+    assert estimated[mask].any() and not estimated[~mask].any()
+    assert np.array_equal(mask, np.arange(mask.shape[1])[None] < n[:, None])  # packed
+    assert not np.isin(dropped, mjd[mask]).any()
+    assert any(((mjd[i, 0] < dropped) & (dropped < mjd[i, n[i] - 1])).any() for i in range(len(n)))  # mid-sequence
+    for i in range(len(n)):
+        assert np.isfinite(mjd[i, :n[i]]).all() and (np.diff(mjd[i, :n[i]]) > 0).all()
+        assert np.isnan(mjd[i, n[i]:]).all()
+    assert (first >= -1).all()
+    assert len(SequenceData(out, TrainConfig()).label) == 5  # it refuses a valid epoch after an invalid one
 
 
 def test_unlabelled_real_stamps_are_classified_not_evaluated(run_4class, real_h5, hits_dir, tmp_path):

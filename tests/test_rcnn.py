@@ -674,7 +674,12 @@ def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
             (["baseline", str(dataset), "--max-epochs", "0", "--out", str(out / "forest")],
              "argument --max-epochs: must be >= 3, got 0"),
             (["finetune", str(tmp_path / "norun"), str(dataset), "--per-class", "0", "--out", str(out / "ft")],
-             "argument --per-class: must be >= 1, got 0")):
+             "argument --per-class: must be >= 1, got 0"),
+            # an --out under a file: "[Errno 17] File exists", after the work
+            *[([*args, "--out", str(text / "sub")], f"{text}: is not a directory, so --out {text / 'sub'} cannot be written")
+              for args in (["evaluate", str(tmp_path / "norun"), "--data", str(dataset)],
+                           ["classify", str(tmp_path / "norun"), str(dataset)], ["train", str(dataset)],
+                           ["baseline", str(dataset)], ["finetune", str(tmp_path / "norun"), str(dataset)])]):
         proc = subprocess.run([sys.executable, "-m", "rcnn.cli", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
