@@ -38,7 +38,7 @@ def object_rng(seed: int, index: int) -> np.random.Generator:
 def _setup(cfg_json: str):
     cfg = SimConfig(**json.loads(cfg_json))
     sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec)
-    check_psf_fwhm(cfg, best_seeing_arcsec(sampler))
+    check_psf_fwhm(cfg, best_seeing_arcsec(sampler), sampler.pixel_scale_arcsec)
     renderer = Renderer(cfg.stamp_size, cfg.fft_size, cfg.host_fft_size, cfg.psf, cfg.moffat_beta)
     depth = cfg.sn_depth_mag
     if depth is None and "supernova" in cfg.classes:  # only supernovae need it: 300 condition draws
@@ -57,14 +57,20 @@ def best_seeing_arcsec(sampler) -> float:
     return float(seeing[seeing <= sampler.seeing_limit_arcsec].min())
 
 
-def check_psf_fwhm(cfg: SimConfig, seeing_arcsec: float) -> None:
-    """A ValueError unless the PSF FWHM is positive at `seeing_arcsec`, the survey's best (it grows with the
-    seeing, as psf_fwhm_per_seeing > 0; the per-epoch scatter is a positive factor): else no stamp renders."""
+#: The narrowest PSF FWHM (pixels) at a survey's best seeing: the direct sums' terms grow as 1/FWHM and
+#: their tables as its square (FWHM 0.5 px: 264 terms; 0.004 px took 24 GB and minutes).
+MIN_PSF_FWHM_PX = 0.5
+
+
+def check_psf_fwhm(cfg: SimConfig, seeing_arcsec: float, pixel_scale_arcsec: float) -> None:
+    """A ValueError unless the PSF FWHM is at least `MIN_PSF_FWHM_PX` at `seeing_arcsec`, the survey's best (it
+    grows with the seeing, as psf_fwhm_per_seeing > 0; the per-epoch scatter is a factor near 1)."""
     fwhm = psf_fwhm_arcsec(seeing_arcsec, cfg.psf_fwhm_per_seeing, cfg.psf_fwhm_offset_arcsec)
-    if not fwhm > 0:
-        raise ValueError(f"psf_fwhm_per_seeing x seeing + psf_fwhm_offset_arcsec (the PSF FWHM) must be > 0 at the "
-                         f"survey's best seeing, {seeing_arcsec:g}\", got {cfg.psf_fwhm_per_seeing:g} x "
-                         f"{seeing_arcsec:g} + {cfg.psf_fwhm_offset_arcsec:g} = {fwhm:.4g}\"")
+    least = MIN_PSF_FWHM_PX * pixel_scale_arcsec
+    if not fwhm >= least:
+        raise ValueError(f"psf_fwhm_per_seeing x seeing + psf_fwhm_offset_arcsec (the PSF FWHM) must be >= "
+                         f"{MIN_PSF_FWHM_PX:g} px = {least:.4g}\" at the survey's best seeing, {seeing_arcsec:g}\", got "
+                         f"{cfg.psf_fwhm_per_seeing:g} x {seeing_arcsec:g} + {cfg.psf_fwhm_offset_arcsec:g} = {fwhm:.4g}\"")
 
 
 def survey_depth(sampler, n_objects: int = 300) -> float:

@@ -237,7 +237,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
     (["--set", "split_fractions=a,b,c"], "--set split_fractions=a,b,c: split_fractions must be comma-separated numbers"),
     (["--set", "zero_point_error_mag=nan"], "zero_point_error_mag must be a finite number, got nan"),
-    (["--set", "psf_fwhm_offset_arcsec=-5"], "psf_fwhm_offset_arcsec (the PSF FWHM) must be > 0 at the survey's best"),
+    (["--set", "psf_fwhm_offset_arcsec=-5"], "psf_fwhm_offset_arcsec (the PSF FWHM) must be >= 0.5 px = 0.135\" at the survey's best"),
     (["--config", "/nonexistent/sim.yaml"], "/nonexistent/sim.yaml: config file not found"),
     (["--set", "seeing_limit_arcsec=0.1"], "none of 300 objects drawn has an epoch within the seeing limit (0.1\")"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
@@ -448,21 +448,24 @@ def test_sensible_edge_values_are_accepted():
     SimConfig(min_dates=10_000, max_epochs=None)  # no cap: every object's whole sequence
 
 
-def test_psf_fwhm_must_be_positive_at_the_surveys_best_seeing():
+def test_psf_fwhm_must_be_half_a_pixel_at_the_surveys_best_seeing():
     """The FWHM (per_seeing x seeing + offset) is checked at the best seeing the conditions can give,
-    before anything is written: an offset that makes it negative there is refused, one just short is not."""
+    before anything is written: one that is negative there (an IndexError in profiles.py) or narrower than
+    half a pixel (FWHM 0.004 px took 24 GB in the direct sums' tables) is refused, half a pixel is not."""
     from survey_params import make_sampler
-    from simulator.shard import best_seeing_arcsec, n_epochs
+    from simulator.shard import MIN_PSF_FWHM_PX, best_seeing_arcsec, n_epochs
 
     model = make_sampler("hits", None, 2.0)
     best = best_seeing_arcsec(model)
     seeing = np.concatenate([c.seeing_arcsec[c.mask] for c in model.draw_many([np.random.default_rng(1)] * 300)])
     assert best <= seeing.min() < best + 0.05
     cfg = SimConfig(classes=("nonvariable",), psf_fwhm_per_seeing=1.0)
-    n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=0.01 - best))  # valid: FWHM 0.01" at the best seeing
-    with pytest.raises(ValueError, match=re.escape(f"must be > 0 at the survey's best seeing, {best:g}\", got 1 x "
-                                                   f"{best:g} + -5 = {best - 5:.4g}\"")):
-        n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=-5.0))
+    least = MIN_PSF_FWHM_PX * model.pixel_scale_arcsec
+    n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=least + 1e-6 - best))  # valid: just half a pixel
+    for offset in (-5.0, least / 2 - best):
+        with pytest.raises(ValueError, match=re.escape(f"must be >= 0.5 px = {least:.4g}\" at the survey's best "
+                                                       f"seeing, {best:g}\", got 1 x {best:g} + {offset:g} = ")):
+            n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=offset))
 
 
 def test_best_seeing_of_real_logs(hits_dir):
