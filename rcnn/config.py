@@ -113,7 +113,14 @@ class TrainConfig:
                    "validation_split must be train, validation or test", "validation_split"),
                   (self.focal_gamma >= 0, "focal_gamma must be >= 0", "focal_gamma"),
                   (self.augment_brightness_mag >= 0, "augment_brightness_mag must be >= 0", "augment_brightness_mag"),
-                  (self.loader_workers >= -1, "loader_workers must be >= 0, or -1 (auto)", "loader_workers")]
+                  (-1 <= self.loader_workers <= 256, "loader_workers must be in [0, 256], or -1 (auto)",
+                   "loader_workers"),
+                  # JAX keeps a seed's low 32 bits: larger ones would repeat smaller ones' draws
+                  (0 <= self.seed < 2 ** 32, "seed must be in [0, 2**32)", "seed"),
+                  (max(self.iterations, self.batch_size, self.eval_every, self.eval_batches, self.max_steps,
+                       self.conv_filters, self.dense_units, self.rnn_units, self.prefetch) < 2 ** 31,
+                   "sizes and counts must be < 2**31",
+                   "iterations batch_size eval_every eval_batches max_steps conv_filters dense_units rnn_units prefetch")]
         for ok, message, keys in checks:
             if not ok:
                 raise ValueError(f"{message}; got " + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys.split()))

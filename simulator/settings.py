@@ -10,6 +10,7 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,10 @@ class SimConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str):  # "a,b" from YAML, as from --set
+            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        if not isinstance(self.classes, (list, tuple)):
+            raise ValueError(f"classes must be a list of class names, got {self.classes!r}")
         self.classes = tuple(self.classes)
         try:
             self.split_fractions = tuple(float(x) for x in self.split_fractions)
@@ -112,6 +117,8 @@ class SimConfig:
             raise ValueError(f"classes must be a non-empty list without repeats, got {self.classes}")
         if self.n_per_class < 1:
             raise ValueError(f"n_per_class must be >= 1, got {self.n_per_class}")
+        if not 0 <= self.seed < 2 ** 63:  # stored as an int64 attribute
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if (len(self.split_fractions) != 3 or not all(x >= 0 for x in self.split_fractions)
                 or abs(sum(self.split_fractions) - 1) > 1e-9):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
@@ -194,11 +201,26 @@ def check_finite(config) -> None:
             raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it, naming it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def yaml_value(text: str, where: str):
     """`text` parsed as YAML, or a ValueError naming `where` (a config file, or `--set key=value`) and the
-    place of the syntax error, instead of a traceback."""
+    place of the syntax error (or of a key given twice), instead of a traceback."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -211,7 +233,12 @@ def yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    data = yaml_value(path.read_text(), str(path)) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") \
+            from None
+    data = yaml_value(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data

@@ -435,10 +435,25 @@ def test_every_float_option_must_be_finite(key, value):
     ({"split_fractions": (float("nan"), 0.5, 0.5)}, "split_fractions must be three non-negative numbers summing to 1"),
     ({"split_fractions": ("a", "b", "c")}, "split_fractions must be three numbers, got ('a', 'b', 'c')"),
     ({"split_fractions": 0.8}, "split_fractions must be three numbers, got 0.8"),
+    ({"seed": -5}, "seed must be in [0, 2**63), got -5"),  # numpy's message without the key
+    ({"seed": 10 ** 29}, "seed must be in [0, 2**63), got 10000"),  # an h5py traceback when stored
+    ({"classes": {"supernova": 1}}, "classes must be a list of class names, got {'supernova': 1}"),  # its keys, used
 ])
 def test_out_of_range_options_are_refused_by_key(values, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         SimConfig(**values)
+
+
+def test_config_files_refuse_keys_given_twice_and_other_encodings(tmp_path):
+    """YAML keys given twice silently took the last value; a Latin-1 file gave a codec error naming no file."""
+    (tmp_path / "twice.yaml").write_text("seed: 1\nn_per_class: 2\nseed: 2\n")
+    with pytest.raises(ValueError, match=r"twice.yaml: not valid YAML at line 3, column 1 \(key 'seed' given twice\)"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "latin.yaml").write_bytes("survey: hits  # Sébastien's\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.yaml: not a UTF-8 text file \(byte 17: b'\\xe9'\)"):
+        load_config(tmp_path / "latin.yaml")
+    (tmp_path / "classes.yaml").write_text("classes: nonvariable, asteroid\n")  # was split into letters
+    assert load_config(tmp_path / "classes.yaml").classes == ("nonvariable", "asteroid")
 
 
 def test_sensible_edge_values_are_accepted():

@@ -653,7 +653,12 @@ def test_bad_config_values_name_the_key(tmp_path):
                           ("learning_rate=inf", "learning_rate must be a finite number, got inf"),
                           ("flux_scale_adu=inf", "flux_scale_adu must be a finite number, got inf"),
                           ("focal_gamma=nan", "focal_gamma must be a finite number, got nan"),
-                          ("context=123", "context: 123 must be a list or comma-separated string")):  # a TypeError
+                          ("context=123", "context: 123 must be a list or comma-separated string"),  # a TypeError
+                          # the run started, then its input failed "after step 0 ... rerun the same command"
+                          ("seed=-1", "seed must be in [0, 2**32); got seed=-1"),
+                          ("seed=5000000000", "seed must be in [0, 2**32)"),  # JAX would keep its low 32 bits
+                          ("batch_size=100000000000000000000000", "sizes and counts must be < 2**31"),
+                          ("loader_workers=100000000000000000000000", "loader_workers must be in [0, 256]")):
         with pytest.raises(ValueError) as err:
             load_config(sets=[item])
         assert message in str(err.value)
