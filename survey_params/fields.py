@@ -33,16 +33,24 @@ def galactic_latitude_deg(ra_deg, dec_deg) -> np.ndarray:
 
 def latitude_by_field(table: Table, source: str) -> dict[str, float]:
     """Galactic latitude (deg) of every field of a table with `FIELD_COLUMNS`, keyed by str(field); a missing
-    column or an impossible position is a `ConditionsError` naming `source`, the row and the column."""
-    from .schema import ConditionsError, _require_columns, _where
+    column, text in a coordinate, an impossible position or a field listed twice is a `ConditionsError` naming
+    `source`, the row and the column."""
+    from .schema import ConditionsError, _ids, _numbers, _require_columns, _where
 
     _require_columns(table, FIELD_COLUMNS, source)
-    ra, dec = (np.asarray(table[c], float) for c in ("ra_deg", "dec_deg"))
+    keys = [str(f) for f in _ids(table, "field", source)]
+    first: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        if key in first:
+            raise ConditionsError(f"{_where(source, row, 'field')}: duplicate field {key!r} (already data row "
+                                  f"{first[key] + 1}): one position per field")
+        first[key] = row
+    ra, dec = (_numbers(table, c, source)[0] for c in ("ra_deg", "dec_deg"))
     bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ConditionsError(f"{_where(source, row, 'dec_deg')}: position ({ra[row]!r}, {dec[row]!r}) is not a sky position")
-    return {str(f): float(b) for f, b in zip(table["field"], galactic_latitude_deg(ra, dec))}
+        raise ConditionsError(f"{_where(source, row, 'dec_deg')}: position ({float(ra[row])!r}, {float(dec[row])!r}) is not a sky position")
+    return {key: float(b) for key, b in zip(keys, galactic_latitude_deg(ra, dec))}
 
 
 def fit_field_coordinates(epochs: Table, site_lat_deg: float = CTIO_LAT_DEG,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 
 from .schema import ConditionsError, Survey
@@ -27,11 +26,8 @@ def _read_csv(path: Path, columns: dict[str, str]) -> Table:
     missing = [c for c in columns if c not in raw.colnames]
     if missing:
         raise ConditionsError(f"{path}: missing column(s) {missing}; present: {raw.colnames}")
-    out = Table()
-    for src, dst in columns.items():
-        col = raw[src]
-        out[dst] = col.filled(np.nan) if hasattr(col, "filled") and col.dtype.kind == "f" else col
-    return out
+    # empty cells stay masked: validation reports them as empty (and a missing limmag5 is recomputed)
+    return Table({dst: raw[src] for src, dst in columns.items()})
 
 
 def hits_fields_table() -> Table:

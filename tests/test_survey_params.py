@@ -156,3 +156,194 @@ def test_model_draws_for_many_objects_equal_their_own_draws():
         c = alone
         assert (c.seeing_arcsec[c.mask] <= 1.3).all() and np.isnan(c.mjd[~c.mask]).all()
         assert np.all(np.diff(c.mjd[c.mask]) > 0) and c.mask[:c.mask.sum()].all()
+
+
+# --- bad user logs: one ConditionsError naming file, data row, column and value (corrupted copies of the real logs)
+
+def hits_copy(hits_dir, tmp_path, fname=None, edit=None):
+    """camera.csv and field_epochs.csv of the real logs in tmp_path; `edit(header, rows)` changes `fname`."""
+    import csv
+    import shutil
+
+    for f in ("camera.csv", "field_epochs.csv"):
+        shutil.copy(hits_dir / f, tmp_path / f)
+    if edit is not None:
+        with open(tmp_path / fname, newline="") as fh:
+            header, *rows = list(csv.reader(fh))
+        rows = edit(header, rows)
+        with open(tmp_path / fname, "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *rows])
+    return tmp_path
+
+
+def set_cell(column, value, row=3):
+    def edit(header, rows):
+        rows[row][header.index(column)] = value
+        return rows
+    return edit
+
+
+def fails(directory, *parts):
+    import warnings
+
+    with pytest.raises(ConditionsError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_sampler("hits", str(directory), 2.0)
+    text = str(err.value)
+    assert "\n" not in text
+    for part in parts:
+        assert part in text, (part, text)
+    return text
+
+
+@pytest.mark.parametrize("fname,column,name", [
+    ("camera.csv", "gain", "gain"), ("camera.csv", "read_noise", "read_noise"), ("camera.csv", "saturation", "saturation"),
+    ("field_epochs.csv", "mjd", "mjd"), ("field_epochs.csv", "exp_time_s", "exp_time_s"),
+    ("field_epochs.csv", "seeing", "seeing_arcsec"), ("field_epochs.csv", "airmass", "airmass"),
+    ("field_epochs.csv", "sky_adu", "sky_adu"), ("field_epochs.csv", "zero_point", "zero_point"),
+    ("field_epochs.csv", "limmag5", "limmag5"),
+])
+def test_text_in_a_numeric_column_names_file_row_column_value(hits_dir, tmp_path, fname, column, name):
+    d = hits_copy(hits_dir, tmp_path, fname, set_cell(column, "abc"))
+    fails(d, f"{fname}, data row 4, column '{name}': value 'abc' is not a number")
+
+
+@pytest.mark.parametrize("value,message", [
+    ("abc", "value 'abc' is not a number"), ("nan", "value nan is not an integer"),
+    ("inf", "value inf is not an integer"), ("", "value is empty"), ("2.5", "value 2.5 is not an integer"),
+])
+def test_bad_ccd_ids_are_refused(hits_dir, tmp_path, value, message):
+    d = hits_copy(hits_dir, tmp_path, "camera.csv", set_cell("ccd", value))
+    fails(d, "camera.csv, data row 4, column 'ccd'", message)
+
+
+def test_integral_float_ccd_ids_are_integers(hits_dir, tmp_path):
+    d = hits_copy(hits_dir, tmp_path, "camera.csv", set_cell("ccd", "99.0"))
+    with pytest.warns(UserWarning, match="sorted"):
+        s = load_survey(d)
+    assert s.camera["ccd"].dtype.kind == "i" and s.camera["ccd"][3] == 99
+
+
+@pytest.mark.parametrize("fname,message", [
+    ("camera.csv", "camera.csv: no data rows; the camera table needs at least one CCD"),
+    ("field_epochs.csv", "field_epochs.csv: no data rows"),
+])
+def test_a_header_without_rows_is_refused(hits_dir, tmp_path, fname, message):
+    fails(hits_copy(hits_dir, tmp_path, fname, lambda header, rows: []), message)
+
+
+@pytest.mark.parametrize("fname,column,name,value,message", [
+    # C4 zero point: positive and plausible
+    ("field_epochs.csv", "zero_point", "zero_point", "0", "value 0.0 must be > 0"),
+    ("field_epochs.csv", "zero_point", "zero_point", "-3", "value -3.0 must be > 0"),
+    ("field_epochs.csv", "zero_point", "zero_point", "5", "value 5.0 is below 10 mag"),
+    ("field_epochs.csv", "zero_point", "zero_point", "1e6", "value 1000000.0 is above 40 mag"),
+    # C5 limmag5: finite (NaN allowed), positive and plausible
+    ("field_epochs.csv", "limmag5", "limmag5", "-3", "value -3.0 must be > 0"),
+    ("field_epochs.csv", "limmag5", "limmag5", "0", "value 0.0 must be > 0"),
+    ("field_epochs.csv", "limmag5", "limmag5", "99", "value 99.0 is above 32 mag"),
+    ("field_epochs.csv", "limmag5", "limmag5", "inf", "value inf is not finite"),
+    # C6 absurd positive values
+    ("camera.csv", "gain", "gain", "1e-30", "value 1e-30 is below 0.01 electron/adu"),
+    ("camera.csv", "gain", "gain", "1e30", "value 1e+30 is above 100 electron/adu"),
+    ("camera.csv", "read_noise", "read_noise", "1e30", "value 1e+30 is above 1000 electron"),
+    ("camera.csv", "saturation", "saturation", "1e-3", "value 0.001 is below 100 adu"),
+    ("camera.csv", "saturation", "saturation", "1e9", "value 1000000000.0 is above 1e+07 adu"),
+    ("field_epochs.csv", "sky_adu", "sky_adu", "1e30", "value 1e+30 is above 1e+06 adu"),
+    ("field_epochs.csv", "seeing", "seeing_arcsec", "1e-6", "value 1e-06 is below 0.01 arcsec"),
+    ("field_epochs.csv", "seeing", "seeing_arcsec", "50", "value 50.0 is above 20 arcsec"),
+    ("field_epochs.csv", "exp_time_s", "exp_time_s", "1e-9", "value 1e-09 is below 0.001 s"),
+    ("field_epochs.csv", "exp_time_s", "exp_time_s", "1e9", "value 1000000000.0 is above 100000 s"),
+    ("field_epochs.csv", "airmass", "airmass", "1e9", "value 1000000000.0 is above 10,"),
+    ("field_epochs.csv", "mjd", "mjd", "2457070.5", "value 2457070.5 is above 1e+06 d"),  # a JD, not an MJD
+])
+def test_implausible_values_name_file_row_column_value(hits_dir, tmp_path, fname, column, name, value, message):
+    d = hits_copy(hits_dir, tmp_path, fname, set_cell(column, value))
+    text = fails(d, f"{fname}, data row 4, column '{name}': {message}")
+    if " is above " in text or " is below " in text:
+        assert "outside the plausible range" in text
+
+
+def test_plausible_ranges_hold_the_real_logs(hits_dir):
+    from survey_params.schema import PLAUSIBLE_RANGES
+
+    with pytest.warns(UserWarning, match="sorted"):
+        s = load_survey(hits_dir)
+    for name, (low, high, unit, why) in PLAUSIBLE_RANGES.items():
+        table = s.camera if name in s.camera.colnames else s.epochs
+        values = np.asarray(table[name], float)
+        assert low < values.min() and values.max() < high, name
+        assert why
+
+
+@pytest.mark.parametrize("value", ["nan", ""])
+def test_missing_limmag5_is_still_recomputed(hits_dir, tmp_path, value):
+    d = hits_copy(hits_dir, tmp_path, "field_epochs.csv", set_cell("limmag5", value))
+    with pytest.warns(UserWarning, match="sorted"):
+        s = load_survey(d)
+    assert np.isnan(s.epochs["limmag5"]).sum() == 1
+    sampler = LogSampler(s, 2.0)
+    rng = np.random.default_rng(0)
+    assert all(np.isfinite(c.limmag5[c.mask]).all() for c in sampler.draw_many([rng] * 50))
+
+
+@pytest.mark.parametrize("value,message", [("", "value is empty"), ("nan", "value nan is not an identifier"),
+                                           ("inf", "value inf is not an identifier")])
+def test_missing_field_ids_are_refused(hits_dir, tmp_path, value, message):
+    d = hits_copy(hits_dir, tmp_path, "field_epochs.csv", set_cell("field", value))
+    fails(d, "field_epochs.csv, data row 4, column 'field'", message)
+
+
+@pytest.mark.parametrize("edit,row,first", [
+    (lambda header, rows: [r for r in rows for _ in (0, 1)], 2, 1),      # every row doubled
+    (lambda header, rows: rows + [rows[7]], 1627, 8),                    # one exposure listed again at the end
+    (lambda header, rows: [r[:2] + ["57070.5"] + r[3:] for r in rows], 2, 1),  # one MJD for all
+])
+def test_duplicate_exposures_are_refused(hits_dir, tmp_path, edit, row, first):
+    d = hits_copy(hits_dir, tmp_path, "field_epochs.csv", edit)
+    fails(d, f"field_epochs.csv, data row {row}, column 'mjd': duplicate exposure", f"already data row {first}")
+
+
+def _corrupt_ecsv(path, old, new):
+    text = path.read_text()
+    assert old in text, (old, text)
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("fname,corrupt,message", [
+    ("epochs.ecsv", lambda p: _corrupt_ecsv(p, "\n1 57070.1 ", "\n1 abc "),
+     "epochs.ecsv, data row 1, column 'mjd', value 'abc': cannot be read as ECSV"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "\n2 3.8 ", "\n2 x3.8 "),
+     "camera.ecsv, data row 2, column 'gain', value 'x3.8': cannot be read as ECSV"),
+    ("epochs.ecsv", lambda p: p.write_text(""), "epochs.ecsv: cannot be read as ECSV"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "# meta: !!omap", "# meta: [{: !!omap"), "camera.ecsv: cannot be read as ECSV"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "\n1 4.0 6.0 40000.0", "\n1 4.0"), "camera.ecsv: cannot be read as ECSV"),
+    ("epochs.ecsv", lambda p: (p.unlink(), p.mkdir()), "epochs.ecsv: cannot be read as ECSV"),
+    ("epochs.ecsv", lambda p: p.write_bytes(bytes(range(256)) * 8), "epochs.ecsv: cannot be read as ECSV"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: abc"),
+     "camera.ecsv: pixel_scale_arcsec must be a number of arcsec per pixel in [0.01, 30], got 'abc'"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: [1, 2]"),
+     "got [1, 2]"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: .inf"), "got inf"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: 0.0"), "got 0.0"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: 300"), "got 300"),
+    ("camera.ecsv", lambda p: _corrupt_ecsv(p, "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: true"), "got True"),
+    ("fields.ecsv", lambda p: p.write_text(p.read_text() + "1 10.0 -5.0\n"),
+     "fields.ecsv, data row 3, column 'field': duplicate field '1' (already data row 1)"),
+    ("fields.ecsv", lambda p: p.write_text("not ecsv\n"), "fields.ecsv: cannot be read as ECSV"),
+])
+def test_bad_ecsv_files_name_the_file(tmp_path, fname, corrupt, message):
+    s = tiny_survey()
+    s.fields_table = Table({"field": [1, 2], "ra_deg": [150.0, 151.0], "dec_deg": [2.0, 2.5]})
+    s.write(tmp_path)
+    corrupt(tmp_path / fname)
+    with pytest.raises(ConditionsError) as err:
+        load_survey(tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_quoted_pixel_scale_is_a_number(tmp_path):
+    write_logs(tmp_path)
+    _corrupt_ecsv(tmp_path / "camera.ecsv", "pixel_scale_arcsec: 0.27", "pixel_scale_arcsec: '0.27'")
+    assert load_survey(tmp_path).pixel_scale_arcsec == 0.27
