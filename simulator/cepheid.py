@@ -47,6 +47,14 @@ G_FROM_B = 0.60             # Jester et al. 2005: g = V + 0.60 (B - V) - 0.12
 LOG10_PERIOD_MEAN, LOG10_PERIOD_SIGMA = 0.5, 0.25
 PERIOD_RANGE_D = (1.0, 80.0)
 AMPLITUDE_GRID = 2048       # phase points on which the peak-to-peak amplitude is measured
+#: Plausible values in a *_struc.fits, element by element: (low, high), inclusive. The real files: |AVE_VALS| <=
+#: 0.57 mag, |EIGENVECTORS| <= 538, |POLY_FITS| <= 2594, POLY_SPREAD 0.0005-0.024.
+COLUMN_RANGES = {"AVE_VALS": (-2.0, 2.0), "EIGENVECTORS": (-1e4, 1e4), "POLY_FITS": (-1e5, 1e5),
+                 "POLY_SPREAD": (0.0, 1.0)}
+#: The model's g peak-to-peak amplitude at the period trend and at +-3 sigma of every pc, across each regime's
+#: periods, must stay below this (real files: 0.28-2.1 mag).
+MAX_MODEL_AMPLITUDE_MAG = 4.0
+REGIME_PERIODS_D = {"short": (PERIOD_RANGE_D[0], LONG_PERIOD_D), "long": (LONG_PERIOD_D, MAX_MODEL_PERIOD_D)}
 
 
 @dataclass(frozen=True)
@@ -74,14 +82,41 @@ def _read_regime(path: Path) -> Regime:
     except (OSError, IndexError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a Yoachim model table with columns {sorted(expected)} ({err})") from err
     for name, shape in expected.items():
-        if columns[name].shape != shape or not np.all(np.isfinite(columns[name])):
-            raise ValueError(f"{path}: column {name} has shape {columns[name].shape}, expected finite {shape}")
+        if columns[name].shape != shape:
+            raise ValueError(f"{path}: column {name} has shape {columns[name].shape}, expected {shape}")
+        lo, hi = COLUMN_RANGES[name]
+        bad = np.flatnonzero(~((columns[name] >= lo) & (columns[name] <= hi)))  # NaN and inf fail too
+        if len(bad):
+            index = np.unravel_index(bad[0], shape)
+            value = columns[name].flat[bad[0]]
+            raise ValueError(f"{path}: HDU 1, column {name}, row 0, element {tuple(int(i) for i in index)}: value "
+                             f"{value:g} is {'implausible' if np.isfinite(value) else 'not finite'} "
+                             f"(expected {lo:g} to {hi:g}; {len(bad)} such value{'s' * (len(bad) > 1)})")
     return Regime(columns["AVE_VALS"], columns["EIGENVECTORS"][:N_PC], columns["POLY_FITS"], columns["POLY_SPREAD"])
+
+
+def _check_amplitudes(path: Path, regime: str, model: Regime) -> None:
+    """Refuse a model whose g light curves are implausible anywhere in the regime (see MAX_MODEL_AMPLITUDE_MAG)."""
+    lo, hi = REGIME_PERIODS_D[regime]
+    angle = 2.0 * np.pi * np.arange(256)[:, None] / 256 * np.arange(1, N_HARMONICS + 1)
+    for period_d in np.geomspace(lo, hi, 30):
+        powers = np.log10(period_d) ** np.arange(N_POLY)
+        for sigma in (-3.0, 0.0, 3.0):
+            coeffs = model.ave_vals + model.eigenvectors.T @ (powers @ model.poly_fits + sigma * model.poly_spread)
+            sin, cos = g_fourier(coeffs)
+            amplitude = float(np.ptp(np.sin(angle) @ sin + np.cos(angle) @ cos))
+            if not amplitude <= MAX_MODEL_AMPLITUDE_MAG:
+                raise ValueError(f"{path}: columns AVE_VALS, EIGENVECTORS, POLY_FITS, POLY_SPREAD give a g amplitude "
+                                 f"of {amplitude:.3g} mag at P = {period_d:.3g} d ({sigma:+g} sigma), above "
+                                 f"{MAX_MODEL_AMPLITUDE_MAG:g} mag: not a Cepheid model")
 
 
 @functools.lru_cache(maxsize=4)
 def _read_yoachim2009_cached(directory: str) -> dict[str, Regime]:
-    return {regime: _read_regime(Path(directory) / name) for regime, name in REGIME_FILES.items()}
+    regimes = {regime: _read_regime(Path(directory) / name) for regime, name in REGIME_FILES.items()}
+    for regime, model in regimes.items():
+        _check_amplitudes(Path(directory) / REGIME_FILES[regime], regime, model)
+    return regimes
 
 
 def read_yoachim2009(directory: str | Path) -> dict[str, Regime]:

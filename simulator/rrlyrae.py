@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,9 @@ PERIOD_RANGE_D = (0.2, 1.0)
 AMPLITUDE_RANGE_MAG = (0.1, 1.6)
 TABLE2_COLUMNS = ("id", "type", "P", "gA", "gT")  # the columns used, by their header names
 TABLE2_N_COLUMNS = 23
+#: Plausible Table 2 values, checked row by row (Sesar's 483 stars: P 0.254-0.907 d, gA 0.20-1.65 mag).
+TABLE2_PERIOD_RANGE_D = (0.2, 1.2)
+TABLE2_AMPLITUDE_RANGE_MAG = (0.0, 2.5)  # exclusive of 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def _read_table2(path: Path) -> tuple[np.ndarray, ...]:
                          f"expected Sesar's {TABLE2_N_COLUMNS} (id type P uA ... zT)")
     col = {c: header.index(c) for c in TABLE2_COLUMNS}
     rows = []
+    first_line: dict[int, int] = {}  # star id -> its line
     for n, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields:
@@ -88,12 +91,43 @@ def _read_table2(path: Path) -> tuple[np.ndarray, ...]:
                          int(fields[col["gT"]])))
         except (ValueError, KeyError) as err:
             raise ValueError(f"{path}, line {n}: cannot parse ({err!r}): {line[:80]!r}") from err
+        for name, (lo, hi), low_inclusive in (("P", TABLE2_PERIOD_RANGE_D, True),
+                                              ("gA", TABLE2_AMPLITUDE_RANGE_MAG, False)):
+            value = rows[-1][2 if name == "P" else 3]
+            if not ((lo <= value if low_inclusive else lo < value) and value <= hi):  # NaN fails too
+                unit = "d" if name == "P" else "mag"
+                raise ValueError(f"{path}, line {n}, column {name}: {fields[col[name]]!r} is outside the plausible "
+                                 f"RR Lyrae range {'[' if low_inclusive else '('}{lo:g}, {hi:g}] {unit}")
+        if rows[-1][0] in first_line:
+            raise ValueError(f"{path}, line {n}, column id: star {rows[-1][0]} repeats line {first_line[rows[-1][0]]} "
+                             "(a star listed twice would be drawn twice as often)")
+        first_line[rows[-1][0]] = n
     if not rows:
         raise ValueError(f"{path}: no stars")
     star_id, subtype, period_d, amplitude_mag, template_id = (np.array(c) for c in zip(*rows))
-    if not (np.all(period_d > 0) and np.all(amplitude_mag > 0)):
-        raise ValueError(f"{path}: periods and g amplitudes must be positive")
     return star_id, subtype, period_d, amplitude_mag, template_id
+
+
+def _template_rows(member: str, text: str) -> np.ndarray:
+    """The (rows, 2) 'phase mag' table of a template member; a bad line is an error naming line, column, value."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{member}, line {n}: {len(fields)} columns, expected 2 'phase mag': {line[:80]!r}")
+        for k, (name, value) in enumerate(zip(("phase", "mag"), fields), start=1):
+            try:
+                number = float(value)
+            except ValueError:
+                number = np.nan
+            if not np.isfinite(number):
+                raise ValueError(f"{member}, line {n}, column {k} ({name}): {value!r} is not a finite number")
+        rows.append([float(v) for v in fields])
+    if len(rows) < 10:
+        raise ValueError(f"{member}: {len(rows)} rows, expected >= 10 rows 'phase mag'")
+    return np.array(rows)
 
 
 def _read_g_templates(path: Path) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -109,16 +143,16 @@ def _read_g_templates(path: Path) -> tuple[dict[int, np.ndarray], dict[int, np.n
                 if not (member.isfile() and name.endswith("g.dat") and name[:-5].isdigit()):
                     continue
                 text = tar.extractfile(member).read().decode("ascii")
-                table = np.loadtxt(io.StringIO(text), ndmin=2)
-                if table.shape[1] != 2 or len(table) < 10 or not np.all(np.isfinite(table)):
-                    raise ValueError(f"{member.name}: expected >= 10 finite rows 'phase mag'")
+                table = _template_rows(f"member {member.name}", text)
                 phase, mag = table.T
                 if phase[0] != 0.0 or phase[-1] >= 1.0 or np.any(np.diff(phase) <= 0):
-                    raise ValueError(f"{member.name}: phase must rise from 0 to below 1")
+                    raise ValueError(f"member {member.name}: phase must rise from 0 to below 1")
                 if abs(mag.min()) > 1e-3 or abs(mag.max() - 1.0) > 1e-3:
-                    raise ValueError(f"{member.name}: template not normalised to 0 (maximum light) .. 1 (minimum)")
+                    raise ValueError(f"member {member.name}: template not normalised to 0 (maximum light) .. 1 (minimum)")
                 phases[int(name[:-5])], mags[int(name[:-5])] = phase, mag
-    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: member {member.name}: not ASCII text ({err})") from err
+    except (tarfile.TarError, OSError, EOFError) as err:
         raise ValueError(f"{path}: not a readable .tar.gz ({err})") from err
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err

@@ -48,6 +48,19 @@ SN2_ABS_MAG_R_VEGA = {"IIP": (-15.66, 1.23), "IIL": (-17.44, 0.64)}  # Li et al.
 #: Embedded SN II library: how many analytic templates of each subtype (IIL ~ 15% of IIP+IIL, Li et al. 2011).
 ANALYTIC_SN2 = {"IIP": 14, "IIL": 2}
 
+#: Checks of a template directory's files (read before sncosmo uses them; `check_sncosmo_files`). Physical SEDs
+#: (Hsiao, SN II) and bandpasses must be >= -NEGATIVE_TOLERANCE x their maximum (the real files have no negative
+#: value at all). SALT2's M0 is a fitted model component: the real SALT2.4 M0 reaches -0.096 x its maximum (UV,
+#: early phases), so it may go to -SALT2_M0_NEGATIVE_TOLERANCE x its maximum; M1 (a signed perturbation) may not
+#: exceed SALT2_M1_MAX_RATIO x the maximum of M0 in absolute value (real: 0.5).
+NEGATIVE_TOLERANCE = 1e-3
+SALT2_M0_NEGATIVE_TOLERANCE = 0.2
+SALT2_M1_MAX_RATIO = 10.0
+#: A g bandpass must reach half its peak across at least this range (Angstrom; DES g: 4180-5470) and fall below
+#: BANDPASS_EDGE_FRACTION of its peak at both ends (a truncated curve does not).
+G_HALF_MAX_COVERS_AA = (4250.0, 5250.0)
+BANDPASS_EDGE_FRACTION = 0.02
+
 BATCH = 64  # supernova candidates drawn at once (most are too faint to see)
 _Z_CDF_STEP, _Z_STEP = 2.0, 4.0  # offsets between templates in the flat tables (> CDF and z ranges)
 TRUTH_KEYS = ("redshift", "stretch", "flux_scale", "av_mag", "abs_mag", "explosion_mjd", "salt2_x1", "salt2_c")
@@ -194,6 +207,8 @@ class SupernovaModel:
             raise ValueError(f"bandpass must be 'decam2014-g' or 'desg', got {bandpass!r}")
         if bandpass == "desg" and templates_dir is None:
             raise ValueError("bandpass 'desg' needs a template directory (--templates) holding sncosmo's DES curves")
+        if templates_dir is not None:
+            check_sncosmo_files(data, ia_model, bandpass)
         self.source = "embedded" if templates_dir is None else "templates"
         self.band = decam_g_bandpass(bandpass)
         self.depth_mag = float(depth_mag)
@@ -234,6 +249,9 @@ class SupernovaModel:
             density = volumetric_rate(t.sn_type, zz) / (1 + zz) * np.interp(zz, z_big, dvdz)
             t.z_cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(zz))])
             t.z_support = zz
+            if not (np.isfinite(t.z_cdf[-1]) and t.z_cdf[-1] > 0 and not np.isnan(t.peak_mag_z).any()):
+                raise ValueError(f"supernova template {t.name!r} gives no finite, positive flux in the "
+                                 f"{self.band.name} band at any redshift (check its SED file)")
             type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
             t.z_cdf = t.z_cdf / t.z_cdf[-1]
         self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])
@@ -378,6 +396,155 @@ def _source(sncosmo, name: str, version: str | None, data: Path):
     except Exception as exc:
         raise FileNotFoundError(f"{data}: sncosmo source {name!r} is missing or unreadable there "
                                 f"(run `fetch-templates` on a machine with internet): {exc}") from exc
+
+
+def _registry_relpath(registry, name: str, version: str | None) -> str:
+    """The data-directory path sncosmo's `registry` loads `name` (version None: the latest, as sncosmo picks)."""
+    loaders = getattr(registry, "_loaders", None)
+    if loaders is not None and version is None and (name, None) not in loaders:
+        versions = [k[1] for k in loaders if k[0] == name and k[1] is not None]
+        version = max(versions) if versions else None
+    try:
+        return str(loaders[(name, version)][1][0])
+    except (TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"sncosmo does not say which file holds {name!r} (version {version}): cannot check it "
+                         f"before use ({exc!r})") from exc
+
+
+def _numeric_rows(path: Path, n_cols: int, header_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(values (rows, n_cols), 1-based line numbers) of a whitespace-separated text table; '#' starts a comment.
+    With `header_ok` a first non-numeric line is a column header (as astropy's reader takes it). A line of the
+    wrong length or with a non-number is an error naming the file, line, column and value."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable text file ({exc})") from exc
+    if not any("#" in line for line in lines):  # fast path: a plain numeric table (the real files)
+        line_no = np.array([n for n, line in enumerate(lines, start=1) if line.strip()])
+        try:
+            values = np.array(" ".join(lines).split(), dtype=float)
+        except ValueError:
+            values = None  # a header or a non-number: the line-by-line reading below names it
+        if (values is not None and len(line_no) and values.size == n_cols * len(line_no)
+                and all(len(lines[n - 1].split()) == n_cols for n in line_no)):
+            return values.reshape(-1, n_cols), line_no
+    numbers, line_no = [], []
+    for n, line in enumerate(lines, start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        try:
+            row = [float(v) for v in fields]
+        except ValueError:
+            row = None
+        if row is None or len(row) != n_cols:
+            if header_ok and not numbers and row is None and len(fields) == n_cols:
+                continue  # a header line such as 'wavelength transmission'
+            for k, v in enumerate(fields, start=1):
+                try:
+                    float(v)
+                except ValueError:
+                    raise ValueError(f"{path}, line {n}, column {k}: {v!r} is not a number") from None
+            raise ValueError(f"{path}, line {n}: {len(fields)} columns, expected {n_cols}: {line.strip()[:80]!r}")
+        numbers.append(row)
+        line_no.append(n)
+    if not numbers:
+        raise ValueError(f"{path}: no data rows")
+    return np.array(numbers, dtype=float), np.array(line_no)
+
+
+def _check_values(path: Path, what: str, values: np.ndarray, where, neg_tol: float | None,
+                  abs_max: float | None = None) -> None:
+    """Refuse non-finite `values`, all-zero ones, and (neg_tol) ones below -neg_tol x max or (abs_max) beyond
+    it in absolute value. `where(i)` names the place of flat index i (line/column or row/column)."""
+    flat = np.ravel(values)
+    bad = np.flatnonzero(~np.isfinite(flat))
+    if len(bad):
+        raise ValueError(f"{path}, {where(bad[0])}: {what} {flat[bad[0]]} is not finite "
+                         f"({len(bad)} such value{'s' * (len(bad) > 1)})")
+    peak = float(flat.max())
+    if neg_tol is not None and peak <= 0:
+        raise ValueError(f"{path}: every {what} value is zero or negative (max {peak:g}): nothing to use")
+    if neg_tol is not None:
+        bad = np.flatnonzero(flat < -neg_tol * peak)
+        if len(bad):
+            raise ValueError(f"{path}, {where(bad[0])}: {what} {flat[bad[0]]:g} is negative (below -{neg_tol:g} x "
+                             f"the maximum {peak:g}; {len(bad)} such value{'s' * (len(bad) > 1)})")
+    if abs_max is not None:
+        bad = np.flatnonzero(np.abs(flat) > abs_max)
+        if len(bad):
+            raise ValueError(f"{path}, {where(bad[0])}: {what} {flat[bad[0]]:g} is implausibly large "
+                             f"(|value| > {abs_max:g})")
+
+
+def _check_sed_ascii(path: Path, neg_tol: float | None, abs_max: float | None = None) -> float:
+    """Check a 'phase wavelength flux' SED file (SNANA/Pierel, Vincenzi, SALT2); its maximum flux."""
+    rows, line_no = _numeric_rows(path, 3)
+    _check_values(path, "phase/wavelength", rows[:, :2], lambda i: f"line {line_no[i // 2]}, column {i % 2 + 1}",
+                  None)
+    _check_values(path, "flux", rows[:, 2], lambda i: f"line {line_no[i]}, column 3", neg_tol, abs_max)
+    return float(rows[:, 2].max())
+
+
+def _check_sed_fits(path: Path) -> None:
+    """Check a FITS SED grid (Hsiao: primary HDU, rows = phases, columns = wavelengths)."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            flux = np.array(hdul[0].data, dtype=float)
+    except Exception:  # unreadable: sncosmo's loader reports it when it reads the file
+        return
+    if flux.ndim != 2:
+        return
+    _check_values(path, "flux", flux, lambda i: f"HDU 0, row {i // flux.shape[1]} (phase index), column "
+                  f"{i % flux.shape[1]} (wavelength index)", NEGATIVE_TOLERANCE)
+
+
+def check_bandpass_file(path: Path) -> None:
+    """Check a 'wavelength transmission' bandpass file: finite, not negative, a whole g band (see constants)."""
+    rows, line_no = _numeric_rows(path, 2, header_ok=True)
+    _check_values(path, "wavelength", rows[:, 0], lambda i: f"line {line_no[i]}, column 1", None)
+    _check_values(path, "transmission", rows[:, 1], lambda i: f"line {line_no[i]}, column 2", NEGATIVE_TOLERANCE)
+    wave, trans = rows.T
+    peak = trans.max()
+    half = wave[trans >= 0.5 * peak]
+    lo, hi = G_HALF_MAX_COVERS_AA
+    if trans[0] > BANDPASS_EDGE_FRACTION * peak or trans[-1] > BANDPASS_EDGE_FRACTION * peak \
+            or half.min() > lo or half.max() < hi:
+        raise ValueError(f"{path}: not a whole g band: lines {line_no[0]}-{line_no[-1]} span {wave[0]:g}-{wave[-1]:g} A, "
+                         f"above half the peak {half.min():g}-{half.max():g} A (needs {lo:g}-{hi:g} A), transmission "
+                         f"at the ends {trans[0] / peak:.3g} and {trans[-1] / peak:.3g} x the peak (needs <= "
+                         f"{BANDPASS_EDGE_FRACTION:g}): a truncated file?")
+
+
+def check_sncosmo_files(data: Path, ia_model: str = "hsiao", bandpass: str = "decam2014-g") -> None:
+    """Check the template directory's SED and bandpass files that `SupernovaModel` will load through sncosmo,
+    before sncosmo reads them: a non-finite, all-zero or negative SED, or a bad or truncated g bandpass, is a
+    ValueError naming the file, line (row) and column and the value. Missing files are left to sncosmo's loader."""
+    from sncosmo.bandpasses import _BANDPASSES
+    from sncosmo.models import _SOURCES
+
+    data = Path(data)
+    if ia_model == "hsiao":
+        path = data / _registry_relpath(_SOURCES, "hsiao", None)
+        if path.is_file():
+            _check_sed_fits(path)
+    else:
+        folder = data / _registry_relpath(_SOURCES, "salt2", "2.4")
+        m0 = folder / "salt2_template_0.dat"
+        m0_max = _check_sed_ascii(m0, SALT2_M0_NEGATIVE_TOLERANCE) if m0.is_file() else None
+        m1 = folder / "salt2_template_1.dat"
+        if m1.is_file():
+            _check_sed_ascii(m1, None, None if m0_max is None else SALT2_M1_MAX_RATIO * m0_max)
+    for name, _ in REAL_SN2:
+        path = data / _registry_relpath(_SOURCES, name, None)
+        if path.is_file():
+            _check_sed_ascii(path, NEGATIVE_TOLERANCE)
+    if bandpass != "decam2014-g":
+        path = data / _registry_relpath(_BANDPASSES, bandpass, None)
+        if path.is_file():
+            check_bandpass_file(path)
 
 
 class _no_network:
