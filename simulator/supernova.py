@@ -249,9 +249,13 @@ class SupernovaModel:
             density = volumetric_rate(t.sn_type, zz) / (1 + zz) * np.interp(zz, z_big, dvdz)
             t.z_cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(zz))])
             t.z_support = zz
-            if not (np.isfinite(t.z_cdf[-1]) and t.z_cdf[-1] > 0 and not np.isnan(t.peak_mag_z).any()):
-                raise ValueError(f"supernova template {t.name!r} gives no finite, positive flux in the "
-                                 f"{self.band.name} band at any redshift (check its SED file)")
+            if np.isnan(t.peak_mag_z).any() or not np.isfinite(t.z_cdf[-1]):
+                raise ValueError(f"supernova template {t.name!r} gives no finite flux in the {self.band.name} "
+                                 "band at some redshift (check its SED file)")
+            if not t.z_cdf[-1] > 0:  # even the nearest redshift drawn is beyond the survey's depth
+                raise ValueError(f"no {t.name!r} supernova would be visible: at z = {Z_MIN:g} its brightest peak is "
+                                 f"already fainter than the survey depth {self.depth_mag:.2f} mag (sn_depth_mag, or "
+                                 "the deepest limmag5 of the conditions)")
             type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
             t.z_cdf = t.z_cdf / t.z_cdf[-1]
         self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])

@@ -456,6 +456,15 @@ def test_config_files_refuse_keys_given_twice_and_other_encodings(tmp_path):
     assert load_config(tmp_path / "classes.yaml").classes == ("nonvariable", "asteroid")
 
 
+def test_a_survey_too_shallow_for_any_supernova_says_so():
+    """It was blamed on the template's SED file."""
+    from simulator.shard import n_epochs
+
+    with pytest.raises(ValueError, match=r"no 'hsiao-subsampled' supernova would be visible: at z = 0.01 its "
+                                         r"brightest peak is already fainter than the survey depth 6.00 mag"):
+        n_epochs(SimConfig(classes=("supernova",), sn_depth_mag=6.0, progress=False))
+
+
 def test_sensible_edge_values_are_accepted():
     SimConfig(stamp_size=3, fft_size=6, host_fft_size=6, moffat_beta=1.11, host_disk_thickness=1.0, min_dates=20,
               psf_shear_rms=0.1, psf="kolmogorov")
