@@ -138,13 +138,18 @@ def check_conditions(f: h5py.File, path: Path, names: list[str], mask: np.ndarra
     min_seeing = max(0.0, -opts["fwhm_offset_arcsec"] / opts["fwhm_per_seeing"])
     rules = {**CONDITIONS, "seeing_arcsec": (f"a finite number > {min_seeing:.3g} (a positive PSF FWHM)",
                                              lambda v: np.isfinite(v) & (v > min_seeing))}
-    for name in names:
-        rule, ok = rules[name]
-        v = f[f"conditions/{name}"][()]
+    check_valid_epochs(f, path, {f"conditions/{name}": rules[name] for name in names}, mask)
+
+
+def check_valid_epochs(f: h5py.File, path: Path, rules: dict, mask: np.ndarray) -> None:
+    """Each (N, T) dataset of `rules` (key -> (what it must hold, test of the values)) passes its test at every
+    valid epoch of `mask`, else a PhotometryError naming the dataset, the first bad row and epoch, the value."""
+    for key, (rule, ok) in rules.items():
+        v = f[key][()]
         bad = mask & ~ok(v)
         if bad.any():
             row, epoch = (int(i[0]) for i in np.nonzero(bad))
-            raise PhotometryError(f"{path}: 'conditions/{name}' is {v[row, epoch]!s} at row {row}, epoch {epoch} (a "
+            raise PhotometryError(f"{path}: '{key}' is {v[row, epoch]!s} at row {row}, epoch {epoch} (a "
                                   f"valid epoch; {int(bad.sum())} bad valid epoch(s) in all); expected {rule}")
 
 

@@ -54,7 +54,7 @@ def check_dataset(path: str | Path, max_epochs: int = 20) -> dict:
     `stamp_size` (config). `SequenceData`'s checks as for `rcnn train`, then `photometry`'s: stamps of the
     config's size, the conditions at every valid epoch among the first `max_epochs` (the seeing by the HiTS
     PSF relation the baseline uses); `mjd` finite and `exp_time_s` > 0 there too."""
-    from photometry.dataset import check_conditions, check_shapes, psf_options, require_arrays
+    from photometry.dataset import check_conditions, check_shapes, check_valid_epochs, psf_options, require_arrays
     from simulator.settings import PSF_FWHM_OFFSET_ARCSEC, PSF_FWHM_PER_SEEING
 
     path = Path(path)
@@ -72,14 +72,8 @@ def check_dataset(path: str | Path, max_epochs: int = 20) -> dict:
         mask[:, max_epochs:] = False  # later epochs are never read
         relation = {"fwhm_per_seeing": PSF_FWHM_PER_SEEING, "fwhm_offset_arcsec": PSF_FWHM_OFFSET_ARCSEC}
         check_conditions(f, path, list(PHOTOMETRY_CONDITIONS), mask, relation)
-        for key, rule, ok in (("mjd", "a finite number", np.isfinite),
-                              ("conditions/exp_time_s", "a finite number > 0", lambda v: np.isfinite(v) & (v > 0))):
-            v = f[key][()]
-            bad = mask & ~ok(v)
-            if bad.any():
-                row, epoch = (int(i[0]) for i in np.nonzero(bad))
-                raise DatasetError(f"{path}: '{key}' is {v[row, epoch]!s} at row {row}, epoch {epoch} (a valid epoch; "
-                                   f"{int(bad.sum())} bad valid epoch(s) in all); expected {rule}")
+        check_valid_epochs(f, path, {"mjd": ("a finite number", np.isfinite), "conditions/exp_time_s": (
+            "a finite number > 0", lambda v: np.isfinite(v) & (v > 0))}, mask)
     return {k: opts[k] for k in ("pixel_scale_arcsec", "stamp_size")}
 
 

@@ -440,9 +440,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     last.wait_until_finished()
                     if primary:
                         interval_file.unlink(missing_ok=True)  # superseded by this checkpoint
-                        with metrics_file.open("a") as f:
-                            f.write(json.dumps(result) + "\n")
-                        write_training_figure(run_dir, title)
+                        _log_evaluation(run_dir, result, title)
                     bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
                                     val_acc=f"{val_acc:.2f}")
                     losses, seqs, t_start = [], 0, time.perf_counter()
@@ -473,15 +471,20 @@ class Diverged(RunError):
     """The losses of an evaluation are not finite: the weights have diverged (a learning rate too high)."""
 
 
+def _log_evaluation(run_dir: Path, result: dict, title: str) -> None:
+    """Append an evaluation to `metrics.jsonl` and redraw `training.png` from it."""
+    from .curves import METRICS, write_training_figure
+
+    with (run_dir / METRICS).open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    write_training_figure(run_dir, title)
+
+
 def _diverged(run_dir: Path, result: dict, kept: int | None, primary: bool, title: str) -> None:
     """Log the evaluation whose losses are not finite (metrics and figure) and raise `Diverged`, without
     saving its state: resuming would only diverge again, and `checkpoints/best` keeps the last good one."""
-    from .curves import METRICS, write_training_figure
-
     if primary:
-        with (run_dir / METRICS).open("a") as f:
-            f.write(json.dumps(result) + "\n")
-        write_training_figure(run_dir, title)
+        _log_evaluation(run_dir, result, title)
     kept_note = f"checkpoints/best keeps step {kept}" if kept is not None else "no checkpoint was kept"
     raise Diverged(f"{run_dir}: training diverged by step {result['step']} (train_loss {result['train_loss']}, "
                    f"val_loss {result['val_loss']}); {kept_note}. Lower learning_rate and train into a new --out")

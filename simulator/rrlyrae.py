@@ -117,14 +117,15 @@ def _template_rows(member: str, text: str) -> np.ndarray:
             continue
         if len(fields) != 2:
             raise ValueError(f"{member}, line {n}: {len(fields)} columns, expected 2 'phase mag': {line[:80]!r}")
+        row = []
         for k, (name, value) in enumerate(zip(("phase", "mag"), fields), start=1):
             try:
-                number = float(value)
+                row.append(float(value))
             except ValueError:
-                number = np.nan
-            if not np.isfinite(number):
+                row.append(np.nan)
+            if not np.isfinite(row[-1]):
                 raise ValueError(f"{member}, line {n}, column {k} ({name}): {value!r} is not a finite number")
-        rows.append([float(v) for v in fields])
+        rows.append(row)
     if len(rows) < 10:
         raise ValueError(f"{member}: {len(rows)} rows, expected >= 10 rows 'phase mag'")
     return np.array(rows)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from survey_params import ConditionsError, make_sampler
-from survey_params.sampling import EPOCH_FIELDS, ModelSampler
+from survey_params.sampling import EPOCH_FIELDS
 
 from .classes import ALERT_CLASSES, MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
 from .flux import mag_to_adu
@@ -38,23 +38,13 @@ def object_rng(seed: int, index: int) -> np.random.Generator:
 def _setup(cfg_json: str):
     cfg = SimConfig(**json.loads(cfg_json))
     sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec)
-    check_psf_fwhm(cfg, best_seeing_arcsec(sampler), sampler.pixel_scale_arcsec)
+    check_psf_fwhm(cfg, sampler.best_seeing_arcsec(), sampler.pixel_scale_arcsec)
     renderer = Renderer(cfg.stamp_size, cfg.fft_size, cfg.host_fft_size, cfg.psf, cfg.moffat_beta)
     depth = cfg.sn_depth_mag
     if depth is None and "supernova" in cfg.classes:  # only supernovae need it: 300 condition draws
         depth = survey_depth(sampler)
     models = load_models(cfg, resolve_templates(cfg.templates), depth)
     return cfg, sampler, renderer, models
-
-
-def best_seeing_arcsec(sampler) -> float:
-    """The smallest seeing (arcsec) `sampler` can give: the built-in model's lowest quantile, or the best
-    logged science-band epoch within the seeing limit."""
-    if isinstance(sampler, ModelSampler):
-        return float(np.min(sampler.model["copula"]["quantiles"]["seeing_arcsec"]))
-    epochs, band = sampler.survey.epochs, sampler.survey.band
-    seeing = np.asarray(epochs["seeing_arcsec"], float)[np.asarray(epochs["filter"] == band)]
-    return float(seeing[seeing <= sampler.seeing_limit_arcsec].min())
 
 
 #: The narrowest PSF FWHM (pixels) at a survey's best seeing: the direct sums' terms grow as 1/FWHM and

@@ -35,16 +35,15 @@ def latitude_by_field(table: Table, source: str) -> dict[str, float]:
     """Galactic latitude (deg) of every field of a table with `FIELD_COLUMNS`, keyed by str(field); a missing
     column, text in a coordinate, an impossible position or a field listed twice is a `ConditionsError` naming
     `source`, the row and the column."""
-    from .schema import ConditionsError, _ids, _numbers, _require_columns, _where
+    from .schema import ConditionsError, _ids, _numbers, _repeats, _require_columns, _where
 
     _require_columns(table, FIELD_COLUMNS, source)
     keys = [str(f) for f in _ids(table, "field", source)]
-    first: dict[str, int] = {}
-    for row, key in enumerate(keys):
-        if key in first:
-            raise ConditionsError(f"{_where(source, row, 'field')}: duplicate field {key!r} (already data row "
-                                  f"{first[key] + 1}): one position per field")
-        first[key] = row
+    dups = _repeats(keys)
+    if dups:
+        row, first = dups[0]
+        raise ConditionsError(f"{_where(source, row, 'field')}: duplicate field {keys[row]!r} (already data row "
+                              f"{first + 1}): one position per field")
     ra, dec = (_numbers(table, c, source)[0] for c in ("ra_deg", "dec_deg"))
     bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
     if bad.any():

@@ -91,6 +91,10 @@ class LogSampler:
         """`draw` for each stream in `rngs`."""
         return [self.draw(rng) for rng in rngs]
 
+    def best_seeing_arcsec(self) -> float:
+        """The smallest seeing (arcsec) it draws: the best science-band epoch within the seeing limit."""
+        return float(min(np.min(ep["seeing_arcsec"]) for _, ep, _ in self._fields))
+
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
         field, ep, latitude = self._fields[rng.integers(len(self._fields))]
         k = rng.integers(len(self._camera[0]))
@@ -136,6 +140,10 @@ class ModelSampler:
 
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
         return self.draw_many([rng])[0]
+
+    def best_seeing_arcsec(self) -> float:
+        """The smallest seeing (arcsec) it draws: the model's lowest seeing quantile."""
+        return float(self._quantiles["seeing_arcsec"].min())
 
     def draw_many(self, rngs) -> list[ObjectConditions]:
         """`draw` for each stream in `rngs`: each stream's draws are made in `draw`'s order, then the

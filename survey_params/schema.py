@@ -299,6 +299,18 @@ def _ids(table: Table, column: str, source: str) -> np.ndarray:
     return raw
 
 
+def _repeats(keys) -> list[tuple[int, int]]:
+    """(row, earlier row holding the same key) for every row whose key came before, in row order."""
+    first: dict = {}
+    out = []
+    for row, key in enumerate(keys):
+        if key in first:
+            out.append((row, first[key]))
+        else:
+            first[key] = row
+    return out
+
+
 def validate_camera(table: Table, source: str) -> Table:
     """Check the camera table: at least one CCD, integer CCD ids, unique; gain, read noise and saturation
     numbers, finite, positive and plausible (`PLAUSIBLE_RANGES`)."""
@@ -353,13 +365,7 @@ def validate_epochs(table: Table, source: str) -> Table:
     keys = fields.astype(str)
     # A field exposed twice at one MJD is a duplicated row (a log concatenated with itself, a bad join):
     # using it would weight that epoch twice.
-    seen: dict = {}
-    dups = []
-    for row, key in enumerate(zip(keys.tolist(), mjd.tolist())):
-        if key in seen:
-            dups.append((row, seen[key]))
-        else:
-            seen[key] = row
+    dups = _repeats(zip(keys.tolist(), mjd.tolist()))
     if dups:
         row, first = dups[0]
         raise ConditionsError(f"{_where(source, row, 'mjd')}: duplicate exposure: field {str(keys[row])!r} at MJD "

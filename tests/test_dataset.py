@@ -477,10 +477,10 @@ def test_psf_fwhm_must_be_half_a_pixel_at_the_surveys_best_seeing():
     before anything is written: one that is negative there (an IndexError in profiles.py) or narrower than
     half a pixel (FWHM 0.004 px took 24 GB in the direct sums' tables) is refused, half a pixel is not."""
     from survey_params import make_sampler
-    from simulator.shard import MIN_PSF_FWHM_PX, best_seeing_arcsec, n_epochs
+    from simulator.shard import MIN_PSF_FWHM_PX, n_epochs
 
     model = make_sampler("hits", None, 2.0)
-    best = best_seeing_arcsec(model)
+    best = model.best_seeing_arcsec()
     seeing = np.concatenate([c.seeing_arcsec[c.mask] for c in model.draw_many([np.random.default_rng(1)] * 300)])
     assert best <= seeing.min() < best + 0.05
     cfg = SimConfig(classes=("nonvariable",), psf_fwhm_per_seeing=1.0)
@@ -494,11 +494,10 @@ def test_psf_fwhm_must_be_half_a_pixel_at_the_surveys_best_seeing():
 
 def test_best_seeing_of_real_logs(hits_dir):
     from survey_params import make_sampler
-    from simulator.shard import best_seeing_arcsec
 
     logs = make_sampler("hits", str(hits_dir), 1.5)
     logged = np.concatenate([np.asarray(logs.survey.field_epochs(f, 1.5)["seeing_arcsec"]) for f in logs.survey.fields()])
-    assert best_seeing_arcsec(logs) == logged.min()
+    assert logs.best_seeing_arcsec() == logged.min()
 
 
 def test_output_paths_that_cannot_be_written_are_refused_at_once(tmp_path, capsys):
