@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,8 +341,8 @@ def validate_epochs(table: Table, source: str) -> Table:
     Errors (naming file, data row, column and value): no rows; an empty or NaN field id; an unknown filter;
     text, an empty cell, a non-finite, non-positive or implausible (`PLAUSIBLE_RANGES`) MJD, exposure
     time, seeing, airmass, sky, zero point or limmag5; two rows of one field at the same MJD (a duplicated
-    exposure). Documented repairs: rows whose MJDs are not increasing within a field are sorted (with a
-    warning naming the first such row); a NaN (or empty) `limmag5` is recomputed from the other columns by
+    exposure). Row order carries no meaning: the rows come back sorted by (field, MJD), so a log listed by
+    epoch number (the published HiTS log, whose numbering is not chronological) needs no repair. A NaN (or empty) `limmag5` is recomputed from the other columns by
     `survey_params.limits` when the survey is sampled (the HiTS records lack some depths).
     """
     _require_columns(table, EPOCH_COLUMNS, source)
@@ -370,13 +369,5 @@ def validate_epochs(table: Table, source: str) -> Table:
         row, first = dups[0]
         raise ConditionsError(f"{_where(source, row, 'mjd')}: duplicate exposure: field {str(keys[row])!r} at MJD "
                               f"{float(mjd[row])!r} is already data row {first + 1} ({len(dups)} duplicate rows)")
-    # Repair: sort by MJD within each field, telling the user where the log was out of order.
-    same_field = keys[1:] == keys[:-1]
-    backwards = same_field & (np.diff(mjd) < 0)
-    if backwards.any():
-        row = int(np.flatnonzero(backwards)[0]) + 1
-        warnings.warn(f"{_where(source, row, 'mjd')}: MJDs are not increasing within field "
-                      f"{str(fields[row])!r} ({int(backwards.sum())} places); epochs were sorted by MJD",
-                      stacklevel=2)
     order = np.lexsort((mjd, keys))
     return _annotate(out[order], EPOCH_COLUMNS)
