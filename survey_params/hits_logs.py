@@ -4,11 +4,16 @@ Carrasco-Davis et al. (2019): `camera.csv`, `field_epochs.csv` and `blind15a_epo
 `field_epochs.csv` holds the per field/epoch conditions the original simulations sampled from; when it is
 absent the same table is built from the campaign records `blind15a_epochs.csv` (`back_level` -> sky,
 `zp_ps` -> zero point, `limit_mag_ea5` -> limmag5). Both files are validated like any survey log.
+Three g exposures of field 25 have no `zp_ps` in the campaign records; the published `field_epochs.csv`
+gives them the zero point of the field's previous exposure in the band, and so does the fallback (with a
+warning).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 from astropy.table import Table
 
 from .schema import ConditionsError, Survey
@@ -28,6 +33,33 @@ def _read_csv(path: Path, columns: dict[str, str]) -> Table:
         raise ConditionsError(f"{path}: missing column(s) {missing}; present: {raw.colnames}")
     # empty cells stay masked: validation reports them as empty (and a missing limmag5 is recomputed)
     return Table({dst: raw[src] for src, dst in columns.items()})
+
+
+def _carry_zero_points(epochs: Table, path: Path) -> None:
+    """Give an exposure without a zero point that of its field's previous exposure in the same band (by
+    MJD), as the published `field_epochs.csv` does; one with no earlier exposure is left for validation."""
+    try:
+        zp = np.ma.filled(np.ma.asarray(epochs["zero_point"], dtype=float), np.nan)
+        mjd = np.ma.filled(np.ma.asarray(epochs["mjd"], dtype=float), np.nan)
+    except (TypeError, ValueError):
+        return  # text cells: validation names them
+    missing = np.isnan(zp)
+    if not missing.any():
+        return
+    keys = [f"{f}|{b}" for f, b in zip(np.asarray(epochs["field"]).tolist(), np.asarray(epochs["filter"]).tolist())]
+    filled = zp.copy()
+    last: dict[str, float] = {}
+    for row in sorted(range(len(zp)), key=lambda r: (keys[r], mjd[r])):
+        if missing[row] and keys[row] in last:
+            filled[row] = last[keys[row]]
+        elif not missing[row]:
+            last[keys[row]] = zp[row]
+    repaired = np.flatnonzero(missing & ~np.isnan(filled))
+    if len(repaired):
+        warnings.warn(f"{path}: {len(repaired)} exposure(s) without a zero point (first: data row "
+                      f"{int(repaired[0]) + 1}, column 'zp_ps') take their field's previous exposure's in the "
+                      f"band, as field_epochs.csv does", stacklevel=3)
+        epochs["zero_point"] = filled
 
 
 def hits_fields_table() -> Table:
@@ -57,6 +89,7 @@ def read_hits_logs(directory: str | Path) -> Survey:
                                         "exp_time": "exp_time_s", "seeing": "seeing_arcsec",
                                         "airmass": "airmass", "back_level": "sky_adu",
                                         "zp_ps": "zero_point", "limit_mag_ea5": "limmag5"})
+        _carry_zero_points(epochs, blind_path)
     else:
         raise ConditionsError(f"{directory}: neither field_epochs.csv nor blind15a_epochs.csv found")
     return Survey(name="hits", band=HITS_BAND, pixel_scale_arcsec=HITS_PIXEL_SCALE_ARCSEC,

@@ -262,6 +262,38 @@ def test_implausible_values_name_file_row_column_value(hits_dir, tmp_path, fname
         assert "outside the plausible range" in text
 
 
+def test_campaign_records_alone_give_the_published_table(hits_dir, tmp_path):
+    """Without field_epochs.csv the campaign records are used: the 3 exposures of field 25 without a
+    zero point take the field's previous g one, as the published table does, so both tables agree."""
+    import shutil
+
+    shutil.copy(hits_dir / "camera.csv", tmp_path / "camera.csv")
+    shutil.copy(hits_dir / "blind15a_epochs.csv", tmp_path / "blind15a_epochs.csv")
+    with pytest.warns(UserWarning, match=r"blind15a_epochs.csv: 3 exposure\(s\) without a zero point "
+                                         r"\(first: data row 751, column 'zp_ps'\)"):
+        fallback = load_survey(tmp_path).epochs
+    published = load_survey(hits_dir).epochs
+    assert len(fallback) == len(published) == 1626
+    for name in published.colnames:
+        a, b = np.asarray(fallback[name]), np.asarray(published[name])
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+
+
+def test_a_first_exposure_without_zero_point_is_still_refused(hits_dir, tmp_path):
+    import csv
+    import shutil
+
+    shutil.copy(hits_dir / "camera.csv", tmp_path / "camera.csv")
+    with open(hits_dir / "blind15a_epochs.csv", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    rows[0][header.index("zp_ps")] = "nan"  # field 1's first exposure (r): nothing earlier to take
+    with open(tmp_path / "blind15a_epochs.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the three carried zero points
+        fails(tmp_path, "blind15a_epochs.csv, data row 1, column 'zero_point': value nan is not finite")
+
+
 def test_plausible_ranges_hold_the_real_logs(hits_dir):
     from survey_params.schema import PLAUSIBLE_RANGES
 
