@@ -4,9 +4,11 @@ Objects are cut into shards of `shard_size`. Each finished shard is written to `
 temporary name and renamed, so a killed run loses at most the shards in flight; rerunning with the same
 options skips the shards already there. Meanwhile `OUT` is built under a temporary name from the shards
 in order, each appended as soon as all earlier ones are in (`dataset.Merger`); when the last is in it is
-renamed to `OUT` and the parts are removed. Workers only compute arrays; this process writes every file,
-so a Dask cluster needs no shared filesystem (but a `conditions` directory must be readable on the
-workers).
+renamed to `OUT` and the parts are removed. Local worker processes write their shard files themselves and
+send back only the shard's range: CPython's process pool hangs for good if a worker dies (killed for
+memory) while its result is on the way, which a few bytes, written at once, cannot be. Dask workers
+return arrays and this process writes them, so a cluster needs no shared filesystem (but a `conditions`
+directory must be readable on the workers).
 """
 from __future__ import annotations
 
@@ -57,6 +59,16 @@ def simulate_packed(cfg_json: str, start: int, stop: int) -> dict:
     return {k: pack_chunks(v) for k, v in simulate_shard(cfg_json, start, stop).items()}
 
 
+def _write_shard(path: Path, arrays: dict, cfg_json: str, classes, start: int, stop: int) -> tuple[int, int]:
+    write_arrays(path, arrays, {"start": start, "stop": stop, "config": cfg_json}, classes)
+    return start, stop
+
+
+def simulate_to_file(cfg_json: str, classes, start: int, stop: int, path: str) -> tuple[int, int]:
+    """Objects `start..stop` into the shard file `path` (temp name + rename); returns the range."""
+    return _write_shard(Path(path), simulate_packed(cfg_json, start, stop), cfg_json, classes, start, stop)
+
+
 def _worker_context():
     """Forked workers where the platform allows it: they inherit this process's imports and its `_setup`
     cache (survey model, templates, Fourier tables), which `simulate` fills before any worker starts, so a
@@ -83,9 +95,10 @@ def _shard_result(future) -> dict:
                               "are kept: rerun the same command to go on") from exc
 
 
-def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
-    """An iterator of ((start, stop), arrays) for every pending shard, in completion order. Workers (local
-    processes or a Dask cluster) are started and given every shard now; `stack` closes them."""
+def _shards_written(cfg: SimConfig, pending: list[tuple[int, int]], path_of: dict, stack: ExitStack):
+    """An iterator of (start, stop) for every pending shard, in completion order, each yielded once its file
+    `path_of[(start, stop)]` is on disk. Workers (local processes or a Dask cluster) are started and given
+    every shard now; `stack` closes them."""
     cfg_json = cfg.content_json()
     if cfg.scheduler:
         from distributed import Client
@@ -93,14 +106,15 @@ def _results(cfg: SimConfig, pending: list[tuple[int, int]], stack: ExitStack):
 
         client = stack.enter_context(Client(cfg.scheduler))
         futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
-        return ((futures[fut], fut.result()) for fut in dask_completed(futures))
+        return (_write_shard(path_of[futures[fut]], fut.result(), cfg_json, cfg.classes, *futures[fut])
+                for fut in dask_completed(futures))
     if cfg.workers > 1 and len(pending) > 1:
         pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=_worker_context(), initializer=_worker_start)
-        # on an error or a stop, shards not started are dropped: only those in flight are waited for
+        # on an error or a stop, shards not started are dropped: those in flight are finished and kept
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-        futures = {pool.submit(simulate_packed, cfg_json, a, b): (a, b) for a, b in pending}
-        return ((futures[fut], _shard_result(fut)) for fut in as_completed(futures))
-    return (((a, b), simulate_packed(cfg_json, a, b)) for a, b in pending)
+        futures = [pool.submit(simulate_to_file, cfg_json, cfg.classes, a, b, str(path_of[(a, b)])) for a, b in pending]
+        return (_shard_result(fut) for fut in as_completed(futures))
+    return (simulate_to_file(cfg_json, cfg.classes, a, b, str(path_of[(a, b)])) for a, b in pending)
 
 
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
@@ -135,7 +149,7 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
         if saved != content:  # new, or a run that finished no shard
             write_text_atomic(manifest, content)
         try:
-            _shards_into(cfg, out, parts, content)
+            _shards_into(cfg, out, parts)
         except BaseException:  # a run that finished no shard (no cluster, a bad worker, a kill) leaves nothing
             if not any(parts.glob("shard-*.h5")):
                 shutil.rmtree(parts, ignore_errors=True)
@@ -144,7 +158,7 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def _shards_into(cfg: SimConfig, out: Path, parts: Path, content: str) -> None:
+def _shards_into(cfg: SimConfig, out: Path, parts: Path) -> None:
     """Simulate the shards `parts` lacks (`parts/shard-*.h5`) and build `out` from all of them."""
     shards = shard_ranges(cfg)
     path_of = {r: parts / f"shard-{i:06d}.h5" for i, r in enumerate(shards)}
@@ -153,7 +167,7 @@ def _shards_into(cfg: SimConfig, out: Path, parts: Path, content: str) -> None:
     total = shards[-1][1]
     index = {r: i for i, r in enumerate(shards)}
     with ExitStack() as stack:
-        results = _results(cfg, pending, stack)  # workers start here: before the output file is open
+        written = _shards_written(cfg, pending, path_of, stack)  # workers start here, before the output is open
         bar = stack.enter_context(tqdm(total=total, initial=done, unit="obj", desc=f"simulate {out.name}",
                                        disable=not cfg.progress))
         # the output is built while shards arrive, each appended once all earlier ones are in
@@ -162,8 +176,7 @@ def _shards_into(cfg: SimConfig, out: Path, parts: Path, content: str) -> None:
                                             tmp=parts / "merging.h5"))
         for r in set(shards) - set(pending):  # shards a killed run left (the merger orders them)
             merger.add(index[r])
-        for (a, b), arrays in results:
-            write_arrays(path_of[(a, b)], arrays, {"start": a, "stop": b, "config": content}, cfg.classes)
+        for a, b in written:
             merger.add(index[(a, b)])
             bar.update(b - a)
             check_stop()  # a stop signal: this shard is kept, the pool drops those not started

@@ -273,7 +273,7 @@ def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch
     def no_cluster(*args):
         raise OSError("Timed out trying to connect to tcp://nowhere:8786")
 
-    monkeypatch.setattr(simulator.run, "_results", no_cluster)
+    monkeypatch.setattr(simulator.run, "_shards_written", no_cluster)
     with pytest.raises(OSError, match="Timed out"):
         simulate(SimConfig(n_per_class=2, progress=False), tmp_path / "x.h5")
     assert list(tmp_path.iterdir()) == []
@@ -281,7 +281,7 @@ def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch
 def test_a_killed_worker_is_a_clear_error(tmp_path, monkeypatch):
     """A worker process killed (for memory, most often) while shards are pending: a SimulationError saying
     so, not BrokenProcessPool's traceback; the rerun makes the dataset. (Killed as the shards are handed
-    out, before any result is on its way: a worker killed while sending one hangs Python's pool.)"""
+    out; the next test kills one in the middle of its output.)"""
     import multiprocessing
 
     import simulator.run
@@ -305,6 +305,39 @@ def test_a_killed_worker_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.undo()
     simulate(cfg, out)
     assert sha(out) == sha(ref)
+
+
+def test_a_worker_killed_while_writing_its_shard(tmp_path, monkeypatch):
+    """Local workers write their own shard files and send back only the range: a worker killed with its
+    output half written (its temporary file left) is a clear error, not a hang, which a large result cut
+    off in the pool's pipe would be; shards finished meanwhile are kept and the rerun completes the
+    dataset, byte for byte the serial one."""
+    import multiprocessing
+
+    import simulator.run
+
+    cfg = SimConfig(n_per_class=20, seed=4, workers=2, shard_size=10, progress=False)
+    ref = tmp_path / "ref.h5"
+    simulate(dataclasses.replace(cfg, workers=1), ref)
+    real_write = simulator.run.write_arrays
+
+    def die_in_shard_3(path, arrays, attrs, class_names):
+        if attrs["start"] == 30:
+            Path(str(path) + ".tmp-half").write_bytes(b"\x89HDF half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write(path, arrays, attrs, class_names)
+
+    monkeypatch.setattr(simulator.run, "write_arrays", die_in_shard_3)  # forked workers inherit it
+    monkeypatch.setattr(simulator.run, "_worker_context", lambda: multiprocessing.get_context("fork"))
+    out = tmp_path / "x.h5"
+    with pytest.raises(SimulationError, match=r"a worker process died"):
+        simulate(cfg, out)
+    parts = Path(str(out) + ".parts")
+    assert not out.exists() and (parts / "shard-000003.h5.tmp-half").exists()
+    assert not (parts / "shard-000003.h5").exists()
+    monkeypatch.undo()
+    simulate(cfg, out)
+    assert sha(out) == sha(ref) and not parts.exists()
 
 
 def test_a_second_simulate_to_the_same_output_stops_at_once(tmp_path):
