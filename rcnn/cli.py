@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "context inputs")
     r.add_argument("--out", required=True, help="output HDF5 dataset (an existing one is refused without --overwrite)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -285,7 +286,7 @@ def _other(args) -> int:
         else:
             from .real import import_real  # its errors (ImportError_) are ValueErrors
 
-            print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context, overwrite=args.overwrite)}")
+            print(f"dataset: {import_real(args.source, args.out, args.camera, fields_file=args.fields, context_csv=args.context, overwrite=args.overwrite, progress=not args.no_progress)}")
     except (DatasetError, RunError, ClassMapError, ValueError, OSError, KeyError, InputWorkerDied) as exc:
         print(f"rcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

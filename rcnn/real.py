@@ -9,7 +9,9 @@ files, one per object (`FITS layout` below). Per object:
   HiTS epoch (the same exposure), else the object's own median; limmag5 from the others by the simulator's
   formula;
 - gain, read noise, saturation: the camera table's medians (lowest saturation): a stamp does not say its CCD;
-- optimal photometry of every frame (`photometry/` group as `photometry DATASET.h5` writes it);
+- optimal photometry of every frame (`photometry/` group as `photometry DATASET.h5` writes it), in chunks
+  of `PHOTOMETRY_CHUNK` frames under a progress bar; a stop signal (Ctrl-C) stops between chunks and
+  writes nothing;
 - supernova sequences start 5 images before the first 5-sigma detection, other classes at their first
   epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects;
 - labels are optional: without `label` and `class_names` (npz) or a LABEL keyword (FITS) objects get the one
@@ -35,11 +37,13 @@ import numpy as np
 from photometry.optimal import bad_pixels, border_sky, first_detection, zero_point_scaling
 from photometry.real import G_FILTER_CODE, camera_medians, measure_frames
 from simulator.dataset import UNLABELLED, check_output, open_h5, write_arrays
+from simulator.stopping import check as check_stop
 from survey_params.limits import limiting_magnitude
 
 CONDITIONS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5")
 SUPERNOVA_NAMES = ("SN", "supernova")
 PRE_ALERT_EPOCHS = 5
+PHOTOMETRY_CHUNK = 4096  # frames per photometry call: ~1.5 s each; bounds the trial fits' memory
 
 
 class ImportError_(ValueError):
@@ -304,9 +308,27 @@ def _no_usable_frames(a: dict, path: Path, objects: np.ndarray, g: np.ndarray, c
     return ImportError_(f"{path}: object {k}{_object_name(a, k)} has no usable frame: {why}{more}")
 
 
+def _photometry(stamps: np.ndarray, frames: np.ndarray, cond: dict, camera: tuple, pixel_scale_arcsec: float,
+                progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """(flux_adu, flux_err_adu) of `frames` (NaN elsewhere), measured chunk by chunk (each frame on its own:
+    the chunking does not change a value), checking for a stop signal after each chunk."""
+    from tqdm.auto import tqdm
+
+    flux, err = np.full(len(stamps), np.nan), np.full(len(stamps), np.nan)
+    with tqdm(total=len(frames), unit="frame", desc=desc, disable=not progress) as bar:
+        for lo in range(0, len(frames), PHOTOMETRY_CHUNK):
+            f = frames[lo:lo + PHOTOMETRY_CHUNK]
+            phot, _ = measure_frames(stamps[f], cond["seeing_arcsec"][f], cond["sky_adu"][f], *camera,
+                                     pixel_scale_arcsec)
+            flux[f], err[f] = phot.flux_adu, phot.flux_err_adu
+            bar.update(len(f))
+            check_stop()
+    return flux, err
+
+
 def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None = None,
                 pixel_scale_arcsec: float = 0.27, fields_file: str | Path | None = None,
-                context_csv: str | Path | None = None, overwrite: bool = False) -> Path:
+                context_csv: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Convert real stamps (an npz in the real_dev layout, or a directory of FITS files in the FITS layout)
     to a dataset (see the module docstring); returns `out`. An existing `out` is refused unless `overwrite`."""
     path, out = Path(path), Path(out)
@@ -343,13 +365,8 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     empty = np.flatnonzero(np.add.reduceat(usable, offsets[:-1]) == 0)
     if empty.size:
         raise _no_usable_frames(a, path, empty, g, cond)
-    # photometry of every usable frame
-    u = np.flatnonzero(usable)
-    phot, _ = measure_frames(stamps[u], cond["seeing_arcsec"][u], cond["sky_adu"][u], gain, rn, sat,
-                             pixel_scale_arcsec)
-    flux = np.full(len(stamps), np.nan)
-    err = np.full(len(stamps), np.nan)
-    flux[u], err[u] = phot.flux_adu, phot.flux_err_adu
+    flux, err = _photometry(stamps, np.flatnonzero(usable), cond, (gain, rn, sat), pixel_scale_arcsec, progress,
+                            f"import-real {out.name}")
     # per object: usable g frames in time order, window from the alert for supernovae
     class_names = [str(c) for c in a["class_names"]]
     rows = []

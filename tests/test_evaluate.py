@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -550,3 +551,39 @@ def test_unlabelled_real_stamps_are_classified_not_evaluated(run_4class, real_h5
     np.savez(src, **{k: v for k, v in d.items() if k != "class_names"})
     with pytest.raises(ValueError, match="missing array.*class_names .*label and class_names go together"):
         import_real(src, tmp_path / "half.h5", hits_dir / "camera.csv")
+
+
+def test_import_real_photometry_in_chunks_and_a_stop_between_them(hits_dir, tmp_path, monkeypatch):
+    """import-real measures its frames chunk by chunk under a progress bar: small chunks give the same
+    fluxes as one call, and a stop signal recorded during the photometry stops after that chunk, writing
+    nothing (no output, no temporary file)."""
+    import rcnn.real
+    from rcnn.real import import_real
+    from simulator.stopping import Stopped, stop_requests
+
+    one = import_real(hits_dir / "real_dev.npz", tmp_path / "one.h5", hits_dir / "camera.csv", progress=False)
+    monkeypatch.setattr(rcnn.real, "PHOTOMETRY_CHUNK", 100)
+    calls = []
+    real_measure = rcnn.real.measure_frames
+
+    def counted(stamps, *args):
+        calls.append(len(stamps))
+        return real_measure(stamps, *args)
+
+    monkeypatch.setattr(rcnn.real, "measure_frames", counted)
+    chunked = import_real(hits_dir / "real_dev.npz", tmp_path / "chunked.h5", hits_dir / "camera.csv", progress=False)
+    assert len(calls) > 5 and max(calls) == 100
+    with h5py.File(one) as a, h5py.File(chunked) as b:
+        for key in ("photometry/flux_adu", "photometry/flux_err_adu", "photometry/first_detection", "mask"):
+            assert np.array_equal(a[key][()], b[key][()], equal_nan=a[key].dtype.kind == "f"), key
+    calls.clear()
+    with stop_requests() as caught:
+        def stop_after_two(stamps, *args):
+            if len(calls) == 1:
+                caught.append(signal.SIGINT)  # as the handler records Ctrl-C
+            return counted(stamps, *args)
+
+        monkeypatch.setattr(rcnn.real, "measure_frames", stop_after_two)
+        with pytest.raises(Stopped):
+            import_real(hits_dir / "real_dev.npz", tmp_path / "stopped.h5", hits_dir / "camera.csv", progress=False)
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["chunked.h5", "one.h5"]
