@@ -203,14 +203,6 @@ def default_shared_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
-def camera_medians(conditions_dir) -> tuple[float, float]:
-    """Median gain (e-/ADU) and read noise (e-) over the CCDs of `camera.csv`."""
-    from survey_params import load_survey
-
-    cam = load_survey(conditions_dir).camera
-    return float(np.median(cam["gain"])), float(np.median(cam["read_noise"]))
-
-
 def load_real(npz_path, class_name: str = NV_CLASS, seeing_limit_arcsec: float | None = 2.0) -> dict:
     """Frames of the real objects of `class_name` (g band, logged seeing and sky known, seeing <= limit).
 
@@ -262,7 +254,9 @@ def compare(data_dir, n_per_class: int = 200, seed: int = 0, workdir=None) -> di
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         sim = simulate_nonvariables(cond, n_per_class, seed, Path(tmp) / "nonvariable.h5")
     real = load_real(cond / "real_dev.npz", seeing_limit_arcsec=sim["seeing_limit_arcsec"])
-    gain, rn = camera_medians(cond)
+    from photometry.real import camera_medians
+
+    gain, rn, _ = camera_medians(cond / "camera.csv")  # the CCDs' medians: a stamp does not say its CCD
     mr, ms = measure_stamps(real["stamps"]), measure_stamps(sim["stamps"])
     rr = ratios(mr, real["sky_adu"], real["seeing_arcsec"], gain, rn)
     rs = ratios(ms, sim["sky_adu"], sim["seeing_arcsec"], sim["gain"], sim["read_noise"])

@@ -10,7 +10,6 @@ medians are used (saturation: the lowest).
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,48 +49,10 @@ def camera_medians(camera_csv: str | Path | None) -> tuple[float, float, float]:
     saturation, or the HiTS 2015 values without a table."""
     if camera_csv is None:
         return HITS_GAIN, HITS_READ_NOISE, HITS_SATURATION
-    cam = read_camera_table(camera_csv)
+    from survey_params.hits_logs import read_camera_csv
+
+    cam = read_camera_csv(camera_csv)
     return float(np.median(cam["gain"])), float(np.median(cam["read_noise"])), float(cam["saturation"].min())
-
-
-#: Columns of a camera table that the photometry needs, and the smallest value each may take.
-CAMERA_COLUMNS = {"gain": "positive", "read_noise": "non-negative", "saturation": "positive"}
-
-
-def read_camera_table(camera_csv: str | Path) -> dict[str, np.ndarray]:
-    """The `CAMERA_COLUMNS` of a camera table (CSV with a header row, one row per CCD); anything else is a
-    ValueError naming the file, the row and column, and the value."""
-    try:
-        with open(camera_csv, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh)]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{camera_csv}: is not a CSV text file (a camera table: ccd, gain, read_noise, "
-                         f"saturation, ...; {type(exc).__name__})") from None
-    lines = [(n, r) for n, r in enumerate(rows, 1) if any(c.strip() for c in r)]
-    if not lines:
-        raise ValueError(f"{camera_csv}: is empty; expected a camera table with a header row "
-                         f"(ccd, gain, read_noise, saturation, ...) and one row per CCD")
-    header = [c.strip() for c in lines[0][1]]
-    missing = [c for c in CAMERA_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"{camera_csv}: lacks column(s) {', '.join(missing)} (its header row is "
-                         f"{','.join(header)[:80]!r}; expected a camera table: ccd, gain, read_noise, saturation, ...)")
-    if len(lines) < 2:
-        raise ValueError(f"{camera_csv}: has a header but no CCD rows")
-    out = {}
-    for col, sign in CAMERA_COLUMNS.items():
-        j, values = header.index(col), []
-        for n, r in lines[1:]:
-            text = r[j].strip() if j < len(r) else ""
-            try:
-                v = float(text)
-            except ValueError:
-                v = float("nan")
-            if not (np.isfinite(v) and (v > 0 if sign == "positive" else v >= 0)):
-                raise ValueError(f"{camera_csv}: line {n}, column '{col}': {text!r} is not a {sign} number")
-            values.append(v)
-        out[col] = np.array(values)
-    return out
 
 
 def measure_frames(stamps: np.ndarray, seeing_arcsec: np.ndarray, sky_adu: np.ndarray | None, gain: float,

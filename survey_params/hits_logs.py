@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from .schema import ConditionsError, Survey
+from .schema import ConditionsError, Survey, validate_camera
 
 HITS_PIXEL_SCALE_ARCSEC = 0.27  # DECam (Flaugher et al. 2015)
 HITS_BAND = "g"
@@ -28,11 +28,24 @@ def _read_csv(path: Path, columns: dict[str, str]) -> Table:
         raw = Table.read(path, format="ascii.csv")
     except Exception as exc:  # astropy raises several types for malformed CSV
         raise ConditionsError(f"{path}: cannot be read as CSV ({exc})") from exc
+    if not raw.colnames:
+        raise ConditionsError(f"{path}: is empty; expected a CSV table with a header row ({', '.join(columns)})")
     missing = [c for c in columns if c not in raw.colnames]
     if missing:
         raise ConditionsError(f"{path}: missing column(s) {missing}; present: {raw.colnames}")
     # empty cells stay masked: validation reports them as empty (and a missing limmag5 is recomputed)
     return Table({dst: raw[src] for src, dst in columns.items()})
+
+
+def read_camera_csv(path: str | Path) -> Table:
+    """A camera table (`camera.csv`: ccd, gain, read_noise, saturation, one row per CCD), validated
+    (`schema.validate_camera`: integer unique CCD ids; finite, positive, plausible values). The one reader
+    of camera tables: the survey logs and `rcnn import-real --camera` both use it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConditionsError(f"{path}: {'is a directory' if path.is_dir() else 'file not found'}; expected a camera "
+                              f"table (CSV: ccd, gain, read_noise, saturation, one row per CCD)")
+    return validate_camera(_read_csv(path, {c: c for c in ("ccd", "gain", "read_noise", "saturation")}), str(path))
 
 
 def _carry_zero_points(epochs: Table, path: Path) -> None:
@@ -75,7 +88,7 @@ def read_hits_logs(directory: str | Path) -> Survey:
     cam_path = directory / "camera.csv"
     if not cam_path.exists():
         raise ConditionsError(f"{cam_path}: file not found; a HiTS conditions directory holds {', '.join(LOG_FILES)}")
-    camera = _read_csv(cam_path, {"ccd": "ccd", "gain": "gain", "read_noise": "read_noise", "saturation": "saturation"})
+    camera = read_camera_csv(cam_path)
     field_path, blind_path = directory / "field_epochs.csv", directory / "blind15a_epochs.csv"
     if field_path.exists():
         ep_path = field_path

@@ -427,12 +427,19 @@ BAD_REAL_INPUTS = {
                   r"object 0 .* has no usable frame: .*NaN: seeing_arcsec in \d+\)"),
     "no zero point": (_write_npz(lambda d: _with(d, "zero_point", slice(None), np.nan)), None,
                       r"object 0 .* has no usable frame: .*NaN: zero_point in \d+\)"),
-    "empty camera table": (lambda p, d: p.write_text(""), "--camera", r"is empty; expected a camera table"),
+    # the camera table is read by the survey logs' reader (survey_params.hits_logs.read_camera_csv)
+    "empty camera table": (lambda p, d: p.write_text(""), "--camera",
+                           r": is empty; expected a CSV table with a header row \(ccd, gain, read_noise, saturation\)"),
     "camera not a CSV table": (lambda p, d: p.write_text("just text\nmore text\n"), "--camera",
-                               r"lacks column\(s\) gain, read_noise, saturation"),
-    "camera binary": (lambda p, d: p.write_bytes(b"\xff\xfe\x00\x93" * 20), "--camera", r"is not a CSV text file"),
+                               r": missing column\(s\) \['ccd', 'gain', 'read_noise', 'saturation'\]"),
+    "camera binary": (lambda p, d: p.write_bytes(b"\xff\xfe\x00\x93" * 20), "--camera", r": cannot be read as CSV"),
     "camera bad gain": (lambda p, d: p.write_text("ccd,gain,read_noise,saturation\n1,4.0,6.1,38000\n2,,6.2,40000\n"),
-                        "--camera", r"line 3, column 'gain': '' is not a positive number"),
+                        "--camera", r", data row 2, column 'gain': value is empty"),
+    "camera implausible gain": (lambda p, d: p.write_text("ccd,gain,read_noise,saturation\n1,1e30,6.1,38000\n"),
+                                "--camera", r", data row 1, column 'gain': value 1e\+30 is above 100 electron/adu"),
+    "camera without CCD ids": (lambda p, d: p.write_text("gain,read_noise,saturation\n4.0,6.1,38000\n"), "--camera",
+                               r": missing column\(s\) \['ccd'\]"),
+    "camera a directory": (lambda p, d: p.mkdir(), "--camera", r": is a directory; expected a camera table"),
     "fields not a table": (lambda p, d: p.write_bytes(b"\x00\x01 not a table"), "--fields",
                            r"cannot be read as a table of field, ra_deg, dec_deg"),
 }
@@ -456,7 +463,7 @@ def test_unusable_real_inputs_are_refused_in_one_line(case, tmp_path, hits_dir, 
     assert main(["import-real", str(source), *extra, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith(f"rcnn import-real: error: {bad}: "), err
+    assert err.startswith(f"rcnn import-real: error: {bad}: ") or err.startswith(f"rcnn import-real: error: {bad}, "), err
     assert re.search(message, err), err
     assert not out.exists()
 
