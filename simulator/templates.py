@@ -25,16 +25,22 @@ TEMPLATES_ENV = "STAMPSEQ_TEMPLATES"
 
 _ASTROML = "https://raw.githubusercontent.com/astroML/astroML-data"
 _YOACHIM = "https://raw.githubusercontent.com/alexji/PDPSupernovaCepheid/69d8ec7c9f04bc5ddb08857b64086e82f36457cf"
-#: Non-sncosmo files: (relative path, URL, sha256 or None). Commits as in the PROVENANCE files.
+#: Non-sncosmo files: (relative path, URL, sha256). Commits as in the PROVENANCE files: each URL names a
+#: commit, so its bytes never change, and a download that differs is refused.
 DOWNLOADS = (
     ("rrlyrae_sesar2010/RRLyr_ugriz_templates.tar.gz",
      f"{_ASTROML}/7ab744e8f520c801af83a0ecc828744536259d5d/datasets/RRLyr_ugriz_templates.tar.gz",
      "f88cbdb35d6ba98945fae198c4e7c80aaadd22f0a132e10ad894e080838e7565"),
     ("rrlyrae_sesar2010/table2.dat.gz",
-     f"{_ASTROML}/b3e2bb5bfd0981a8ce2c14665bc6ffc0eb16ec39/datasets/S82_RRLyr/table2.dat.gz", None),
-    ("cepheid_yoachim2009/short_struc.fits", f"{_YOACHIM}/BVI_templates/short_struc.fits", None),
-    ("cepheid_yoachim2009/long_struc.fits", f"{_YOACHIM}/BVI_templates/long_struc.fits", None),
+     f"{_ASTROML}/b3e2bb5bfd0981a8ce2c14665bc6ffc0eb16ec39/datasets/S82_RRLyr/table2.dat.gz",
+     "17dfa90d65d2c91b15b21d76f00d7067266058cc9b2885b44d366f464fcb7614"),
+    ("cepheid_yoachim2009/short_struc.fits", f"{_YOACHIM}/BVI_templates/short_struc.fits",
+     "94b236c4d9ae97515c4dc573d6a7242f12be60d31a2cb2ee4c79009670eebd3b"),
+    ("cepheid_yoachim2009/long_struc.fits", f"{_YOACHIM}/BVI_templates/long_struc.fits",
+     "9e781300482cfb3a1231fee6fc5c62d24bfa2c1905dcfba3737797d8141b777e"),
 )
+#: Seconds without an answer before a download is given up (a stalled connection would wait for ever).
+DOWNLOAD_TIMEOUT_S = 60
 #: sncosmo registry names fetched into `sncosmo_data/` (sncosmo downloads them from its own server).
 SNCOSMO_SOURCES = (("hsiao", None), ("salt2", "2.4"), ("snana-2004hx", None), ("snana-2005gi", None),
                    ("snana-2006gq", None), ("snana-2006jl", None), ("snana-2006kv", None), ("snana-2007lj", None),
@@ -65,9 +71,17 @@ def template_folder(templates_dir: str | Path, folder: str) -> Path:
     return root / folder
 
 
+_OFFLINE_HINT = ("fetch-templates needs the internet, or copy a template directory made elsewhere "
+                 "(fetch-templates --list says what goes where)")
+
+
 def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Path]:
-    """Download every real template into `out` (the layout above); files already present are kept."""
+    """Download every real template into `out` (the layout above; files already present are kept), then
+    check that the directory is usable (`check_templates`). Returns the files this call wrote."""
+    from .dataset import check_output
+
     out = Path(out)
+    check_output(out, "DIR", directory=True, error=NotADirectoryError)
     written = []
     for rel, url, sha256 in DOWNLOADS:
         check_stop()
@@ -75,28 +89,50 @@ def fetch_templates(out: str | Path, urlopen=urllib.request.urlopen) -> list[Pat
         if target.exists():
             continue
         try:
-            with urlopen(url) as response:
+            with urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 data = response.read()
         except OSError as exc:  # URLError, HTTPError, timeouts
-            raise OSError(f"{url}: cannot download it ({getattr(exc, 'reason', exc)}); fetch-templates needs the "
-                          f"internet, or copy a template directory made elsewhere (fetch-templates --list says "
-                          f"what goes where)") from None
+            raise OSError(f"{url}: cannot download it ({getattr(exc, 'reason', exc)}); {_OFFLINE_HINT}") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{url}: sha256 {hashlib.sha256(data).hexdigest()} differs from the expected {sha256} "
+                             f"(a truncated or altered download; nothing was written to {target})")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{url}: sha256 {hashlib.sha256(data).hexdigest()} differs from the expected {sha256}")
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(data)
         os.replace(tmp, target)
         written.append(target)
     import sncosmo
 
-    sncosmo.conf.data_dir = str(out / "sncosmo_data")
+    saved = sncosmo.conf.data_dir
+    sncosmo.conf.data_dir = str(out / "sncosmo_data")  # sncosmo downloads into its data directory
     (out / "sncosmo_data").mkdir(parents=True, exist_ok=True)
-    for name, version in SNCOSMO_SOURCES:
-        sncosmo.get_source(name, version=version)
-    for name in SNCOSMO_BANDPASSES:
-        sncosmo.get_bandpass(name)
+    try:
+        for kind, get, name, version in ([("source", sncosmo.get_source, n, v) for n, v in SNCOSMO_SOURCES]
+                                         + [("bandpass", sncosmo.get_bandpass, n, None) for n in SNCOSMO_BANDPASSES]):
+            check_stop()
+            try:
+                get(name, **({"version": version} if version else {}))
+            except Exception as exc:  # sncosmo's download and registry errors come in several types
+                raise OSError(f"sncosmo {kind} {name!r}{f' version {version}' if version else ''}: cannot fetch it "
+                              f"into {out / 'sncosmo_data'} ({exc}); {_OFFLINE_HINT}") from None
+    finally:
+        sncosmo.conf.data_dir = saved
+    check_templates(out)
     return written
+
+
+def check_templates(directory: str | Path) -> None:
+    """Load what the simulator reads from a template directory (RR Lyrae, Cepheid models; the supernova SED
+    and bandpass files with their checks), so a bad directory fails here, naming its file, and not in a later
+    `simulate`."""
+    from . import cepheid, rrlyrae
+    from .supernova import check_sncosmo_files
+
+    directory = Path(directory)
+    rrlyrae.load_model(directory)
+    cepheid.load_model(directory)
+    for ia_model in ("hsiao", "salt2"):
+        check_sncosmo_files(directory / "sncosmo_data", ia_model, "desg")
 
 
 def main(argv=None) -> int:
@@ -123,7 +159,7 @@ def main(argv=None) -> int:
             print(f"fetch-templates: {exc}; the files fetched so far are kept in {args.out}: rerun the same "
                   "command to fetch the rest", file=sys.stderr)
             return exc.exit_status
-    print(f"fetched {len(written)} files and the sncosmo sources into {args.out}")
+    print(f"fetched {len(written)} files and the sncosmo sources into {args.out}; checked: usable as --templates")
     return 0
 
 

@@ -21,7 +21,8 @@ def _local_urlopen(templates_dir: Path, corrupt: bool = False):
     """Serve each download URL from the matching file of the shared template copy."""
     by_url = {url: templates_dir / rel for rel, url, _ in DOWNLOADS}
 
-    def urlopen(url):
+    def urlopen(url, timeout=None):
+        assert timeout and timeout > 0  # a stalled connection must not wait for ever
         data = by_url[url].read_bytes()
         return io.BytesIO(data[:-1] if corrupt else data)
     return urlopen
@@ -44,6 +45,45 @@ def test_fetch_templates_rejects_a_corrupt_download(tmp_path, templates_dir):
     assert not list(tmp_path.rglob("*.tar.gz"))  # nothing half-written under the final name
 
 
+def test_every_download_is_pinned_to_the_shared_copy(templates_dir):
+    """Each URL names a commit, so its sha256 is fixed: the pinned hashes are those of the shared copies."""
+    import hashlib
+
+    for rel, url, sha256 in DOWNLOADS:
+        assert sha256 == hashlib.sha256((templates_dir / rel).read_bytes()).hexdigest(), rel
+
+
+def test_fetch_templates_refuses_a_file_as_dir(tmp_path, capsys):
+    f = tmp_path / "templates"
+    f.write_text("not a directory")
+    assert main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"fetch-templates: error: {f}: exists and is not a directory; DIR names a directory"
+
+
+def test_fetch_templates_names_the_sncosmo_source_it_cannot_get(tmp_path, templates_dir, monkeypatch):
+    import sncosmo
+
+    saved = sncosmo.conf.data_dir
+
+    def offline(name, version=None):
+        raise RuntimeError("Failed to download https://sncosmo.example/hsiao: no network")
+
+    monkeypatch.setattr(sncosmo, "get_source", offline)
+    with pytest.raises(OSError, match=r"sncosmo source 'hsiao': cannot fetch it into \S+sncosmo_data "
+                                      r"\(Failed to download .*\); fetch-templates needs the internet"):
+        fetch_templates(tmp_path / "t", urlopen=_local_urlopen(templates_dir))
+    assert sncosmo.conf.data_dir == saved  # the process's sncosmo set-up is left as it was
+
+
+def test_fetched_directory_is_checked(tmp_path, templates_dir):
+    """A directory whose sncosmo files are bad fails at fetch time, naming the file (not in a later run)."""
+    out = tmp_path / "fetched"
+    _linked_copy(templates_dir, out, "sncosmo_data", DESG, _truncate_lines(0.5))
+    with pytest.raises(ValueError, match=r"des_g.dat: .*a truncated file\?"):
+        fetch_templates(out, urlopen=_local_urlopen(templates_dir))
+
+
 def test_fetch_templates_list(capsys, tmp_path):
     assert main([str(tmp_path), "--list"]) == 0
     out = capsys.readouterr().out
@@ -53,7 +93,7 @@ def test_fetch_templates_list(capsys, tmp_path):
 def test_fetch_templates_offline_names_the_url(tmp_path):
     import urllib.error
 
-    def offline(url):
+    def offline(url, timeout=None):
         raise urllib.error.URLError("Name or service not known")
 
     with pytest.raises(OSError, match=r"https://\S+: cannot download it \(Name or service not known\); "
