@@ -7,18 +7,27 @@ it (h5py's global lock: the process hangs) or in a garbage collector's callback,
 goes on. So within `stop_requests()` the first SIGINT or SIGTERM is only recorded, and the long loops call
 `check()` after each unit of work (a shard, a batch of objects; `rcnn train` after each step), which raises
 `Stopped` there, with that unit kept. The commands then say in one line what they kept and exit with the
-shell's status for the signal (130, 143). A second signal acts as Python's default: a stop at once.
+shell's status for the signal (130, 143). A second signal acts as Python's default: a stop at once. A
+signal after the last check (while a command writes its final output) lets the command finish: its
+output is complete, and one line on stderr says the signal came too late to stop it.
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-#: The recorded signals of the active `stop_requests` (one per process: nested ones share it).
-_ACTIVE: list[list[int]] = []
+class _Record(list):
+    """The signals recorded by a `stop_requests`, and whether a `Stopped` has acted on them."""
+
+    acted = False
+
+
+#: The record of the active `stop_requests` (one per process: nested ones share it).
+_ACTIVE: list[_Record] = []
 
 
 class Stopped(KeyboardInterrupt):
@@ -26,6 +35,8 @@ class Stopped(KeyboardInterrupt):
 
     def __init__(self, signum: int, message: str | None = None):
         self.signum = signum
+        if _ACTIVE:
+            _ACTIVE[-1].acted = True
         super().__init__(message or f"stopped by {signal.Signals(signum).name}")
 
     @property
@@ -46,7 +57,7 @@ def stop_requests(enabled: bool = True):
     if _ACTIVE:
         yield _ACTIVE[-1]
         return
-    caught: list[int] = []
+    caught = _Record()
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     previous = {sig: h for sig, h in previous.items() if h is not signal.SIG_IGN}
 
@@ -60,6 +71,9 @@ def stop_requests(enabled: bool = True):
     _ACTIVE.append(caught)
     try:
         yield caught
+        if caught and not caught.acted:  # recorded after the last check: the work is complete
+            print(f"{signal.Signals(caught[0]).name} came after the last point where the work could stop: it "
+                  "completed", file=sys.stderr)
     finally:
         _ACTIVE.pop()
         for sig, h in previous.items():

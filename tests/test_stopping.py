@@ -74,3 +74,21 @@ def test_outside_the_main_thread_nothing_is_installed(guarded):
     t.start()
     t.join()
     assert seen == {"handler": _guard, "caught": []}
+
+
+def test_a_signal_after_the_last_check_lets_the_work_complete_and_says_so(guarded, capsys):
+    with stop_requests():
+        check()  # the last point where the work could stop
+        signal.raise_signal(signal.SIGTERM)  # while the final output is written
+    assert capsys.readouterr().err.strip() == "SIGTERM came after the last point where the work could stop: it completed"
+    assert signal.getsignal(signal.SIGTERM) is _guard
+    with stop_requests():
+        pass
+    with stop_requests() as caught:  # a command that stopped, caught its Stopped and returned its status
+        signal.raise_signal(signal.SIGINT)
+        try:
+            check()
+        except Stopped:
+            pass
+        assert caught == [signal.SIGINT]
+    assert capsys.readouterr().err == ""
