@@ -56,6 +56,9 @@ ANALYTIC_SN2 = {"IIP": 14, "IIL": 2}
 NEGATIVE_TOLERANCE = 1e-3
 SALT2_M0_NEGATIVE_TOLERANCE = 0.2
 SALT2_M1_MAX_RATIO = 10.0
+#: An SED value beyond SED_SPIKE_FACTOR x the 99th percentile of the file's |flux| is a corrupted value (an
+#: exponent typo, a bad join): the real files' maximum is at most 4.6x it (Pierel SDSS-003818; Hsiao 2.4x).
+SED_SPIKE_FACTOR = 100.0
 #: A g bandpass must reach half its peak across at least this range (Angstrom; DES g: 4180-5470) and fall below
 #: BANDPASS_EDGE_FRACTION of its peak at both ends (a truncated curve does not).
 G_HALF_MAX_COVERS_AA = (4250.0, 5250.0)
@@ -458,9 +461,10 @@ def _numeric_rows(path: Path, n_cols: int, header_ok: bool = False) -> tuple[np.
 
 
 def _check_values(path: Path, what: str, values: np.ndarray, where, neg_tol: float | None,
-                  abs_max: float | None = None) -> None:
-    """Refuse non-finite `values`, all-zero ones, and (neg_tol) ones below -neg_tol x max or (abs_max) beyond
-    it in absolute value. `where(i)` names the place of flat index i (line/column or row/column)."""
+                  abs_max: float | None = None, spikes: bool = False) -> None:
+    """Refuse non-finite `values`, all-zero ones, (neg_tol) ones below -neg_tol x max, (abs_max) ones beyond
+    it in absolute value and (spikes) isolated huge ones (`SED_SPIKE_FACTOR`). `where(i)` names the place of
+    flat index i (line/column or row/column)."""
     flat = np.ravel(values)
     bad = np.flatnonzero(~np.isfinite(flat))
     if len(bad):
@@ -479,14 +483,38 @@ def _check_values(path: Path, what: str, values: np.ndarray, where, neg_tol: flo
         if len(bad):
             raise ValueError(f"{path}, {where(bad[0])}: {what} {flat[bad[0]]:g} is implausibly large "
                              f"(|value| > {abs_max:g})")
+    if spikes:
+        typical = float(np.percentile(np.abs(flat), 99))
+        bad = np.flatnonzero(np.abs(flat) > SED_SPIKE_FACTOR * typical)
+        if len(bad):
+            raise ValueError(f"{path}, {where(bad[0])}: {what} {flat[bad[0]]:g} is more than {SED_SPIKE_FACTOR:g} x "
+                             f"the file's 99th percentile {typical:g} ({len(bad)} such value{'s' * (len(bad) > 1)}): "
+                             f"a corrupted value?")
 
 
 def _check_sed_ascii(path: Path, neg_tol: float | None, abs_max: float | None = None) -> float:
-    """Check a 'phase wavelength flux' SED file (SNANA/Pierel, Vincenzi, SALT2); its maximum flux."""
+    """Check a 'phase wavelength flux' SED file (SNANA/Pierel, Vincenzi, SALT2); its maximum flux. sncosmo
+    reads it as a grid: each phase one block of lines, phases increasing, every block the first block's
+    wavelengths, increasing."""
     rows, line_no = _numeric_rows(path, 3)
     _check_values(path, "phase/wavelength", rows[:, :2], lambda i: f"line {line_no[i // 2]}, column {i % 2 + 1}",
                   None)
-    _check_values(path, "flux", rows[:, 2], lambda i: f"line {line_no[i]}, column 3", neg_tol, abs_max)
+    _check_values(path, "flux", rows[:, 2], lambda i: f"line {line_no[i]}, column 3", neg_tol, abs_max, spikes=True)
+    phase, wave = rows[:, 0], rows[:, 1]
+    bounds = np.r_[np.flatnonzero(np.r_[True, phase[1:] != phase[:-1]]), len(rows)]
+    first = wave[bounds[0]:bounds[1]]
+    down = np.flatnonzero(np.diff(first) <= 0)
+    if len(down):
+        raise ValueError(f"{path}, line {line_no[down[0] + 1]}: wavelength {first[down[0] + 1]:g} follows "
+                         f"{first[down[0]]:g}; sncosmo needs increasing wavelengths")
+    for prev, a, b in zip(np.r_[-1, bounds[:-2]], bounds[:-1], bounds[1:]):
+        if prev >= 0 and phase[a] < phase[prev]:
+            raise ValueError(f"{path}, line {line_no[a]}: phase {phase[a]:g} follows phase {phase[prev]:g}; sncosmo "
+                             f"needs each phase's lines together, phases increasing")
+        if not np.array_equal(wave[a:b], first):
+            raise ValueError(f"{path}, lines {line_no[a]}-{line_no[b - 1]}: phase {phase[a]:g} has {b - a} wavelengths "
+                             f"({wave[a]:g}-{wave[b - 1]:g} A) where phase {phase[0]:g} has {len(first)} ({first[0]:g}-"
+                             f"{first[-1]:g} A); sncosmo needs one wavelength grid for every phase: a truncated file?")
     return float(rows[:, 2].max())
 
 
@@ -502,7 +530,7 @@ def _check_sed_fits(path: Path) -> None:
     if flux.ndim != 2:
         return
     _check_values(path, "flux", flux, lambda i: f"HDU 0, row {i // flux.shape[1]} (phase index), column "
-                  f"{i % flux.shape[1]} (wavelength index)", NEGATIVE_TOLERANCE)
+                  f"{i % flux.shape[1]} (wavelength index)", NEGATIVE_TOLERANCE, spikes=True)
 
 
 def check_bandpass_file(path: Path) -> None:

@@ -152,6 +152,21 @@ def _truncate_lines(frac):
     return edit
 
 
+def _drop_line(n: int):
+    def edit(path: Path):
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(lines[:n - 1] + lines[n:]) + "\n")
+    return edit
+
+
+def _move_block_to_end(first: int, count: int):
+    def edit(path: Path):
+        lines = path.read_text().splitlines()
+        block = lines[first - 1:first - 1 + count]
+        path.write_text("\n".join(lines[:first - 1] + lines[first - 1 + count:] + block) + "\n")
+    return edit
+
+
 def test_real_sncosmo_files_pass_the_checks(templates_dir):
     from simulator.supernova import check_sncosmo_files
     for ia_model in ("hsiao", "salt2"):
@@ -174,8 +189,20 @@ def test_real_sncosmo_files_pass_the_checks(templates_dir):
     (DESG, "hsiao", _text_edit(1, "inf"), r"des_g.dat, line 101, column 2: transmission inf is not finite"),
     (DESG, "hsiao", _text_edit(1, "-1"), r"des_g.dat, line 101, column 2: transmission -1 is negative"),
     (DESG, "hsiao", _truncate_lines(0.3), r"des_g.dat: not a whole g band: lines 1-62 span 3690-4300 A"),
+    # a huge but finite value: an exponent typo
+    (HSIAO, "hsiao", _fits_edit(lambda h: h[0].data.__setitem__((10, 100), 1e3 * h[0].data.max())),
+     r"Hsiao_SED_V3.fits, HDU 0, row 10 .*column 100 .*flux \S+ is more than 100 x the file's 99th percentile"),
+    (VINC, "hsiao", _text_edit(2, "1e3"), r"V19_SN2013fs_HostExtCorr.SED, line 101, column 3: flux 1000 is more "
+                                           r"than 100 x the file's 99th percentile"),
+    # not one wavelength grid for every phase: a line lost, a phase block out of place
+    (PIEREL, "hsiao", _drop_line(101), r"SDSS-000018.SED, lines \d+-\d+: phase \S+ has \d+ wavelengths .* sncosmo needs "
+                                       r"one wavelength grid for every phase: a truncated file\?"),
+    (VINC, "hsiao", _truncate_lines(0.5), r"V19_SN2013fs_HostExtCorr.SED, lines \d+-\d+: phase \S+ has \d+ wavelengths"),
+    (PIEREL, "hsiao", _move_block_to_end(2261, 2260), r"SDSS-000018.SED, line \d+: phase -27.9 follows phase \S+; "
+                                                      r"sncosmo needs each phase's lines together, phases increasing"),
 ], ids=["hsiao-nan", "hsiao-zero", "hsiao-neg", "salt0-nan", "salt0-inf", "salt0-neg", "salt0-zero", "pierel-inf",
-        "pierel-text", "vincenzi-nan", "vincenzi-neg", "desg-inf", "desg-neg", "desg-truncated"])
+        "pierel-text", "vincenzi-nan", "vincenzi-neg", "desg-inf", "desg-neg", "desg-truncated", "hsiao-spike",
+        "vincenzi-spike", "pierel-lost-line", "vincenzi-truncated", "pierel-phase-split"])
 def test_corrupt_sncosmo_file_is_refused(tmp_path, templates_dir, rel, ia_model, edit, match):
     from simulator.supernova import SupernovaModel
     _linked_copy(templates_dir, tmp_path, SD, rel, edit)
