@@ -277,7 +277,7 @@ def check_destination(out: Path, source: Path, overwrite: bool) -> None:
     if out.exists():
         if source.exists() and out.resolve() == source.resolve():
             raise ImportError_(f"{out}: is the source itself; give --out another file")
-        if not overwrite and _imported_from(out) != str(source):
+        if not overwrite and _imported_from(out) != str(source.resolve()):
             raise ImportError_(f"{out}: exists and is not an import of {source}; pass --overwrite to replace it")
 
 
@@ -411,7 +411,7 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     arrays["photometry/lc_flux_err"] = (arrays["photometry/flux_err_adu"] * scale).astype(np.float32)
     arrays["photometry/first_detection"] = first_detection(arrays["photometry/flux_adu"], arrays["photometry/flux_err_adu"],
                                                            arrays["mask"]).astype(np.int16)
-    attrs = {"survey": "hits", "source": str(path), "format_version": 1, "pixel_scale_arcsec": pixel_scale_arcsec,
+    attrs = {"survey": "hits", "source": str(path.resolve()), "format_version": 1, "pixel_scale_arcsec": pixel_scale_arcsec,
              "config": "{}", "class_names": str(class_names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_arrays(out, arrays, attrs, class_names)

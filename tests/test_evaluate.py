@@ -468,7 +468,7 @@ def test_unusable_real_inputs_are_refused_in_one_line(case, tmp_path, hits_dir, 
     assert not out.exists()
 
 
-def test_import_real_refuses_an_existing_output_without_overwrite(tmp_path, hits_dir, capsys):
+def test_import_real_refuses_an_existing_output_without_overwrite(tmp_path, hits_dir, capsys, monkeypatch):
     """As `simulate`: an existing --out is kept unless --overwrite; a directory, an output under a file or the
     source itself are refused before any work."""
     from rcnn.cli import main
@@ -491,6 +491,10 @@ def test_import_real_refuses_an_existing_output_without_overwrite(tmp_path, hits
     with h5py.File(out, "r") as f:
         assert f["mask"].shape[0] == 4
     assert main(argv + [str(out)]) == 0  # an import of the same source is redone (a pipeline rerun)
+    monkeypatch.chdir(tmp_path)  # the same source named by a relative path: still a rerun
+    assert main(["import-real", "four.npz", "--camera", str(hits_dir / "camera.csv"), "--out", "real.h5"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f.attrs["source"] == str(src.resolve())
 
 
 def test_imported_sequences_put_valid_epochs_first(tmp_path, hits_dir):
