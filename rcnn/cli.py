@@ -1,4 +1,5 @@
-"""`rcnn train|evaluate|classify`: the recurrent convolutional classifier and the light-curve baseline."""
+"""`rcnn`: classifiers of stamp sequences (the RCNN of Carrasco-Davis et al. 2019, a light-curve model, a dm-dt
+CNN): train, evaluate, classify, fine-tune on real objects; the random-forest baseline; importing real stamps."""
 from __future__ import annotations
 
 import argparse
