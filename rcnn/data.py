@@ -345,13 +345,76 @@ _WORKER: dict = {}
 
 
 def _worker_start(path: str, cfg: TrainConfig, slots: list[str]) -> None:
-    from multiprocessing.shared_memory import SharedMemory
-
     from simulator.stopping import worker_signals
 
     worker_signals()  # Ctrl-C reaches the whole process group: the parent stops and shuts the workers down
     _WORKER["data"] = SequenceData(path, cfg)
-    _WORKER["slots"] = [SharedMemory(name) for name in slots]
+    _WORKER["slots"] = [_open_slot(name) for name in slots]
+
+
+class FileSlot:
+    """A buffer shared between processes through a file in the temporary directory, mapped into memory
+    (the page cache shares it as POSIX shared memory would): for hosts whose /dev/shm is too small for the
+    slots (Docker's default is 64 MB). Its blocks are allocated when it is made, so a full disk is an error
+    then, not a SIGBUS in a writer. `name` (the path), `buf`, `close()` and `unlink()` as `SharedMemory`."""
+
+    def __init__(self, path: str, size: int | None = None):
+        import mmap
+
+        self.name = str(path)
+        fd = os.open(self.name, os.O_RDWR | (os.O_CREAT | os.O_EXCL if size else 0), 0o600)
+        try:
+            if size:
+                os.posix_fallocate(fd, 0, size)
+            self._map = mmap.mmap(fd, size or os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._map)
+
+    def close(self) -> None:
+        self.buf.release()
+        self._map.close()
+
+    def unlink(self) -> None:
+        os.unlink(self.name)
+        try:
+            os.rmdir(os.path.dirname(self.name))  # the last one removes the slots' directory
+        except OSError:
+            pass
+
+
+def _open_slot(name: str):
+    """A slot made by `_make_slots`, opened in an input process: a `FileSlot` (a path) or POSIX shared memory."""
+    if os.sep in name:
+        return FileSlot(name)
+    from multiprocessing.shared_memory import SharedMemory
+
+    return SharedMemory(name)
+
+
+def _make_slots(n: int, size: int) -> list:
+    """`n` shared buffers of `size` bytes for the input processes' results: POSIX shared memory where
+    /dev/shm has room for twice them (a full /dev/shm kills the writers with SIGBUS), else files in the
+    temporary directory (`FileSlot`), else none: results are then pickled through the pool's pipe, slower,
+    and a process killed while sending one would hang the pool."""
+    import tempfile
+    from multiprocessing.shared_memory import SharedMemory
+
+    if _shm_room(2 * n * size):
+        return [SharedMemory(create=True, size=size) for _ in range(n)]
+    if _room(tempfile.gettempdir(), 2 * n * size):
+        folder = tempfile.mkdtemp(prefix="stampseq-input-")
+        slots = []
+        try:
+            for i in range(n):
+                slots.append(FileSlot(os.path.join(folder, f"slot{i}"), size))
+        except OSError:  # the disk filled meanwhile
+            for slot in slots:
+                slot.close()
+                slot.unlink()
+            return []
+        return slots
+    return []
 
 
 def _worker_call(fn, item, slot: int | None):
@@ -374,8 +437,13 @@ def _worker_call(fn, item, slot: int | None):
 
 def _shm_room(nbytes: int) -> bool:
     """Whether shared memory has `nbytes` free (POSIX /dev/shm where it exists; elsewhere assumed)."""
+    return _room("/dev/shm", nbytes)
+
+
+def _room(folder: str, nbytes: int) -> bool:
+    """Whether the file system of `folder` has `nbytes` free (assumed where it cannot be asked)."""
     try:
-        st = os.statvfs("/dev/shm")
+        st = os.statvfs(folder)
     except (OSError, AttributeError):
         return True
     return st.f_bavail * st.f_frsize >= nbytes
@@ -428,15 +496,13 @@ class ReadAhead:
             import multiprocessing
             from collections import deque
             from concurrent.futures import ProcessPoolExecutor
-            from multiprocessing.shared_memory import SharedMemory
 
             first = next(self._items, self)  # computed here: it sizes the shared-memory slots
             self._first = None if first is self else (first, fn(data, first))
             nbytes = sum(np.asarray(v).nbytes + 64 for v in self._first[1].values()) if self._first else 0
             size = nbytes * 5 // 4 + 4096
             n = max(ahead, 2 * workers)
-            # a full /dev/shm (Docker's default is 64 MB) would kill the writers with SIGBUS: pickle instead
-            self._slots = [SharedMemory(create=True, size=size) for _ in range(n)] if _shm_room(2 * n * size) else []
+            self._slots = _make_slots(n, size)
             # spawn: fork would copy the threads JAX and h5py run, and their locks, into the children
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_worker_start,

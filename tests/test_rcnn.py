@@ -580,8 +580,17 @@ def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
                 np.testing.assert_array_equal(batch[k], want[k])
     import rcnn.data
 
-    with pytest.MonkeyPatch.context() as mp:  # no room in /dev/shm: pickled through the pipe instead
+    with pytest.MonkeyPatch.context() as mp:  # no room in /dev/shm (Docker's 64 MB): files in the temp directory
         mp.setattr(rcnn.data, "_shm_room", lambda nbytes: False)
+        with ReadAhead(data, step_batch, range(3, 7), 2, ahead=2) as reader:
+            assert reader._slots and all(isinstance(s, rcnn.data.FileSlot) for s in reader._slots)
+            folder = Path(reader._slots[0].name).parent
+            got = list(reader)
+        assert [step for step, _ in got] == [3, 4, 5, 6] and not folder.exists()  # the slot files are removed
+        for (_, batch), want in zip(got, direct):
+            for k in want:
+                np.testing.assert_array_equal(batch[k], want[k])
+        mp.setattr(rcnn.data, "_room", lambda folder, nbytes: False)  # no room there either: pickled instead
         with ReadAhead(data, step_batch, range(3, 5), 1, ahead=2) as reader:
             assert reader._slots == []
             for (_, batch), want in zip(reader, direct):
