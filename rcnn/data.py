@@ -367,6 +367,10 @@ class FileSlot:
             if size:
                 os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size or os.fstat(fd).st_size)
+        except OSError:
+            if size:  # made here: not left behind
+                os.unlink(self.name)
+            raise
         finally:
             os.close(fd)
         self.buf = memoryview(self._map)
@@ -408,10 +412,14 @@ def _make_slots(n: int, size: int) -> list:
         try:
             for i in range(n):
                 slots.append(FileSlot(os.path.join(folder, f"slot{i}"), size))
-        except OSError:  # the disk filled meanwhile
+        except OSError:  # the disk filled meanwhile, or its file system cannot allocate files
             for slot in slots:
                 slot.close()
                 slot.unlink()
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
             return []
         return slots
     return []

@@ -557,6 +557,38 @@ def test_inputs_follow_eq_4(dataset, tmp_path):
     np.testing.assert_allclose(got, expect, rtol=2e-5, atol=2e-6)
 
 
+def test_file_slots_that_cannot_be_allocated_leave_nothing(tmp_path, monkeypatch):
+    """No room in /dev/shm and a disk that fills while the slot files are made (or cannot allocate them):
+    no slots (the results are pickled instead) and no slot file or folder left in the temp directory."""
+    import errno
+    import tempfile
+
+    import rcnn.data
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(rcnn.data, "_shm_room", lambda nbytes: False)
+    made = rcnn.data._make_slots(3, 4096)
+    assert [Path(s.name).name for s in made] == ["slot0", "slot1", "slot2"]
+    made[1].buf[:4] = b"abcd"
+    assert rcnn.data._open_slot(made[1].name).buf[:4] == b"abcd"  # what an input process sees
+    for s in made:
+        s.close()
+        s.unlink()
+    assert list(tmp_path.iterdir()) == []
+    calls = []
+    real = os.posix_fallocate
+
+    def fills_up(fd, offset, size):
+        calls.append(size)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, offset, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", fills_up)
+    assert rcnn.data._make_slots(4, 4096) == [] and len(calls) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_ahead_in_processes_gives_the_same_batches(dataset, tmp_path):
     """Training batches and evaluation batches read by input processes equal those read in a thread and
     those computed directly; a bad object's error reaches the consumer at its batch."""
