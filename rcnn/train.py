@@ -375,15 +375,19 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
         state = {**state, "params": source.variables["params"], "batch_stats": source.variables["batch_stats"],
                  "opt_state": tx.init(source.variables["params"])}
     state = jax.device_put(jax.device_get(state) if multi else state, replicated)
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    # (a kill while saving leaves a temporary directory: removed when the managers open)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=primary)
     last = checkpoint_manager(run_dir / "checkpoints" / "last", options)
     best = checkpoint_manager(run_dir / "checkpoints" / "best", options)
     metrics_file = run_dir / METRICS
     start = 0
-    if resume and last.latest_step() is not None:
-        start = int(last.latest_step())
+    # each evaluation is logged, then saved to `best` (if it improved) and then to `last`: a kill between the
+    # two saves leaves `best` one evaluation ahead, and its checkpoint is the whole state of that step
+    newest = max((m for m in (last, best) if m.latest_step() is not None), key=lambda m: m.latest_step(), default=None)
+    if resume and newest is not None:
+        start = int(newest.latest_step())
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        state = restore_checkpoint(last, start, abstract, run_dir / "checkpoints" / "last")
+        state = restore_checkpoint(newest, start, abstract, run_dir / "checkpoints" / ("last" if newest is last else "best"))
         state = jax.device_put(state, replicated)
         if metrics_file.exists() and primary:  # drop evaluations logged after the checkpoint (a kill between)
             kept = [row for row in read_metrics(run_dir) if row["step"] <= start]
@@ -432,6 +436,8 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                               "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
                     if not np.isfinite([train_loss, val_loss]).all():
                         _diverged(run_dir, result, best.latest_step(), primary, title)
+                    if primary:  # before the checkpoints: a kill between them drops this row on resume (replayed)
+                        _log_evaluation(run_dir, result, title)
                     if val_loss < float(state["best_val_loss"]):
                         state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
                         best.save(done, args=ocp.args.StandardSave(state), force=True)
@@ -440,7 +446,6 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     last.wait_until_finished()
                     if primary:
                         interval_file.unlink(missing_ok=True)  # superseded by this checkpoint
-                        _log_evaluation(run_dir, result, title)
                     bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
                                     val_acc=f"{val_acc:.2f}")
                     losses, seqs, t_start = [], 0, time.perf_counter()

@@ -424,6 +424,46 @@ def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
     _check_training_figure(tmp_path / "ref")
 
 
+@pytest.mark.parametrize("where", ["before the checkpoints", "between best and last", "after both"])
+def test_a_kill_while_an_evaluation_is_saved_resumes_exactly(dataset, tmp_path, monkeypatch, where):
+    """Killed with the evaluation of step 8 logged but not saved; saved to `best` (it improved) and not to
+    `last`, its temporary directory half written; or saved to both: the rerun goes on (from step 4 or 8),
+    logs each evaluation once, as an uninterrupted run does, and leaves no temporary directory. (Before,
+    the second case failed on every rerun, "Checkpoint for step 8 already exists", and the third lost the
+    row of step 8: it was logged after the checkpoints.)"""
+    import orbax.checkpoint as ocp
+
+    cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
+    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        folder = Path(str(self.directory))
+        if step == 8 and where == "after both" and folder.name == "last":
+            real_save(self, step, *args, **kwargs)
+            self.wait_until_finished()
+            raise KeyboardInterrupt
+        if step == 8 and (where == "before the checkpoints" or folder.name == "last"):
+            (folder / "8.orbax-checkpoint-tmp").mkdir()  # a save cut off
+            raise KeyboardInterrupt  # nothing after it runs
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    monkeypatch.undo()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    steps = {d: sorted(p.name for p in (checkpoints / d).iterdir()) for d in ("best", "last")}
+    if where == "between best and last":  # step 8 improved: saved to best (the case this test is for)
+        assert steps == {"best": ["8"], "last": ["4", "8.orbax-checkpoint-tmp"]}
+    elif where == "after both":
+        assert steps == {"best": ["8"], "last": ["8"]}
+    else:
+        assert steps == {"best": ["4", "8.orbax-checkpoint-tmp"], "last": ["4"]}
+    _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
+    assert not list(checkpoints.rglob("*orbax-checkpoint-tmp*"))
+
+
 def test_a_stop_signal_saves_the_step_in_flight_and_the_resumed_run_logs_the_same(dataset, tmp_path, monkeypatch):
     """SIGTERM mid-interval: the step in flight finishes and is saved with the interval's losses; the rerun
     logs what an uninterrupted run does (a kill without the signal path loses the steps since the last
