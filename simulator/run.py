@@ -135,6 +135,9 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
         except OSError as exc:
             raise SimulationError(f"{exc}; pass --overwrite to replace it") from None
         if same:
+            if parts.is_dir():  # a run killed between renaming OUT and removing its shards
+                with exclusive(parts / "lock", str(out)):
+                    shutil.rmtree(parts)
             print(f"{out}: already complete with these options; nothing to do")
             return out
         raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")

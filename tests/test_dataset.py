@@ -350,6 +350,28 @@ except SimulationError as exc:
     assert sha(out) == sha(ref) and not parts.exists()
 
 
+def test_a_run_killed_after_its_output_is_complete_leaves_no_shards(tmp_path, monkeypatch):
+    """Killed between renaming OUT into place and removing OUT.parts: the rerun finds OUT complete and
+    removes the shards left beside it (they stayed for good before)."""
+    import simulator.run
+
+    cfg = SimConfig(n_per_class=4, seed=2, shard_size=10, progress=False)
+    out = tmp_path / "x.h5"
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt  # nothing after it runs
+
+    monkeypatch.setattr(simulator.run.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(cfg, out)
+    monkeypatch.undo()
+    parts = Path(str(out) + ".parts")
+    assert out.exists() and any(parts.glob("shard-*.h5"))
+    before = sha(out)
+    simulate(cfg, out)
+    assert not parts.exists() and sha(out) == before
+
+
 def test_a_second_simulate_to_the_same_output_stops_at_once(tmp_path):
     from simulator.lock import LockedError, exclusive
 
