@@ -26,6 +26,7 @@ the same code) only chunks that straddle shards.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import zlib
@@ -190,13 +191,32 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove `path.tmp<PID>` files of writers no longer running (a process killed while writing `path`);
+    those of a live process are left alone."""
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(glob.escape(path.name) + ".tmp*"):
+        pid = stale.name[len(path.name) + 4:]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass  # alive (another user's), or not a PID
+
+
 @contextmanager
 def _atomic_file(path: str | Path, attrs: dict, class_names, tmp: Path | None = None):
     """An HDF5 file open for writing under a temporary name (`tmp`, default beside `path`); on success it
     gets the root attributes and `label.class_names` and is renamed to `path`; on failure the temporary
     file is removed."""
     path = Path(path)
-    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + f".tmp{os.getpid()}")
+    if tmp is None:
+        _remove_stale_temporaries(path)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             yield f

@@ -372,6 +372,27 @@ def test_a_run_killed_after_its_output_is_complete_leaves_no_shards(tmp_path, mo
     assert not parts.exists() and sha(out) == before
 
 
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    """`OUT.tmp<PID>` left by a writer killed before its rename (e.g. `rcnn import-real`) is removed by the next
+    write of OUT; one of a writer still running is not."""
+    from simulator.dataset import read_arrays, write_arrays
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "real.h5"
+        stale, live = (tmp_path / f"real.h5.tmp{pid}" for pid in (int(dead.stdout), alive.pid))
+        for f in (stale, live, tmp_path / "real.h5.tmpnotapid", tmp_path / "other.h5.tmp1"):
+            f.write_bytes(b"half an HDF5 file")
+        write_arrays(out, {"label": np.arange(3, dtype=np.int16)}, {"source": "x"}, ["a", "b", "c"])
+        assert read_arrays(out)[0]["label"].tolist() == [0, 1, 2]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["real.h5", live.name, "real.h5.tmpnotapid", "other.h5.tmp1"])
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_a_second_simulate_to_the_same_output_stops_at_once(tmp_path):
     from simulator.lock import LockedError, exclusive
 
