@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, write_text_atomic
+from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
 
@@ -249,8 +249,8 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
               "feature_importance": dict(zip(FEATURES, np.round(importances, 4).tolist())),
               "min_valid_epochs": MIN_EPOCHS, "objects_left_out": left_out}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=1))
     _figures(report, present, out_dir)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=1))  # last: the report is complete
     return report
 
 
@@ -269,5 +269,4 @@ def _figures(report: dict, present: np.ndarray, out_dir: Path) -> None:
     bx.set_yticks(range(len(order)), order, fontsize=7)
     bx.set_xlabel("importance (mean decrease in impurity)")
     fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "confusion.png", dpi=110)

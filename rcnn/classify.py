@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import check_output, open_h5, write_text_atomic
+from simulator.dataset import check_output, open_h5, save_figure, write_text_atomic
 
 from .inference import Classifier, predict
 
@@ -49,11 +49,12 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
         objects.append({"object": int(obj), **({"name": object_names[obj]} if object_names else {}),
                         "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
                         "probabilities": {c: [float(x) for x in pred.probs[row, valid, i]] for i, c in enumerate(names)}})
-    write_text_atomic(out_dir / "probabilities.json",
-                      json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
     for row in range(min(figures, len(pred.index))):
         appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w,
                           out_dir / f"object_{int(pred.index[row]):06d}.png")
+    # last: its presence says the output is complete
+    write_text_atomic(out_dir / "probabilities.json",
+                      json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
     return out_dir
 
 
@@ -100,6 +101,4 @@ def appendix_b_figure(data: str | Path, obj: int, probs: np.ndarray, step_mask: 
         a.set_title(f"{t[k] - t0:.1f} d", fontsize=6)
     fig.suptitle(f"object {obj}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=100)

@@ -87,17 +87,12 @@ def draw_training_curves(run_dir: str | Path, title: str | None = None):
 def write_training_figure(run_dir: str | Path, title: str | None = None) -> Path | None:
     """`run_dir/training.png` (re)drawn from `metrics.jsonl`, written under a temporary name and renamed, so a
     kill mid-write leaves the previous figure; None (nothing written) before the first evaluation."""
-    import matplotlib.pyplot as plt
+    from simulator.dataset import save_figure
 
     fig = draw_training_curves(run_dir, title)
     if fig is None:
         return None
-    out = Path(run_dir) / FIGURE
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, Path(run_dir) / FIGURE, dpi=100)
 
 
 __all__ = ["FIGURE", "METRICS", "draw_training_curves", "kept_evaluation", "read_metrics", "write_training_figure"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, write_text_atomic
+from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic
 
 from . import metrics as M
 from .inference import Classifier, Predictions, predict
@@ -133,8 +133,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     first = next(iter(report["runs"].values()))
     report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run or dataset that fails leaves no report behind
-    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))
     _figures(report, results, out_dir, real)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))  # last: the report is complete
     return report
 
 
@@ -176,8 +176,7 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_step.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "accuracy_vs_step.png", dpi=110)
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
     for ax, (name, e) in zip(axes[0], runs.items()):
@@ -188,8 +187,7 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         draw_confusion(ax, cm, rows, model_classes,
                        f"{name}, step {e['step']}, balanced recall {e['balanced_recall']:.2f}")
     fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "confusion.png", dpi=110)
 
     if not real:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -203,8 +201,7 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6)
         fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_magnitude.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out_dir / "accuracy_vs_magnitude.png", dpi=110)
 
 
 __all__ = ["DEFAULT_CLASS_MAP", "Predictions", "evaluate", "map_labels", "parse_class_map"]

@@ -208,6 +208,21 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass  # alive (another user's), or not a PID
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """A matplotlib figure written as PNG under a temporary name, then renamed to `path`: a kill mid-write
+    leaves the previous figure or none, never a truncated one. Closes the figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 @contextmanager
 def _atomic_file(path: str | Path, attrs: dict, class_names, tmp: Path | None = None):
     """An HDF5 file open for writing under a temporary name (`tmp`, default beside `path`); on success it

@@ -6,7 +6,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .dataset import class_names
+from .dataset import class_names, save_figure
 
 
 def summarize(path: str | Path) -> str:
@@ -67,10 +67,7 @@ def plot_summary(path: str | Path, png: str | Path, n_epochs: int = 8) -> Path:
     ax.hist(sky[np.isfinite(sky)], bins=30)
     ax.set_xlabel("sky [ADU]")
     fig.tight_layout()
-    png = Path(png)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=110)
 
 
 def plot_gallery(path: str | Path, png: str | Path, n_stamps: int = 10) -> Path:
@@ -130,7 +127,4 @@ def plot_gallery(path: str | Path, png: str | Path, n_stamps: int = 10) -> Path:
             if k < len(seq):
                 ax.imshow(seq[k], origin="lower", cmap="viridis", vmin=lo, vmax=hi)
                 ax.set_title(f"{t[k]:.1f} d", fontsize=6, color="r" if k == d["truth/alert_epoch"] else "k")
-    png = Path(png)
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=110, bbox_inches="tight")

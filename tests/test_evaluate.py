@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -123,6 +124,46 @@ def test_evaluate_simulated_writes_report(run_4class, tmp_path):
     for png in ("accuracy_vs_step.png", "confusion.png", "accuracy_vs_magnitude.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 10_000
     assert report["balanced_recall"] == m["balanced_recall"]
+
+
+def test_a_report_killed_while_drawn_has_no_metrics_file(run_4class, tmp_path, monkeypatch):
+    """evaluate, baseline and classify write their JSON last, each figure under a temporary name: one killed
+    while drawing leaves no metrics.json / probabilities.json (a report that looks complete) and no truncated
+    PNG under a final name; the rerun completes it."""
+    import rcnn.baseline
+    import rcnn.classify
+    import rcnn.evaluate
+    import simulator.dataset
+    from rcnn.baseline import run_baseline
+    from rcnn.classify import classify
+
+    run, data = run_4class
+    real_save = simulator.dataset.save_figure
+    calls = []
+
+    def killed_in_second(fig, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(str(path) + ".tmp").write_bytes(b"\x89PNG half")  # cut off mid-write
+            raise KeyboardInterrupt
+        return real_save(fig, path, **kwargs)
+
+    jobs = {"evaluate": (rcnn.evaluate, "metrics.json", lambda out: evaluate([run], data, out)),
+            "baseline": (rcnn.baseline, "metrics.json", lambda out: run_baseline(data, out, cv=2, progress=False)),
+            "classify": (rcnn.classify, "probabilities.json", lambda out: classify(run, data, out, 3, False))}
+    for name, (module, marker, job) in jobs.items():
+        out = tmp_path / name
+        calls.clear()
+        monkeypatch.setattr(module, "save_figure", killed_in_second)
+        if name == "baseline":  # one figure: killed in the first
+            calls.append(None)
+        with pytest.raises(KeyboardInterrupt):
+            job(out)
+        monkeypatch.undo()
+        assert not (out / marker).exists(), name
+        assert all(p.stat().st_size > 1000 for p in out.glob("*.png")), name  # finished ones only
+        job(out)
+        assert (out / marker).exists() and not list(out.glob("*.png.tmp")), name
 
 
 def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
