@@ -424,17 +424,27 @@ def test_resume_after_a_kill_is_exact(dataset, tmp_path, monkeypatch):
     _check_training_figure(tmp_path / "ref")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_12(dataset, tmp_path_factory):
+    """An uninterrupted run of 12 steps, evaluated every 4 (the reference of the kill tests below), and its result."""
+    cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
+    run = tmp_path_factory.mktemp("ref12") / "ref"
+    return cfg, run, train(dataset, run, cfg, progress=False)
+
+
 @pytest.mark.parametrize("where", ["before the checkpoints", "between best and last", "after both"])
-def test_a_kill_while_an_evaluation_is_saved_resumes_exactly(dataset, tmp_path, monkeypatch, where):
+def test_a_kill_while_an_evaluation_is_saved_resumes_exactly(dataset, uninterrupted_12, tmp_path, monkeypatch, where):
     """Killed with the evaluation of step 8 logged but not saved; saved to `best` (it improved) and not to
     `last`, its temporary directory half written; or saved to both: the rerun goes on (from step 4 or 8),
     logs each evaluation once, as an uninterrupted run does, and leaves no temporary directory. (Before,
     the second case failed on every rerun, "Checkpoint for step 8 already exists", and the third lost the
     row of step 8: it was logged after the checkpoints.)"""
+    import shutil
+
     import orbax.checkpoint as ocp
 
-    cfg = TrainConfig(iterations=12, eval_every=4, **TINY)
-    ref = train(dataset, tmp_path / "ref", cfg, progress=False)
+    cfg, ref_run, ref = uninterrupted_12
+    shutil.copytree(ref_run, tmp_path / "ref")
     real_save = ocp.CheckpointManager.save
 
     def save(self, step, *args, **kwargs):
