@@ -401,6 +401,7 @@ def _make_slots(n: int, size: int) -> list:
     /dev/shm has room for twice them (a full /dev/shm kills the writers with SIGBUS), else files in the
     temporary directory (`FileSlot`), else none: results are then pickled through the pool's pipe, slower,
     and a process killed while sending one would hang the pool."""
+    import shutil
     import tempfile
     from multiprocessing.shared_memory import SharedMemory
 
@@ -415,11 +416,7 @@ def _make_slots(n: int, size: int) -> list:
         except OSError:  # the disk filled meanwhile, or its file system cannot allocate files
             for slot in slots:
                 slot.close()
-                slot.unlink()
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+            shutil.rmtree(folder, ignore_errors=True)
             return []
         return slots
     return []

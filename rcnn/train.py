@@ -434,10 +434,10 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     elapsed = time.perf_counter() - t_start
                     result = {"step": done, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
                               "seq_per_s": seqs / elapsed, "elapsed_s": elapsed}
-                    if not np.isfinite([train_loss, val_loss]).all():
-                        _diverged(run_dir, result, best.latest_step(), primary, title)
                     if primary:  # before the checkpoints: a kill between them drops this row on resume (replayed)
                         _log_evaluation(run_dir, result, title)
+                    if not np.isfinite([train_loss, val_loss]).all():
+                        _diverged(run_dir, result, best.latest_step())
                     if val_loss < float(state["best_val_loss"]):
                         state = {**state, "best_val_loss": jax.device_put(np.float32(val_loss), replicated)}
                         best.save(done, args=ocp.args.StandardSave(state), force=True)
@@ -485,11 +485,9 @@ def _log_evaluation(run_dir: Path, result: dict, title: str) -> None:
     write_training_figure(run_dir, title)
 
 
-def _diverged(run_dir: Path, result: dict, kept: int | None, primary: bool, title: str) -> None:
-    """Log the evaluation whose losses are not finite (metrics and figure) and raise `Diverged`, without
-    saving its state: resuming would only diverge again, and `checkpoints/best` keeps the last good one."""
-    if primary:
-        _log_evaluation(run_dir, result, title)
+def _diverged(run_dir: Path, result: dict, kept: int | None) -> None:
+    """Raise `Diverged` for the evaluation (already logged) whose losses are not finite, without saving its
+    state: resuming would only diverge again, and `checkpoints/best` keeps the last good one."""
     kept_note = f"checkpoints/best keeps step {kept}" if kept is not None else "no checkpoint was kept"
     raise Diverged(f"{run_dir}: training diverged by step {result['step']} (train_loss {result['train_loss']}, "
                    f"val_loss {result['val_loss']}); {kept_note}. Lower learning_rate and train into a new --out")

@@ -87,7 +87,7 @@ def _worker_start() -> None:
     gc.freeze()
 
 
-def _shard_result(future) -> dict:
+def _shard_result(future) -> tuple[int, int]:
     try:
         return future.result()
     except BrokenProcessPool as exc:
