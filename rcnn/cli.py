@@ -226,7 +226,9 @@ def main(argv=None) -> int:
         try:
             return _other(args) if cfg is None else _train(args, cfg, cluster)
         except Stopped as exc:  # train's (`Interrupted`) names the step it saved
-            print(f"rcnn {args.command}: {exc}", file=sys.stderr)
+            again = "" if cfg is None or hasattr(exc, "step") else (  # a second signal: no step saved for it
+                "; rerun the same command to go on from the last step saved")
+            print(f"rcnn {args.command}: {exc}{again}", file=sys.stderr)
             return exc.exit_status
 
 

@@ -7,8 +7,10 @@ it (h5py's global lock: the process hangs) or in a garbage collector's callback,
 goes on. So within `stop_requests()` the first SIGINT or SIGTERM is only recorded, and the long loops call
 `check()` after each unit of work (a shard, a batch of objects; `rcnn train` after each step), which raises
 `Stopped` there, with that unit kept. The commands then say in one line what they kept and exit with the
-shell's status for the signal (130, 143). A second signal acts as Python's default: a stop at once. A
-signal after the last check (while a command writes its final output) lets the command finish: its
+shell's status for the signal (130, 143). A second signal stops at once: a second SIGTERM as Python's
+default (death), a second SIGINT by raising `Stopped` wherever the main thread is, as Python's KeyboardInterrupt
+would, so that the `finally` blocks run and the command still ends in one line and status 130 (not a traceback
+of every frame it was in). A signal after the last check (while a command writes its final output) lets the command finish: its
 output is complete, and one line on stderr says the signal came too late to stop it.
 """
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Stopped(KeyboardInterrupt):
 @contextmanager
 def stop_requests(enabled: bool = True):
     """Within: SIGINT and SIGTERM append their number to the yielded list instead of acting; the first one
-    also puts the previous handlers back, so that a second acts as before. Inside another `stop_requests`,
+    also puts the previous handlers back, so that a second acts as before, except that Python's default
+    KeyboardInterrupt becomes `Stopped` (see the module's docstring). Inside another `stop_requests`,
     that one's list. Only in the main thread (the only one Python lets set handlers), and not for a signal
     the process inherited as ignored (a background job's SIGINT), which stays ignored as Python keeps it."""
     if not enabled or threading.current_thread() is not threading.main_thread():
@@ -64,7 +67,7 @@ def stop_requests(enabled: bool = True):
     def note(signum, frame):
         caught.append(signum)
         for sig, h in previous.items():
-            signal.signal(sig, h)
+            signal.signal(sig, _at_once if h is signal.default_int_handler else h)
 
     for sig in previous:
         signal.signal(sig, note)
@@ -78,6 +81,17 @@ def stop_requests(enabled: bool = True):
         _ACTIVE.pop()
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def _at_once(signum, frame):
+    """A second SIGINT: Python's default action (an exception wherever the main thread is), with the type and
+    status of a stop, after ending this process's worker processes: they ignore SIGINT and would go on, and
+    a process pool whose shutdown the exception cuts off then waits for them for ever (seen: `simulate
+    --workers 2`, two Ctrl-C 20 ms apart)."""
+    if "multiprocessing" in sys.modules:
+        for child in sys.modules["multiprocessing"].active_children():
+            child.terminate()  # SIGTERM: their action is death (`worker_signals`)
+    raise Stopped(signum, f"stopped at once by a second {signal.Signals(signum).name}")
 
 
 def check() -> None:

@@ -1,6 +1,8 @@
 """`simulator.stopping`: stop signals recorded, not raised, until the work reaches a point where it can stop."""
+import multiprocessing
 import signal
 import threading
+import time
 
 import pytest
 
@@ -37,6 +39,74 @@ def test_a_signal_is_recorded_and_raised_at_the_next_check(guarded):
     assert stop.value.exit_status == 143 and isinstance(stop.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGINT) is _guard
     check()  # outside: a no-op
+
+
+def test_a_second_sigint_stops_at_once_as_a_stop(guarded):
+    """Python's own SIGINT handler (a KeyboardInterrupt) acts on the second SIGINT as a `Stopped`, which the
+    commands turn into one line and status 130 instead of a traceback; other handlers are put back as they were."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with stop_requests() as caught:
+        signal.raise_signal(signal.SIGINT)
+        assert caught == [signal.SIGINT] and signal.getsignal(signal.SIGTERM) is _guard
+        with pytest.raises(Stopped, match="^stopped at once by a second SIGINT$") as stop:
+            signal.raise_signal(signal.SIGINT)
+        assert stop.value.exit_status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_sigint_ends_the_worker_processes(guarded):
+    """Workers ignore SIGINT: the second one ends them, else a process pool whose shutdown the stop cut off
+    waits for them for ever (`simulate --workers 2` hung so)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
+    worker.start()
+    try:
+        with stop_requests():
+            signal.raise_signal(signal.SIGINT)
+            assert worker.is_alive()  # the first one only records
+            with pytest.raises(Stopped):
+                signal.raise_signal(signal.SIGINT)
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        worker.kill()
+
+
+def _two_sigints(*args, **kwargs):
+    signal.raise_signal(signal.SIGINT)  # recorded: the work would go on to its next check
+    signal.raise_signal(signal.SIGINT)  # stops it at once
+    raise AssertionError("not stopped")
+
+
+@pytest.mark.parametrize("command", ["simulate", "photometry", "rcnn train", "rcnn evaluate"])
+def test_a_second_ctrl_c_ends_a_command_in_one_line(command, guarded, monkeypatch, tmp_path, capsys):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if command == "simulate":
+        import simulator.cli as cli
+        import simulator.run as target
+
+        name, argv, said = "simulate", ["--out", str(tmp_path / "d.h5"), "--no-progress"], (
+            f"; 0 finished shards kept in {tmp_path / 'd.h5'}.parts: rerun the same command to go on")
+    elif command == "photometry":
+        import photometry.cli as cli
+        import photometry.dataset as target
+
+        name, argv, said = "run_photometry", [str(tmp_path / "d.h5")], (
+            f"; the objects measured so far are kept in {tmp_path / 'd.h5'}.photometry-tmp: rerun the same command")
+    else:
+        import rcnn.cli as cli
+
+        sub_command = command.split()[1]
+        target = __import__(f"rcnn.{sub_command}", fromlist=["_"])
+        name = sub_command
+        argv = [sub_command, *(["DATA.h5", "--model", "lc", "--out", "RUN"] if sub_command == "train" else
+                               ["RUN", "--data", "DATA.h5", "--out", "OUT"])]
+        said = "; rerun the same command to go on from the last step saved" if sub_command == "train" else ""
+    monkeypatch.setattr(target, name, _two_sigints)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: stopped at once by a second SIGINT{said}") and err.count("\n") == 1, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_nested_requests_share_one_record_and_the_handlers_come_back(guarded):
