@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 
-from simulator.stopping import Stopped, stop_requests
+from simulator.stopping import Stopped, StoppedAtOnce, stop_requests
 
 
 def _at_least(minimum: int):
@@ -226,9 +226,13 @@ def main(argv=None) -> int:
         try:
             return _other(args) if cfg is None else _train(args, cfg, cluster)
         except Stopped as exc:  # train's (`Interrupted`) names the step it saved
-            again = "" if cfg is None or hasattr(exc, "step") else (  # a second signal: no step saved for it
-                "; rerun the same command to go on from the last step saved")
+            at_once = isinstance(exc, StoppedAtOnce)  # a second signal: no step saved for it
+            again = "; rerun the same command to go on from the last step saved" if at_once and cfg else ""
             print(f"rcnn {args.command}: {exc}{again}", file=sys.stderr)
+            if at_once and command_line:  # JAX's and orbax's threads may be mid-work: Python's finalisation
+                sys.stdout.flush()  # crashed on them (SIGSEGV), so end here, as asked; a save cut off leaves
+                sys.stderr.flush()  # a temporary directory that the rerun removes
+                os._exit(exc.exit_status)
             return exc.exit_status
 
 

@@ -580,11 +580,13 @@ class ReadAhead:
         if self._pool is not None:
             for _, _, future in self._pending:
                 future.cancel()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            for block in self._slots:
-                block.close()
-                block.unlink()
-            self._pending.clear()
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            finally:  # also when a second Ctrl-C cuts the wait short (the processes are ended then)
+                for block in self._slots:
+                    block.close()
+                    block.unlink()
+                self._pending.clear()
             return
         self._stop.set()
         while not self._queue.empty():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import signal
 import time
 from contextlib import nullcontext
@@ -68,9 +69,13 @@ class InputFailed(RunError):
 def _until_stopped(batches, caught: list[int], failed: list[Exception] | None = None):
     """`batches`, except that once a stop signal is caught, an input worker that died (of the same signal: a
     scheduler signals every process of the job) ends them instead of raising; and with a `failed` list,
-    an input failure is put there and ends them, so that the loop saves its step before reporting it."""
+    an input failure is put there and ends them, so that the loop saves its step before reporting it.
+    Closing this generator leaves `batches` open: the caller closes them where an exception (a second
+    Ctrl-C while the input processes shut down) reaches it, not in a generator's finalisation, where Python
+    only prints it."""
     try:
-        yield from batches
+        for item in batches:
+            yield item
     except Exception as exc:
         if caught:
             return
@@ -156,10 +161,21 @@ def restore_checkpoint(manager, step: int, abstract, where: Path):
                    f"run's config.yaml: {detail}.{hint}")
 
 
+class _QuietStops(logging.Filter):
+    """Drops orbax's error log, with its traceback, of a save that a second Ctrl-C cut off: the `Stopped`
+    it logs reaches the command, which says so in one line (`simulator.stopping`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def checkpoint_manager(directory: Path, options=None):
     """An orbax manager of the run's state under `directory`, able to read a checkpoint's array metadata."""
     import orbax.checkpoint as ocp
 
+    absl_log = logging.getLogger("absl")  # orbax logs through absl.logging
+    if not any(isinstance(f, _QuietStops) for f in absl_log.filters):
+        absl_log.addFilter(_QuietStops())
     return ocp.CheckpointManager(Path(directory).resolve(), options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 

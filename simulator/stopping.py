@@ -47,6 +47,10 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class StoppedAtOnce(Stopped):
+    """A second SIGINT: the work stopped wherever it was, after its `finally` blocks (`_at_once`)."""
+
+
 @contextmanager
 def stop_requests(enabled: bool = True):
     """Within: SIGINT and SIGTERM append their number to the yielded list instead of acting; the first one
@@ -91,7 +95,7 @@ def _at_once(signum, frame):
     if "multiprocessing" in sys.modules:
         for child in sys.modules["multiprocessing"].active_children():
             child.terminate()  # SIGTERM: their action is death (`worker_signals`)
-    raise Stopped(signum, f"stopped at once by a second {signal.Signals(signum).name}")
+    raise StoppedAtOnce(signum, f"stopped at once by a second {signal.Signals(signum).name}")
 
 
 def check() -> None:

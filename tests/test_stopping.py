@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from simulator.stopping import Stopped, check, stop_requests
+from simulator.stopping import Stopped, StoppedAtOnce, check, stop_requests
 
 
 class Guard(Exception):
@@ -48,7 +48,7 @@ def test_a_second_sigint_stops_at_once_as_a_stop(guarded):
     with stop_requests() as caught:
         signal.raise_signal(signal.SIGINT)
         assert caught == [signal.SIGINT] and signal.getsignal(signal.SIGTERM) is _guard
-        with pytest.raises(Stopped, match="^stopped at once by a second SIGINT$") as stop:
+        with pytest.raises(StoppedAtOnce, match="^stopped at once by a second SIGINT$") as stop:
             signal.raise_signal(signal.SIGINT)
         assert stop.value.exit_status == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
