@@ -23,7 +23,6 @@ counted in the report (`objects_left_out`) and in its `mode`, as `rcnn evaluate`
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +200,8 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     check_output(out_dir, "--out", directory=True)
     if test is not None and cv is not None:
         raise ValueError("give at most one of --test and --cv")
+    if test is None and getattr(class_map, "given", None):
+        raise ValueError("--class-map maps the labels of --test's dataset to the training classes: give --test too")
     if cv is not None and (not isinstance(cv, (int, np.integer)) or isinstance(cv, bool) or cv < 2):
         raise ValueError(f"--cv {cv}: needs 2 <= K <= the smallest class's count")
     if not isinstance(n_trees, int) or isinstance(n_trees, bool) or n_trees < 1:
@@ -250,7 +251,7 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
               "min_valid_epochs": MIN_EPOCHS, "objects_left_out": left_out}
     out_dir.mkdir(parents=True, exist_ok=True)
     _figures(report, present, out_dir)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=1))  # last: the report is complete
+    write_text_atomic(out_dir / "metrics.json", M.to_json(report, indent=1))  # last: the report is complete
     return report
 
 

@@ -9,7 +9,6 @@ For brokers the same is a Python call: `Classifier(run_dir).classify_arrays(...)
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from simulator.dataset import check_output, open_h5, save_figure, write_text_atomic
 
 from .inference import Classifier, predict
+from .metrics import to_json
 
 
 def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures: int = 0,
@@ -54,7 +54,7 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
                           out_dir / f"object_{int(pred.index[row]):06d}.png")
     # last: its presence says the output is complete
     write_text_atomic(out_dir / "probabilities.json",
-                      json.dumps({"classes": names, "run": str(run_dir), "objects": objects}))
+                      to_json({"classes": names, "run": str(run_dir), "objects": objects}))
     return out_dir
 
 

@@ -12,7 +12,6 @@ figure of merit. Everything goes to `REPORT_DIR/metrics.json` and PNG figures.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,9 @@ def parse_class_map(text: str | None) -> ClassMap:
 
 
 def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: dict | None, path) -> np.ndarray:
-    """Index of each dataset class among the model's classes (same names map to themselves). A label a
-    `--class-map` names (`ClassMap.given`) must be one of the dataset's: else a typo would go unnoticed."""
+    """Index of each dataset class among the model's classes: as a `--class-map` maps it (`ClassMap.given`),
+    else to the model class of the same name, else as the default map does. A label a `--class-map` names
+    must be one of the dataset's: else a typo would go unnoticed."""
     unknown = sorted(set(getattr(class_map, "given", ())) - set(dataset_classes))
     if unknown:
         raise ClassMapError(f"{path}: --class-map maps {unknown}, which are not labels of this dataset (its labels: "
@@ -67,7 +67,8 @@ def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: 
         if name == UNLABELLED:
             raise ClassMapError(f"{path}: its objects were imported without labels: `rcnn classify` gives their "
                                 f"probabilities; evaluating needs labelled objects")
-        target = name if name in model_classes else (class_map or {}).get(name)
+        given = name in getattr(class_map, "given", ())
+        target = class_map[name] if given else name if name in model_classes else (class_map or {}).get(name)
         if target is None:
             raise ClassMapError(f"{path}: class {name!r} has no mapping to the model's classes {model_classes}; "
                                 f"give --class-map {name}=<model class>")
@@ -106,15 +107,17 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     results = {}
     ds_classes = class_names(data)
     mags = None
-    for run_dir in run_dirs:
+    resolved = [Path(r).resolve() for r in run_dirs]
+    twice = list(dict.fromkeys(str(r) for r, p in zip(run_dirs, resolved) if resolved.count(p) > 1))
+    if twice:
+        raise ValueError(f"run directories given more than once: {', '.join(twice)}")
+    for run_dir, path in zip(run_dirs, resolved):
         clf = Classifier(run_dir)
-        mapping = map_labels(ds_classes, clf.class_names, (class_map or DEFAULT_CLASS_MAP) if real else None, data)
+        mapping = map_labels(ds_classes, clf.class_names, class_map or DEFAULT_CLASS_MAP, data)
         every = predict(clf, data, split=None if real else "test", progress=progress)  # after the labels' check
         pred = every.scored()  # a real object with fewer than n_w valid epochs has no prediction
         labels = mapping[pred.labels]
-        name = f"{Path(run_dir).name} ({clf.cfg.model})"
-        if name in results:  # two runs of the same directory name (e.g. a fine-tuned `run`)
-            name = f"{Path(run_dir).parent.name}/{name}"
+        name = _run_name(path, clf.cfg.model, results)
         results[name] = (pred, labels)
         summary = M.summary(pred.probs, pred.step_mask, labels, clf.class_names, last_step)
         recall_steps = M.recall_vs_step(pred.probs, pred.step_mask, labels, len(clf.class_names))
@@ -122,9 +125,9 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
                  "objects_without_step": len(every.index) - len(pred.index),
                  "accuracy_vs_step": M.accuracy_vs_step(pred.probs, pred.step_mask, labels).tolist(),
                  "recall_vs_step": {clf.class_names[c]: recall_steps[:, c].tolist() for c in np.unique(labels)}}
-        if real:  # recall keyed by the real labels too
-            entry["recall_real_labels"] = {ds_classes[i]: summary["recall"][clf.class_names[mapping[i]]]
-                                           for i in np.unique(pred.labels)}
+        if real:  # recall of each real label (two labels mapped to one class each have their own)
+            entry["recall_real_labels"] = {ds_classes[i]: r for i, r in M.recall_by_label(
+                pred.probs, pred.step_mask, pred.labels, mapping, summary["step"]).items()}
         else:
             mags = _magnitudes(data, pred.index) if mags is None else mags  # same test split for every run
             entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
@@ -134,8 +137,18 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run or dataset that fails leaves no report behind
     _figures(report, results, out_dir, real)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2))  # last: the report is complete
+    write_text_atomic(out_dir / "metrics.json", M.to_json(report, indent=2))  # last: the report is complete
     return report
+
+
+def _run_name(path: Path, model: str, taken) -> str:
+    """'NAME (model)', with as many parent folders as it takes to differ from the names `taken` (two runs
+    called `run`, e.g. a fine-tuned one, become 'ft/run (rcnn)')."""
+    for k in range(1, len(path.parts) + 1):
+        name = f"{'/'.join(path.parts[-k:]).lstrip('/')} ({model})"
+        if name not in taken:
+            return name
+    raise AssertionError(f"{path}: no unique name")  # distinct resolved paths differ in some suffix
 
 
 def draw_confusion(ax, confusion: np.ndarray, rows: np.ndarray, class_names: list[str], title: str) -> None:

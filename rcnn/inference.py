@@ -9,7 +9,7 @@ import numpy as np
 
 from simulator.stopping import check as check_stop
 
-from .data import DatasetError, SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
+from .data import SPLITS, DatasetError, SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
@@ -107,14 +107,16 @@ class Classifier:
 
 def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256,
             progress: bool = True) -> Predictions:
-    """Predictions for the objects of a split of a dataset that have a step to classify (n_w valid epochs),
-    or for every object if `split` is None (those without a step have an empty `step_mask` row); a
-    progress bar (objects) on the terminal unless `progress` is False."""
+    """Predictions for every object of a split of a dataset (of the dataset if `split` is None); those
+    without a step to classify (fewer than n_w valid epochs) have an empty `step_mask` row
+    (`Predictions.scored` drops them); a progress bar (objects) on the terminal unless `progress` is False."""
     data = SequenceData(data_path, classifier.cfg)
     if split is None and not data.has_step.any():
         raise DatasetError(f"{data_path}: none of its {data.n_objects} objects has a step to classify "
                            f"(n_w = {classifier.cfg.n_w} valid epochs; see 'mask')")
-    index = np.arange(data.n_objects) if split is None else data.require(split)
+    if split is not None:
+        data.require(split)  # some of them with a step
+    index = np.arange(data.n_objects) if split is None else np.flatnonzero(data.split == SPLITS[split])
     import jax
     from tqdm.auto import tqdm
 

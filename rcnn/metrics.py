@@ -6,7 +6,23 @@ if it has fewer (an object is classified with all it has, as the paper's curves 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """`obj` as strict JSON: NaN and infinities (a class absent from a bin, an object without a step) as
+    null, since JSON has no NaN and most parsers (browsers', Go's, Java's) refuse Python's `NaN`."""
+    def clean(x):
+        if isinstance(x, float):
+            return x if np.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def at_step(probs: np.ndarray, step_mask: np.ndarray, k: int) -> np.ndarray:
@@ -14,6 +30,14 @@ def at_step(probs: np.ndarray, step_mask: np.ndarray, k: int) -> np.ndarray:
     n_valid = step_mask.sum(axis=1)
     idx = np.clip(np.minimum(k, n_valid) - 1, 0, probs.shape[1] - 1)
     return probs[np.arange(len(probs)), idx]
+
+
+def recall_by_label(probs: np.ndarray, step_mask: np.ndarray, labels: np.ndarray, mapping: np.ndarray,
+                    k: int) -> dict[int, float]:
+    """Recall of each dataset label at step k: the fraction of its objects predicted as the class it maps
+    to (`mapping[label]`), so that two labels mapped to one class each get their own."""
+    hit = at_step(probs, step_mask, k).argmax(1) == mapping[labels]
+    return {int(i): float(hit[labels == i].mean()) for i in np.unique(labels)}
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int, normalise: bool = True) -> np.ndarray:

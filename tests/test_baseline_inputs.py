@@ -125,3 +125,12 @@ def test_cv_and_test_options(small, tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=message):
         run_baseline(small, tmp_path / "api", test=small if "--test" in args else None, cv=int(args[-1]), n_trees=5)
+
+
+def test_a_class_map_without_test_is_refused(small, tmp_path, capsys):
+    """--class-map maps --test's labels: with --cv or the dataset's own splits it was ignored, silently."""
+    rc = main(["baseline", str(small), "--cv", "2", "--class-map", "SN=supernovae", "--out", str(tmp_path / "out"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--class-map maps the labels of --test's dataset" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

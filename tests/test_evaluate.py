@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def test_metrics_on_hand_made_predictions():
     pred = M.at_step(p, mask, 3).argmax(1)
     assert pred.tolist() == [0, 1, 0, 0]
     assert M.recall_per_class(labels, pred, 2).tolist() == [1.0, 0.5]
+    # dataset labels 0, 1, 2 -> classes 0, 1, 1 (objects 1 and 2 hold labels 1 and 2): each label its own recall
+    assert M.recall_by_label(p, mask, np.array([0, 1, 2, 0]), np.array([0, 1, 1]), 3) == {0: 1.0, 1: 1.0, 2: 0.0}
     assert M.confusion(labels, pred, 2).tolist() == [[1.0, 0.0], [0.5, 0.5]]
     # class 0: TP 2, FP 1, FN 0 -> F1 = 4 / 5; class 1: TP 1, FP 0, FN 1 -> 2 / 3
     assert M.f1_per_class(labels, pred, 2) == pytest.approx([0.8, 2 / 3])
@@ -57,6 +60,8 @@ def test_class_mapping():
     with pytest.raises(ClassMapError, match="'QSO' has no mapping"):
         map_labels(["QSO"], model, parse_class_map(None), "x")
     assert map_labels(["EB"], model, parse_class_map("EB=rrlyrae"), "x").tolist() == [1]
+    # a label named as a model class was mapped to itself whatever the --class-map said
+    assert map_labels(["supernova", "rrlyrae"], model, parse_class_map("supernova=rrlyrae"), "x").tolist() == [1, 1]
     # a label mapped twice took the last; one the data lacks (a typo) left the default in place, silently
     with pytest.raises(ClassMapError, match=r"--class-map maps 'EB' twice \(EB=rrlyrae, EB=supernova\)"):
         parse_class_map("EB=rrlyrae, EB=supernova")
@@ -126,6 +131,41 @@ def test_evaluate_simulated_writes_report(run_4class, tmp_path):
     assert report["balanced_recall"] == m["balanced_recall"]
 
 
+def _strict_json(path: Path):
+    """A JSON file parsed as strict JSON (no NaN or Infinity, which most parsers outside Python refuse)."""
+    def refuse(name):
+        raise AssertionError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_evaluate_counts_test_objects_without_a_step_and_names_every_run(run_4class, tmp_path):
+    """Test objects with fewer than n_w valid epochs were dropped and reported as 0 `objects_without_step`;
+    a third run of the same directory name replaced the second in the report; NaN (empty magnitude bins)
+    made metrics.json invalid JSON."""
+    run, data = run_4class
+    masked = tmp_path / "masked.h5"
+    masked.write_bytes(data.read_bytes())
+    with h5py.File(masked, "r+") as f:
+        test = np.flatnonzero(f["split"][()] == 2)
+        m = f["mask"][()]
+        m[test[:3]] = False
+        f["mask"][...] = m
+    copies = []
+    for parent in ("a", "b", "c"):
+        copies.append(Path(shutil.copytree(run, tmp_path / parent / "run")))  # three runs named `run`
+    report = evaluate(copies, masked, tmp_path / "rep", progress=False)
+    assert list(report["runs"]) == ["run (rcnn)", "b/run (rcnn)", "c/run (rcnn)"]
+    m = _strict_json(tmp_path / "rep" / "metrics.json")
+    for e in m["runs"].values():
+        assert e["objects_without_step"] == 3 and e["n_objects"] == len(test) - 3
+    assert None in m["runs"]["run (rcnn)"]["accuracy_vs_magnitude"]["1"]  # an empty bin: null, not NaN
+    (tmp_path / "link").symlink_to(run)
+    with pytest.raises(ValueError, match=f"run directories given more than once: {run}, {tmp_path / 'link'}"):
+        evaluate([run, tmp_path / "link"], masked, tmp_path / "rep2", progress=False)
+    with pytest.raises(ClassMapError, match=r"--class-map maps \['FOO'\], which are not labels of this dataset"):
+        evaluate([run], data, tmp_path / "rep3", class_map=parse_class_map("FOO=bar"), progress=False)
+
+
 def test_a_report_killed_while_drawn_has_no_metrics_file(run_4class, tmp_path, monkeypatch):
     """evaluate, baseline and classify write their JSON last, each figure under a temporary name: one killed
     while drawing leaves no metrics.json / probabilities.json (a report that looks complete) and no truncated
@@ -178,6 +218,22 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     e = next(iter(m["runs"].values()))
     assert set(e["recall_real_labels"]) == {"SN", "RRLyrae", "EB", "NV"} and e["step"] <= 20
     assert e["n_objects"] == 40 and e["objects_without_step"] == 0
+    # two real labels mapped to one class: each has its own recall
+    merged = evaluate([run], real, tmp_path / "merged", real=True, class_map=parse_class_map("EB=rrlyrae"),
+                      progress=False)["runs"]
+    e2 = next(iter(merged.values()))
+    assert set(e2["recall_real_labels"]) == {"SN", "RRLyrae", "EB", "NV"}
+    assert e2["recall_real_labels"]["SN"] == e["recall_real_labels"]["SN"]
+    js_rep = _strict_json(tmp_path / "merged" / "metrics.json")
+    from simulator.dataset import class_names
+
+    with h5py.File(real, "r") as f:
+        labels = f["label"][()]
+    names = class_names(real)
+    n_eb, n_rr = (labels == names.index("EB")).sum(), (labels == names.index("RRLyrae")).sum()
+    assert e2["recall"]["rrlyrae"] == pytest.approx((e2["recall_real_labels"]["EB"] * n_eb
+                                                     + e2["recall_real_labels"]["RRLyrae"] * n_rr) / (n_eb + n_rr))
+    assert js_rep["runs"] == json.loads(json.dumps(merged))
     assert m["balanced_recall"] == pytest.approx(np.mean(list(m["recall"].values())))
     # classify: the output schema
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(real), "--out",
