@@ -141,7 +141,17 @@ def restore_checkpoint(manager, step: int, abstract, where: Path):
         return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(v.shape)
                 for path, v in jax.tree_util.tree_leaves_with_path(tree)}
 
-    stored, wanted = shapes(manager.item_metadata(step)), shapes(abstract)
+    def damaged(exc: Exception) -> RunError:
+        text = " ".join(str(exc).split())
+        return RunError(f"{where}: checkpoint {step} cannot be read: it is damaged or incomplete ({type(exc).__name__}: "
+                        f"{text[:300]}{' ...' if len(text) > 300 else ''}); remove {Path(where) / str(step)} to use "
+                        "the one before it, if any")
+
+    try:
+        stored = shapes(manager.item_metadata(step))
+    except Exception as exc:  # orbax's errors for an unreadable step (JSON, missing files) have many types
+        raise damaged(exc) from None
+    wanted = shapes(abstract)
     differ = sorted((k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)),
                     key=lambda k: (not k.startswith("params/"), k))  # a layer's weights before Adam's moments
     detail = ""
@@ -155,6 +165,8 @@ def restore_checkpoint(manager, step: int, abstract, where: Path):
         except ValueError as exc:
             detail = " ".join(str(exc).split())
             detail = f"Orbax: {detail[:400]}{' ...' if len(detail) > 400 else ''}"
+        except Exception as exc:  # the arrays' files: TensorStore's errors are plain Exceptions
+            raise damaged(exc) from None
     hint = (" It holds convolution biases: runs saved before the RCNN's convolutions lost them (the batch norm "
             "after each cancels them) must be trained again." if "params/Conv_0/bias" in stored else "")
     raise RunError(f"{where}: checkpoint {step} does not fit the model this version of stampseq builds from the "
@@ -277,15 +289,20 @@ def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
     """A run's `config.yaml`: (its TrainConfig, its `_class_names` and `_data` entries). Keys added to
     TrainConfig since the run was made take their defaults; keys this version does not know (a run made by
     a newer one), broken YAML and invalid values are RunErrors naming the file."""
-    from simulator.settings import yaml_value
+    from simulator.settings import yaml_mapping
 
     try:
-        saved = yaml_value(cfg_file.read_text(), str(cfg_file))
-    except ValueError as exc:
+        saved = yaml_mapping(cfg_file)
+    except (ValueError, OSError) as exc:
         raise RunError(str(exc)) from None
-    if not isinstance(saved, dict) or "_class_names" not in saved:
+    if "_class_names" not in saved:
         raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
     extra = {k: saved.pop(k) for k in ("_class_names", "_data") if k in saved}
+    names = extra["_class_names"]
+    if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names)
+            and len(set(names)) == len(names)):
+        raise RunError(f"{cfg_file}: _class_names is {names!r}; expected the list of the run's class names "
+                       "(distinct)")
     unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise RunError(f"{cfg_file}: keys {unknown} are unknown to this version of stampseq (a run made by a "

@@ -695,3 +695,26 @@ def test_import_real_photometry_in_chunks_and_a_stop_between_them(hits_dir, tmp_
         with pytest.raises(Stopped):
             import_real(hits_dir / "real_dev.npz", tmp_path / "stopped.h5", hits_dir / "camera.csv", progress=False)
     assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["chunked.h5", "one.h5"]
+
+
+@pytest.mark.parametrize("damage", ["metadata", "arrays", "empty_step"])
+def test_a_damaged_checkpoint_is_named(run_4class, tmp_path, damage):
+    """A checkpoint damaged on disk gave a JSON error naming no file, orbax's 'Unable to retrieve default item'
+    or a 150-line TensorStore traceback."""
+    from rcnn.inference import Classifier
+    from rcnn.train import RunError
+
+    run = Path(shutil.copytree(run_4class[0], tmp_path / "run"))
+    best = run / "checkpoints" / "best"
+    step = max(int(p.name) for p in best.iterdir() if p.name.isdigit())
+    if damage == "metadata":
+        (best / str(step) / "default" / "_METADATA").write_text("garbage")
+    elif damage == "arrays":
+        for f in (best / str(step)).rglob("d/*"):
+            f.write_bytes(f.read_bytes()[:10])
+    else:
+        step += 10
+        (best / str(step)).mkdir()
+    with pytest.raises(RunError, match=rf"{best}: checkpoint {step} cannot be read: it is damaged or incomplete "
+                                       rf"\(.*\); remove {best / str(step)} to use the one before it"):
+        Classifier(run)

@@ -966,6 +966,14 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
     cfg_file.write_text("iterations: [\n")
     with pytest.raises(RunError, match="config.yaml: not valid YAML at line 2"):
         train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
+    # class names edited into something else (a number: a TypeError; a string: one class per letter)
+    for names, shown in ((5, "5"), ("abcd", "'abcd'"), (["a", "a"], r"\['a', 'a'\]")):
+        cfg_file.write_text(yaml.safe_dump({**saved, "_class_names": names}))
+        with pytest.raises(RunError, match=f"config.yaml: _class_names is {shown}; expected the list"):
+            train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
+    cfg_file.write_bytes(b"iterations: 4\n# \xff\n")
+    with pytest.raises(RunError, match=r"config.yaml: not a UTF-8 text file \(byte 16"):
+        train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_gets_a_clear_error(dataset, tmp_path):
