@@ -22,7 +22,9 @@ files, one per object (`FITS layout` below). Per object:
   `context/host_distance_arcsec` from a catalogue cross-match `context` (CSV: name, has_host,
   host_distance_arcsec), since the stamps alone do not say which galaxy is a host.
 Refused, with one line naming the file, the array and the value: a file that is not the layout, no objects,
-a frame without an observation time (`mjd` NaN: it cannot be placed in its sequence), an object without a
+duplicate class names, a frame without an observation time (`mjd` NaN: it cannot be placed in its sequence),
+a g-band frame whose logged condition is impossible (neither NaN nor > 0 and inside the survey logs'
+`survey_params.schema.PLAUSIBLE_RANGES`: negative seeing, zero exposure time), an object without a
 usable frame (no g band, or conditions no frame can give), unreadable side tables, and an existing output
 unless `overwrite` (`--overwrite`). Valid epochs always come first in each row (`mask` packed).
 """
@@ -39,6 +41,7 @@ from photometry.real import G_FILTER_CODE, camera_medians, measure_frames
 from simulator.dataset import UNLABELLED, check_output, open_h5, write_arrays
 from simulator.stopping import check as check_stop
 from survey_params.limits import limiting_magnitude
+from survey_params.schema import PLAUSIBLE_RANGES
 
 CONDITIONS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5")
 SUPERNOVA_NAMES = ("SN", "supernova")
@@ -79,6 +82,18 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _implausible(key: str, values: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, str]:
+    """(indices of the g-band frames whose condition `key` is neither NaN (no record: estimated) nor plausible,
+    the range they break): plausible as the survey logs require, > 0 and inside `PLAUSIBLE_RANGES`. Other
+    frames are not imported, so whatever they hold is left alone."""
+    low, high, unit, why = PLAUSIBLE_RANGES[key]
+    with np.errstate(invalid="ignore"):
+        bad = g & ~np.isnan(values) & ~((values > 0) & (values >= low) & (values <= high))
+    unit = f" {unit}" if unit else ""
+    bounds = f"{'(' if low == 0 else '['}{low:g}, {high:g}]{unit}"
+    return np.flatnonzero(bad), f"outside the plausible range {bounds} ({why})"
+
+
 def load_npz(path: Path) -> dict:
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -114,8 +129,8 @@ def load_npz(path: Path) -> dict:
 
 def check_layout(a: dict, path: Path) -> None:
     """The arrays of the npz layout agree with each other: odd square stamps, offsets that cut them into the
-    objects (at least one), one entry per frame or per object, labels that index class_names, a finite
-    observation time for every frame."""
+    objects (at least one), one entry per frame or per object, labels that index distinct class_names, a finite
+    observation time for every frame, plausible conditions (`_implausible`) for every g-band frame."""
     stamps, offsets, n_obj = a["stamps"], np.asarray(a["offsets"]), len(a["label"])
     per_frame = ("mjd", "hits_epoch", "filter_code") + CONDITIONS
     for k in ("stamps", "offsets") + per_frame:
@@ -139,6 +154,15 @@ def check_layout(a: dict, path: Path) -> None:
         for k in keys:
             if np.shape(a[k]) != (n,):
                 raise ImportError_(f"{path}: '{k}' has shape {np.shape(a[k])}; expected ({n},): one per {what}")
+    names = np.asarray(a["class_names"])
+    if names.ndim != 1:
+        raise ImportError_(f"{path}: 'class_names' has shape {names.shape}; expected (classes,): one name per class")
+    seen: dict[str, int] = {}
+    for c, name in enumerate(str(x) for x in names):
+        if name in seen:
+            raise ImportError_(f"{path}: 'class_names' holds {name!r} twice (classes {seen[name]} and {c}); each "
+                               f"class needs its own name")
+        seen[name] = c
     label = np.asarray(a["label"])
     if not np.issubdtype(label.dtype, np.integer) or (label < 0).any() or (label >= len(a["class_names"])).any():
         raise ImportError_(f"{path}: 'label' must be integers indexing 'class_names' (0..{len(a['class_names']) - 1}); "
@@ -150,6 +174,16 @@ def check_layout(a: dict, path: Path) -> None:
         more = f" ({no_time.size - 1} more frame(s) too)" if no_time.size > 1 else ""
         raise ImportError_(f"{path}: 'mjd'[{i}] is {float(a['mjd'][i])!r}: frame {i - offsets[k]} of object {k}"
                            f"{_object_name(a, k)} has no observation time{more}; every frame needs one")
+    g = np.asarray(a["filter_code"]) == G_FILTER_CODE
+    for key in CONDITIONS:
+        values = np.asarray(a[key], dtype=float)
+        bad, why = _implausible(key, values, g)
+        if bad.size:
+            i = int(bad[0])
+            k = int(np.searchsorted(offsets, i, side="right")) - 1
+            more = f" ({bad.size - 1} more frame(s) too)" if bad.size > 1 else ""
+            raise ImportError_(f"{path}: '{key}'[{i}] is {float(values[i])!r} in g-band frame {i - offsets[k]} of "
+                               f"object {k}{_object_name(a, k)}: {why}{more}")
 
 
 def _object_name(a: dict, k: int) -> str:
@@ -174,14 +208,24 @@ def load_fits_dir(path: Path) -> dict:
             if missing or len(table) != len(cube):
                 raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
                                    f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing})")
-            try:
-                mjd = np.asarray(table["MJD"], dtype=float)
-            except (TypeError, ValueError) as exc:
-                raise ImportError_(f"{f}: EPOCHS column MJD is not numbers ({_first_line(exc)})") from None
+            numbers = {}
+            for c in ("MJD",) + tuple(k.upper() for k in CONDITIONS):
+                try:
+                    numbers[c] = np.asarray(table[c], dtype=float)
+                except (TypeError, ValueError) as exc:
+                    raise ImportError_(f"{f}: EPOCHS column {c} is not numbers ({_first_line(exc)})") from None
+            mjd = numbers["MJD"]
             if not np.isfinite(mjd).all():
                 i = int(np.flatnonzero(~np.isfinite(mjd))[0])
                 raise ImportError_(f"{f}: EPOCHS row {i + 1}, column MJD: {float(mjd[i])!r}; every image needs its "
                                    f"observation time")
+            g = np.char.strip(np.asarray(table["FILTER"]).astype(str)) == "g"
+            for k in CONDITIONS:
+                bad, why = _implausible(k, numbers[k.upper()], g)
+                if bad.size:
+                    more = f" ({bad.size - 1} more row(s) too)" if bad.size > 1 else ""
+                    raise ImportError_(f"{f}: EPOCHS row {bad[0] + 1}, column {k.upper()}: "
+                                       f"{float(numbers[k.upper()][bad[0]])!r} in a g-band image: {why}{more}")
             cubes.append(cube)
             tables.append({k: np.asarray(table[k]) for k in table.columns.names})
             labels.append(str(header.get("LABEL", UNLABELLED)))

@@ -447,7 +447,7 @@ def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
     bad = tmp_path / "bad"
     bad.mkdir()
     write_fits_object(bad / "x.fits", np.zeros((2, 21, 21)), {"mjd": [1.0, 2.0], "filter": ["g", "z"],
-                                                               **{c: [1.0, 1.0] for c in CONDITIONS}}, "NV")
+                                                               **{c: [v, v] for c, v in PLAUSIBLE.items()}}, "NV")
     from rcnn.real import ImportError_
 
     with pytest.raises(ImportError_, match=r"unknown FILTER value\(s\) \['z'\]"):
@@ -457,6 +457,52 @@ def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
     with pytest.raises(ImportError_, match=r"x\.fits: EPOCHS row 2, column MJD: nan; every image needs"):
         import_real(bad, tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
+
+
+#: Conditions of a g-band HiTS exposure, each inside `survey_params.schema.PLAUSIBLE_RANGES`.
+PLAUSIBLE = {"exp_time_s": 87.0, "seeing_arcsec": 1.2, "airmass": 1.2, "sky_adu": 500.0, "zero_point": 25.0,
+             "limmag5": 23.5}
+
+
+def test_fits_conditions_must_be_plausible_in_g_band_images(tmp_path):
+    """A FITS object whose g-band image logs an impossible condition (or text) is refused naming the file, the
+    EPOCHS row and column and the value; other bands' rows and NaN (missing: estimated) are left alone."""
+    from rcnn.real import ImportError_, import_real, write_fits_object
+
+    rng = np.random.default_rng(0)
+    stamps = rng.normal(500.0, 20.0, (3, 21, 21))
+    epochs = {"mjd": [1.0, 2.0, 3.0], "filter": ["g", "r", "g"], **{c: [v] * 3 for c, v in PLAUSIBLE.items()}}
+    for column, values, message in (
+            ("seeing_arcsec", [1.2, 1.2, -1.2], r"EPOCHS row 3, column SEEING_ARCSEC: -1\.2 in a g-band image: outside "
+                                                r"the plausible range \[0\.01, 20\] arcsec"),
+            ("exp_time_s", [0.0, 87.0, 0.0], r"EPOCHS row 1, column EXP_TIME_S: 0\.0 in a g-band image: outside the "
+                                             r"plausible range \[0\.001, 100000\] s .*\(1 more row\(s\) too\)"),
+            ("sky_adu", [-500.0, 500.0, 500.0], r"EPOCHS row 1, column SKY_ADU: -500\.0 in a g-band image: outside "
+                                                r"the plausible range \(0, 1e\+06\] adu"),
+            ("sky_adu", ["500", "x", "500"], r"EPOCHS column SKY_ADU is not numbers")):
+        f = write_fits_object(tmp_path / "x.fits", stamps, {**epochs, column: values}, "NV")
+        with pytest.raises(ImportError_, match=rf"^{re.escape(str(f))}: {message}"):
+            import_real(tmp_path, tmp_path / "out.h5")
+        assert not (tmp_path / "out.h5").exists()
+    write_fits_object(tmp_path / "x.fits", stamps, {**epochs, "exp_time_s": [87.0, 0.0, 87.0],
+                                                    "seeing_arcsec": [1.2, -1.0, np.nan]}, "NV")
+    with h5py.File(import_real(tmp_path, tmp_path / "out.h5", progress=False)) as h:
+        assert h["mask"][()].sum() == 2 and h["conditions/estimated"][0, 1]
+
+
+def test_real_conditions_are_checked_only_in_the_frames_imported(tmp_path, hits_dir):
+    """Impossible conditions of frames not imported (r band, band unknown) do not stop the import; NaN ones
+    are estimated."""
+    from rcnn.real import import_real
+
+    d = _objects(dict(np.load(hits_dir / "real_dev.npz", allow_pickle=False)), [10])  # an EB: all g frames kept
+    g = d["filter_code"] == 0
+    assert (~g).sum() == 2 and (d["filter_code"][~g] == 1).any()
+    d = _with(_with(d, "seeing_arcsec", ~g, -1.0), "exp_time_s", ~g, 0.0)
+    d = _with(d, "sky_adu", np.flatnonzero(g)[3], np.nan)
+    np.savez(tmp_path / "r.npz", **d)
+    with h5py.File(import_real(tmp_path / "r.npz", tmp_path / "r.h5", hits_dir / "camera.csv", progress=False)) as f:
+        assert f["mask"][()].sum() == g.sum() and f["conditions/estimated"][()].sum() == 1
 
 
 def test_malformed_real_files_name_the_array(tmp_path, hits_dir):
@@ -522,6 +568,19 @@ BAD_REAL_INPUTS = {
                           r"\(39 more object\(s\) too\)"),
     "no seeing": (_write_npz(lambda d: _with(d, "seeing_arcsec", slice(None), np.nan)), None,
                   r"object 0 .* has no usable frame: .*NaN: seeing_arcsec in \d+\)"),
+    "negative seeing": (_write_npz(lambda d: {**d, "seeing_arcsec": -d["seeing_arcsec"]}), None,
+                        r"'seeing_arcsec'\[0\] is -1\.2177 in g-band frame 0 of object 0 \('.+'\): outside the "
+                        r"plausible range \[0\.01, 20\] arcsec .*\(1072 more frame\(s\) too\)$"),
+    "zero exposure time": (_write_npz(lambda d: _with(d, "exp_time_s", 30, 0.0)), None,
+                           r"'exp_time_s'\[30\] is 0\.0 in g-band frame 5 of object 1 \('.+'\): outside the "
+                           r"plausible range \[0\.001, 100000\] s \(from a millisecond shutter"),
+    "negative sky": (_write_npz(lambda d: {**d, "sky_adu": -d["sky_adu"]}), None,
+                     r"'sky_adu'\[0\] is -111\.61\d* in g-band frame 0 .*: outside the plausible range "
+                     r"\(0, 1e\+06\] adu"),
+    "class_names 0-d": (_write_npz(lambda d: {**d, "class_names": np.array("SN")}), None,
+                        r"'class_names' has shape \(\); expected \(classes,\): one name per class"),
+    "duplicate class_names": (_write_npz(lambda d: {**d, "class_names": np.array(["SN", "SN", "EB", "NV"])}), None,
+                              r"'class_names' holds 'SN' twice \(classes 0 and 1\); each class needs its own name"),
     "no zero point": (_write_npz(lambda d: _with(d, "zero_point", slice(None), np.nan)), None,
                       r"object 0 .* has no usable frame: .*NaN: zero_point in \d+\)"),
     # the camera table is read by the survey logs' reader (survey_params.hits_logs.read_camera_csv)
