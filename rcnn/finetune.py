@@ -6,10 +6,15 @@ The real labels are mapped to the run's classes (`rcnn.evaluate.DEFAULT_CLASS_MA
 starts from the run's best checkpoint with a low learning rate, the convolutional stack optionally frozen,
 and keeps the checkpoint with the lowest loss on the training objects (there are too few to spare a
 validation set). Carrasco-Davis et al.'s follow-up reached 0.94 balanced recall with 10 per class.
+
+`OUT/finetune.json` records what chose the objects (run, real file, per_class, label mapping, seed): a
+rerun with the same goes on (a killed run resumes, a larger `iterations` extends it), one with others is
+refused, since the held-out objects of the report would no longer be the ones the run never saw.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,11 +22,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simulator.dataset import check_output, class_names, open_h5
+from simulator.dataset import check_output, class_names, open_h5, write_text_atomic
 
+from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
 from .inference import Classifier
-from .train import train
+from .train import RunError, read_run_config, train
+
+MANIFEST = "finetune.json"
 
 
 def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: int = 5, iterations: int = 300,
@@ -34,6 +42,7 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     names = class_names(real)
+    SequenceData(real, base.cfg)  # the real file as training will read it: its errors name it, not the copy
     with open_h5(real) as f:
         label = f["label"][()]
     mapping = map_labels(names, base.class_names, class_map or DEFAULT_CLASS_MAP, real)
@@ -46,17 +55,33 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
                              "leave none to evaluate on")
         split[rng.choice(members, per_class, replace=False)] = 0
     n_train = int((split == 0).sum())
+    stat = real.stat()
+    chosen = {"run": str(run_dir.resolve()), "real": str(real.resolve()), "real_bytes": stat.st_size,
+              "real_mtime_ns": stat.st_mtime_ns, "per_class": per_class, "seed": seed,
+              "labels": {n: base.class_names[m] for n, m in zip(names, mapping)}}
+    try:
+        before = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise RunError(f"{out / MANIFEST}: unreadable ({exc}); remove {out} to start again") from None
+    if before is not None and before != chosen:
+        differ = {k: (before.get(k), chosen[k]) for k in chosen if before.get(k) != chosen[k]}
+        raise RunError(f"{out}: fine-tuned with other objects or labels {differ} (see {out / MANIFEST}); give "
+                       "another --out, or remove it to start again")
+    run_cfg = out / "run" / "config.yaml"  # a rerun keeps the interval of the run it goes on with
+    eval_every = read_run_config(run_cfg)[0].eval_every if before and run_cfg.is_file() else max(iterations // 5, 1)
     cfg = dataclasses.replace(base.cfg, init_from=str(run_dir), freeze=freeze, iterations=iterations,
-                              learning_rate=learning_rate, eval_every=max(iterations // 5, 1), seed=seed,
+                              learning_rate=learning_rate, eval_every=eval_every, seed=seed,
                               batch_size=min(base.cfg.batch_size, 2 ** int(np.log2(max(n_train, 1)))),
                               validation_split="train", eval_batches=max(1, n_train // 8 + 1))
     out.mkdir(parents=True, exist_ok=True)  # only now: a run or real file that fails leaves nothing behind
-    tmp = data.with_name(data.name + ".tmp")
-    shutil.copyfile(real, tmp)
-    with h5py.File(tmp, "r+") as f:
-        f["label"][...] = mapping[label].astype(f["label"].dtype)
-        f["label"].attrs["class_names"] = np.array(base.class_names, dtype=object).astype(h5py.string_dtype())
-        f["split"][...] = split
-    os.replace(tmp, data)
+    write_text_atomic(out / MANIFEST, json.dumps(chosen, indent=1))
+    if before is None or not data.exists():  # else the same file a first run wrote
+        tmp = data.with_name(data.name + ".tmp")
+        shutil.copyfile(real, tmp)
+        with h5py.File(tmp, "r+") as f:
+            f["label"][...] = mapping[label].astype(f["label"].dtype)
+            f["label"].attrs["class_names"] = np.array(base.class_names, dtype=object).astype(h5py.string_dtype())
+            f["split"][...] = split
+        os.replace(tmp, data)
     train(data, out / "run", cfg, progress=progress)
     return evaluate([run_dir, out / "run"], data, out / "report", progress=progress)

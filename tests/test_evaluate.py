@@ -413,6 +413,33 @@ def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
     a, b = Classifier(run).variables["params"], Classifier(tmp_path / "ft" / "run").variables["params"]
     assert np.array_equal(a["Conv_0"]["kernel"], b["Conv_0"]["kernel"])
     assert not np.array_equal(a["_Head_0"]["Dense_1"]["kernel"], b["_Head_0"]["Dense_1"]["kernel"])
+    # a rerun choosing other objects reused the run trained on the first ones (some now "held out")
+    from rcnn.train import RunError
+
+    before = (tmp_path / "ft" / "finetune_data.h5").read_bytes()
+    with pytest.raises(RunError, match=r"ft: fine-tuned with other objects or labels \{'per_class': \(3, 4\)\}"):
+        finetune(run, real, tmp_path / "ft", per_class=4, iterations=6, progress=False)
+    assert (tmp_path / "ft" / "finetune_data.h5").read_bytes() == before
+    # more iterations extend it (the evaluation interval derived from the first run's iterations is kept)
+    more = finetune(run, real, tmp_path / "ft", per_class=3, iterations=11, freeze="conv", progress=False)
+    assert [e["checkpoint_step"] for e in more["runs"].values()][1] <= 11
+    steps = [json.loads(x)["step"] for x in (tmp_path / "ft" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 11 and steps[:5] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "ft" / "finetune_data.h5").read_bytes() == before
+
+
+def test_finetune_names_the_real_file_and_leaves_nothing(run_4class, real_h5, tmp_path):
+    """A real file that training would refuse was copied first, the error naming the copy (and left there)."""
+    from rcnn.data import DatasetError
+    from rcnn.finetune import finetune
+
+    bad = tmp_path / "nosplit.h5"
+    bad.write_bytes(real_h5[0].read_bytes())
+    with h5py.File(bad, "r+") as f:
+        del f["split"]
+    with pytest.raises(DatasetError, match=f"^{bad}: missing dataset"):
+        finetune(run_4class[0], bad, tmp_path / "ft", per_class=3, iterations=2, progress=False)
+    assert not (tmp_path / "ft").exists()
 
 
 def test_fits_import_matches_the_npz_import(tmp_path, hits_dir, real_h5):
