@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simulator.stopping import command
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="photometry", description=__doc__)
@@ -17,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command('photometry')
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from simulator.stopping import Stopped, stop_requests

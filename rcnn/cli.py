@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 
-from simulator.stopping import Stopped, StoppedAtOnce, stop_requests
+from simulator.stopping import Stopped, StoppedAtOnce, command, stop_requests
 
 
 def _at_least(minimum: int):
@@ -196,6 +196,7 @@ def run_on_calling_thread() -> None:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
+@command('rcnn')
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command_line = argv is None and args.command in NETWORK_COMMANDS  # an API call keeps its process

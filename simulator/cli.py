@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .stopping import command
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simulate", description=__doc__)
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command('simulate')
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from survey_params import ConditionsError

@@ -15,6 +15,7 @@ output is complete, and one line on stderr says the signal came too late to stop
 """
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -96,6 +97,24 @@ def _at_once(signum, frame):
         for child in sys.modules["multiprocessing"].active_children():
             child.terminate()  # SIGTERM: their action is death (`worker_signals`)
     raise StoppedAtOnce(signum, f"stopped at once by a second {signal.Signals(signum).name}")
+
+
+def command(prog: str):
+    """Decorator for a command's `main(argv=None)`: run from the command line (no `argv`), a Ctrl-C outside
+    its `stop_requests` (while Python imports the libraries, seconds for JAX, or after the work) ends it in
+    one line and status 130 instead of a traceback. An API call (`argv` given) keeps Python's exception."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            if argv is not None:
+                return main(argv)
+            try:
+                return main()
+            except KeyboardInterrupt:
+                print(f"{prog}: stopped by SIGINT", file=sys.stderr)
+                return 130
+        return run
+    return wrap
 
 
 def check() -> None:

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from .stopping import check as check_stop
+from .stopping import command
 
 #: Environment variable naming the template directory, used when `--templates` is not given.
 TEMPLATES_ENV = "STAMPSEQ_TEMPLATES"
@@ -135,6 +136,7 @@ def check_templates(directory: str | Path) -> None:
         check_sncosmo_files(directory / "sncosmo_data", ia_model, "desg")
 
 
+@command('fetch-templates')
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fetch-templates", description="Download the real light-curve templates "
                                 "(Hsiao, SALT2.4, SN II, DECam, Sesar RR Lyrae, Yoachim Cepheids) into DIR.")

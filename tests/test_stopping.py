@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from simulator.stopping import Stopped, StoppedAtOnce, check, stop_requests
+from simulator.stopping import Stopped, StoppedAtOnce, check, command, stop_requests
 
 
 class Guard(Exception):
@@ -107,6 +107,25 @@ def test_a_second_ctrl_c_ends_a_command_in_one_line(command, guarded, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith(f"{command}: stopped at once by a second SIGINT{said}") and err.count("\n") == 1, err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_before_the_stop_handling_is_one_line_on_the_command_line(capsys):
+    """A Ctrl-C while a command imports its libraries (before `stop_requests`: seconds for JAX) gave a
+    traceback of the import machinery."""
+    @command("prog")
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    assert main() == 130 and capsys.readouterr().err == "prog: stopped by SIGINT\n"
+    with pytest.raises(KeyboardInterrupt):  # an API call: Python's exception
+        main(["--flag"])
+    import photometry.cli
+    import rcnn.cli
+    import simulator.cli
+    import simulator.templates
+
+    for cli in (photometry.cli, rcnn.cli, simulator.cli, simulator.templates):
+        assert cli.main.__wrapped__.__name__ == "main", cli  # every command's main is wrapped
 
 
 def test_nested_requests_share_one_record_and_the_handlers_come_back(guarded):
