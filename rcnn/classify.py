@@ -49,6 +49,10 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
         objects.append({"object": int(obj), **({"name": object_names[obj]} if object_names else {}),
                         "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
                         "probabilities": {c: [float(x) for x in pred.probs[row, valid, i]] for i, c in enumerate(names)}})
+    drawn = {f"object_{int(pred.index[row]):06d}.png" for row in range(min(figures, len(pred.index)))}
+    for old in out_dir.glob("object_*.png"):  # an earlier classify's into the same DIR: not of this output
+        if old.name not in drawn:
+            old.unlink()
     for row in range(min(figures, len(pred.index))):
         appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w,
                           out_dir / f"object_{int(pred.index[row]):06d}.png")

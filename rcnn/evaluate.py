@@ -19,6 +19,7 @@ import numpy as np
 from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic
 
 from . import metrics as M
+from .data import SequenceData
 from .inference import Classifier, Predictions, predict
 
 #: HiTS real labels -> model classes.
@@ -111,10 +112,13 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     twice = list(dict.fromkeys(str(r) for r, p in zip(run_dirs, resolved) if resolved.count(p) > 1))
     if twice:
         raise ValueError(f"run directories given more than once: {', '.join(twice)}")
-    for run_dir, path in zip(run_dirs, resolved):
+    classifiers = []
+    for run_dir in run_dirs:  # every run and its inputs checked before any predicts (minutes each)
         clf = Classifier(run_dir)
-        mapping = map_labels(ds_classes, clf.class_names, class_map or DEFAULT_CLASS_MAP, data)
-        every = predict(clf, data, split=None if real else "test", progress=progress)  # after the labels' check
+        SequenceData(data, clf.cfg)
+        classifiers.append((clf, map_labels(ds_classes, clf.class_names, class_map or DEFAULT_CLASS_MAP, data)))
+    for run_dir, path, (clf, mapping) in zip(run_dirs, resolved, classifiers):
+        every = predict(clf, data, split=None if real else "test", progress=progress)
         pred = every.scored()  # a real object with fewer than n_w valid epochs has no prediction
         labels = mapping[pred.labels]
         name = _run_name(path, clf.cfg.model, results)
@@ -202,7 +206,9 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
     fig.tight_layout()
     save_figure(fig, out_dir / "confusion.png", dpi=110)
 
-    if not real:
+    if real:  # an earlier simulated-data report's, into the same DIR: not of this report
+        (out_dir / "accuracy_vs_magnitude.png").unlink(missing_ok=True)
+    else:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         centres = 0.5 * (MAG_BINS[1:] + MAG_BINS[:-1])
         for name, e in runs.items():

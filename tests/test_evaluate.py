@@ -207,8 +207,10 @@ def test_a_report_killed_while_drawn_has_no_metrics_file(run_4class, tmp_path, m
 
 
 def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
-    run, _ = run_4class
+    run, data = run_4class
     real, _, _ = real_h5
+    evaluate([run], data, tmp_path / "rep", progress=False)  # a simulated report first, into the same DIR
+    assert (tmp_path / "rep" / "accuracy_vs_magnitude.png").exists()
     proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(real),
                            "--out", str(tmp_path / "rep"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -218,6 +220,7 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     e = next(iter(m["runs"].values()))
     assert set(e["recall_real_labels"]) == {"SN", "RRLyrae", "EB", "NV"} and e["step"] <= 20
     assert e["n_objects"] == 40 and e["objects_without_step"] == 0
+    assert not (tmp_path / "rep" / "accuracy_vs_magnitude.png").exists()  # the earlier report's, not of this one
     # two real labels mapped to one class: each has its own recall
     merged = evaluate([run], real, tmp_path / "merged", real=True, class_map=parse_class_map("EB=rrlyrae"),
                       progress=False)["runs"]
@@ -249,6 +252,11 @@ def test_evaluate_real_and_classify(run_4class, real_h5, tmp_path):
     with h5py.File(real, "r") as f:  # each object's own name from the real file
         assert [o["name"] for o in js["objects"]] == [n.decode() for n in f["truth/name"][()]]
     assert (tmp_path / "cls" / "object_000000.png").exists()
+    (tmp_path / "cls" / "object_000039.png").write_bytes(b"")  # as an earlier classify --figures 40 left
+    from rcnn.classify import classify
+
+    classify(run, real, tmp_path / "cls", figures=1, progress=False)
+    assert sorted(p.name for p in (tmp_path / "cls").glob("*.png")) == ["object_000000.png"]
 
 
 def test_classify_arrays_for_brokers(run_4class):
@@ -804,3 +812,12 @@ def test_a_damaged_checkpoint_is_named(run_4class, tmp_path, damage):
     with pytest.raises(RunError, match=rf"{best}: checkpoint {step} cannot be read: it is damaged or incomplete "
                                        rf"\(.*\); remove {best / str(step)} to use the one before it"):
         Classifier(run)
+    if damage == "metadata":  # evaluate checks every run before predicting with the first (minutes each)
+        import rcnn.evaluate
+
+        def predict(*args, **kwargs):
+            raise AssertionError("predicted before every run was checked")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rcnn.evaluate, "predict", predict)
+            with pytest.raises(RunError, match="cannot be read"):
+                evaluate([run_4class[0], run], run_4class[1], tmp_path / "rep", progress=False)
