@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sky level: the logged conditions/sky_adu (default) or a sigma-clipped stamp border")
     p.add_argument("--fwhm", choices=("log", "fit"), default="log",
                    help="PSF FWHM: from the logged seeing (default) or fitted per stamp for bright sources")
-    p.add_argument("--batch-objects", type=int, default=128, help="objects per batch (memory vs speed)")
+    p.add_argument("--batch-objects", type=int, default=128,
+                   help="objects per batch (memory vs speed; default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

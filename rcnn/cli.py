@@ -26,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rcnn", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model on a dataset (resumes an interrupted run in --out)")
-    t.add_argument("data", help="HDF5 dataset from `simulate` (for --model lc, after `photometry`)")
+    t.add_argument("data", help="HDF5 dataset from `simulate` (for --model lc or dmdt, after `photometry`)")
     t.add_argument("--model", choices=("rcnn", "lc", "dmdt"),
-                   help="image-sequence RCNN (default), light-curve classifier, or dm-dt CNN (Mahabal et al. 2017)")
+                   help="image-sequence RCNN (default, unless the --config file sets `model`), light-curve "
+                        "classifier, or dm-dt CNN (Mahabal et al. 2017); lc and dmdt read `photometry`'s light curves")
     t.add_argument("--config", help="YAML file of TrainConfig keys (rcnn/config.py)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--out", required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/, training.png")
@@ -50,29 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="run directory")
     c.add_argument("data", help="dataset (simulated, or real from `rcnn import-real`, labelled or not)")
     c.add_argument("--out", required=True, help="output directory: probabilities.csv, probabilities.json, PNGs")
-    c.add_argument("--figures", type=_at_least(0), default=0, help="Appendix B figures for the first N objects")
+    c.add_argument("--figures", type=_at_least(0), default=0,
+                   help="draw the paper's Appendix B figure for the first N objects (default 0: none)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     ft = sub.add_parser("finetune", help="continue training on a few real labelled objects, evaluate on the rest")
     ft.add_argument("run", help="run directory to start from (its best checkpoint)")
     ft.add_argument("real", help="real labelled dataset from `rcnn import-real`")
     ft.add_argument("--out", required=True, help="output: finetune_data.h5, run/, report/")
     ft.add_argument("--per-class", type=_at_least(1), default=5, help="real objects per class to train on (default 5)")
-    ft.add_argument("--iterations", type=_at_least(1), default=300)
-    ft.add_argument("--learning-rate", type=float, default=1e-4)
-    ft.add_argument("--freeze", choices=("none", "conv"), default="conv", help="freeze the convolutional stack")
+    ft.add_argument("--iterations", type=_at_least(1), default=300, help="training iterations (default %(default)s)")
+    ft.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default %(default)s)")
+    ft.add_argument("--freeze", choices=("none", "conv"), default="conv",
+                    help="conv: freeze the convolutional stack (its batch-norm statistics still adapt); none: train "
+                         "every layer (default %(default)s)")
     ft.add_argument("--class-map", help="real label -> model class (default: the HiTS labels)")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--seed", type=int, default=0,
+                    help="random seed: the objects that train, the batches (default %(default)s)")
     ft.add_argument("--no-progress", action="store_true", help="no progress bars")
-    b = sub.add_parser("baseline", help="random forest on aperture-photometry light-curve features (the bar to beat)")
+    baseline_help = ("random forest on aperture-photometry light-curve features (the bar to beat); without --test or "
+                     "--cv: trained on DATA's train split, tested on its test split")
+    b = sub.add_parser("baseline", help=baseline_help, description=baseline_help)
     b.add_argument("data", help="labelled dataset to train on (simulated, or real from `rcnn import-real`)")
-    b.add_argument("--test", help="dataset to test on (e.g. real; labels mapped as in evaluate)")
+    b.add_argument("--test", help="dataset to test on (e.g. real; labels mapped as in evaluate); the forest then "
+                                "trains on every split of DATA")
     b.add_argument("--cv", type=int, help="stratified K-fold cross-validation on DATA instead (e.g. the real set)")
     b.add_argument("--class-map", help="test label -> training class (default: the HiTS labels)")
     b.add_argument("--max-epochs", type=_at_least(3), default=20, help="epochs per object used (the RCNN's N_d cap)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="report directory: metrics.json, confusion.png")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout) -> the dataset layout")
+    r = sub.add_parser("import-real", help="real stamp sequences (real_dev.npz layout, or a directory of FITS files, "
+                                           "one per object) -> the dataset layout")
     r.add_argument("source", help="real stamps, labelled or not: an npz in the real_dev layout (../shared/hits2015/README.md) or a "
                                    "directory of FITS files, one per object (rcnn/real.py: FITS layout)")
     r.add_argument("--camera", help="camera table (camera.csv) for gain, read noise, saturation")
@@ -80,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "for the galactic-latitude context input")
     r.add_argument("--context", help="host cross-match CSV (name, has_host, host_distance_arcsec) for the host "
                                      "context inputs")
-    r.add_argument("--out", required=True, help="output HDF5 dataset (an existing one is refused without --overwrite)")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    r.add_argument("--out", required=True, help="output HDF5 dataset (an earlier import of the same source is redone; "
+                                                 "any other existing file is refused without --overwrite)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing OUT that is not an import of SOURCE")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -72,7 +72,8 @@ class TrainConfig:
     pack_steps: bool = True
     prefetch: int = 4                # batches read ahead (at least 2 per input process)
     # input processes reading training batches; -1: none on the CPU backend (the network needs the cores),
-    # else min(8, cores - 2): one process reads ~10 batches of 256 per second (benchmarks/input_speed.py)
+    # else max(1, min(8, cores - 2)): one process reads ~10 batches of 256 per second (benchmarks/README.md,
+    # input_speed)
     loader_workers: int = -1
     distributed: bool = False        # call jax.distributed.initialize() (multi-host)
     # fine-tuning (`rcnn finetune`): start from another run's best checkpoint, optionally with the

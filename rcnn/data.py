@@ -4,7 +4,7 @@ Inputs follow Carrasco-Davis et al. (2019), sec. 3.1: each image is sky-subtract
 (image - sky) x 10^((zp_ref - zp) / 2.5) with zp_ref the sequence's first zero point, then divided by
 `flux_scale_adu` and asinh-compressed (`input_transform`); the first `max_steps` images (N_d) are kept. The model stacks n_w consecutive images per
 step itself (step k sees images k..k+n_w-1), so a batch carries each image once. The light-curve model
-gets the photometry's eq. 4-scaled fluxes and errors (`photometry/lc_flux`, `lc_flux_err`) instead.
+and the dm-dt CNN get the photometry's eq. 4-scaled fluxes and errors (`photometry/lc_flux`, `lc_flux_err`) instead.
 
 Sampling reads whole HDF5 chunks (64 objects): a training batch is a random subset of the objects of a
 few random chunks of its split, drawn from `default_rng([seed, step])`, so any step's batch is known
@@ -333,7 +333,7 @@ def train_batch(data: SequenceData, cfg: TrainConfig, step: int, rows: tuple[int
 def loader_workers(setting: int, backend: str, cores: int | None = None) -> int:
     """Input processes for `setting` (`TrainConfig.loader_workers`): -1 (auto) is none on the CPU backend,
     whose network steps need every core and last ~100 times longer than a batch's reading, else
-    min(8, cores - 2), two cores left for the training loop and the accelerator's host work."""
+    max(1, min(8, cores - 2)), two cores left for the training loop and the accelerator's host work."""
     if setting >= 0:
         return setting
     if backend == "cpu":

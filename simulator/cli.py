@@ -13,10 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--survey", default="hits", help="survey name (built-in: hits)")
     p.add_argument("--n-per-class", type=int, help="objects per class (default 100)")
     p.add_argument("--classes", help="comma-separated class names (default: every implemented class)")
-    p.add_argument("--seed", type=int, help="random seed; same seed and options give identical bytes")
+    p.add_argument("--seed", type=int, help="random seed (default 0); same seed and options give identical bytes")
     p.add_argument("--out", required=True, help="output HDF5 file")
-    p.add_argument("--conditions", help="directory of real survey logs (camera.csv + field_epochs.csv, or "
-                                        "camera.ecsv + epochs.ecsv); default $STAMPSEQ_CONDITIONS, else built-in model")
+    p.add_argument("--conditions", help="directory of real survey logs (HiTS: camera.csv + field_epochs.csv or "
+                                        "blind15a_epochs.csv; any survey: camera.ecsv + epochs.ecsv); the survey they "
+                                        "hold (hits for the CSV files) must be --survey; default $STAMPSEQ_CONDITIONS, "
+                                        "else built-in model")
     p.add_argument("--templates", help="directory of real light-curve templates (see `fetch-templates`); default "
                                        "$STAMPSEQ_TEMPLATES, else the embedded defaults")
     p.add_argument("--max-epochs", type=int, help="cap on N_d, the epochs per object (default 20, as the paper)")

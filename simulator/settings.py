@@ -19,7 +19,8 @@ import yaml
 #: Class names of the dataset contract, in label order (Carrasco-Davis et al. 2019, Table 2).
 ALL_CLASSES = ("supernova", "rrlyrae", "cepheid", "eclipsing_binary", "nonvariable", "galaxy", "asteroid")
 
-#: Options that do not change the dataset's contents.
+#: Options that do not change the dataset's contents, left out of its stored config (`shard_size` is not among
+#: them: see its comment in `SimConfig`).
 EXECUTION_KEYS = ("workers", "scheduler", "progress")
 
 
@@ -92,7 +93,10 @@ class SimConfig:
     host_abs_mag_g: float = -20.3          # mean absolute g magnitude (SN Ia/CC hosts, e.g. Kelly & Kirshner 2012, ApJ 759, 107)
     host_abs_mag_sigma: float = 1.0
     host_disk_hlr_kpc: float = 3.5         # median disk half-light radius at host_abs_mag_g (Shen et al. 2003)
-    # execution
+    # execution. shard_size, unlike the keys after it (EXECUTION_KEYS), is part of the stored config, though the
+    # arrays do not depend on it: the finished shards kept in OUT.parts/ for a resume are numbered in units of
+    # it, so a rerun must cut the objects alike (an OUT.parts/ holding shards of another shard_size is refused,
+    # and a complete OUT made with another shard_size counts as made with other options: --overwrite)
     shard_size: int = 1024                 # objects per shard (resume granularity; fewer, larger files merge faster)
     workers: int = 1
     scheduler: str | None = None
