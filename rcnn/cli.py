@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", nargs="+", help="run directories (several: drawn side by side, e.g. rcnn and lc)")
     e.add_argument("--data", help="simulated dataset (its test split is evaluated)")
     e.add_argument("--real", help="real labelled dataset from `rcnn import-real` (every object is evaluated)")
-    e.add_argument("--class-map", help="real label -> model class, e.g. SN=supernova,NV=nonvariable "
-                                       "(default: the HiTS labels SN, RRLyrae, EB, NV)")
+    e.add_argument("--class-map", help="dataset label -> model class, e.g. SN=supernova,NV=nonvariable "
+                                       "(default: a model class's own name, and the HiTS labels SN, RRLyrae, EB, NV)")
     e.add_argument("--out", required=True, help="report directory: metrics.json and PNG figures")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     c = sub.add_parser("classify", help="class probabilities after every step of every object")
