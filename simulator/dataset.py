@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,6 +181,12 @@ def check_output(path: str | Path, option: str, directory: bool = False, error: 
     parent = next(p for p in path.absolute().parents if p.exists())
     if not parent.is_dir():
         raise error(f"{parent}: is not a directory, so {option} {path} cannot be written")
+    where = path if directory and path.is_dir() else parent  # where the files (or their folders) will be made
+    try:  # a file made and removed there: permissions, a read-only file system (root's os.access says yes)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise error(f"{where}: cannot write there ({exc.strerror}), so {option} {path} cannot be written") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
