@@ -40,6 +40,7 @@ Usage: PYTHONPATH=. python benchmarks/compare_lightcurves.py [--n-per-class 150]
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -265,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-per-class", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--conditions", type=Path, default=REPO_ROOT.parent / "shared" / "hits2015",
-                   help="HiTS 2015 logs and real_dev.npz (default ../shared/hits2015 from the repository)")
+    p.add_argument("--conditions", type=Path,
+                   default=Path(os.environ.get("STAMPSEQ_SHARED", REPO_ROOT.parent / "shared")) / "hits2015",
+                   help="HiTS 2015 logs and real_dev.npz (default $STAMPSEQ_SHARED/hits2015, else ../shared/hits2015 "
+                        "from the repository)")
     p.add_argument("--out-h5", type=Path, default=None, help="keep the simulated dataset here (default: temporary)")
     p.add_argument("--png", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "compare_lightcurves.png")
     args = p.parse_args(argv)

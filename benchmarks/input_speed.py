@@ -64,10 +64,12 @@ def _prefetch_rate(data: SequenceData, cfg: TrainConfig, workers: int, n: int) -
         return _rate(reader, warm)
 
 
-def _evaluation_rate(data: SequenceData, batch: int, workers: int) -> float:
-    """Batches/s of `rcnn evaluate`/`classify`'s reading (consecutive objects, no augmentation) over the
-    dataset, after 2 x workers + 4 warm-up batches."""
-    return _rate(read_ahead(data, np.arange(data.n_objects), batch, workers=workers), 2 * workers + 4)[0]
+def _evaluation_rate(data: SequenceData, batch: int, workers: int, n: int) -> float:
+    """Batches/s of `rcnn evaluate`/`classify`'s reading (consecutive objects, no augmentation) over n
+    batches after 2 x workers + 4 warm-up batches, going round the dataset as often as that takes."""
+    warm = 2 * workers + 4
+    index = np.resize(np.arange(data.n_objects), (warm + n) * batch)
+    return _rate(read_ahead(data, index, batch, workers=workers), warm)[0]
 
 
 def main() -> None:
@@ -78,6 +80,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="batches timed per setting")
     ap.add_argument("--workers", type=int, default=2, help="largest number of input processes tried")
     args = ap.parse_args()
+    for option, low in (("n_per_class", 1), ("batch", 1), ("batches", 1), ("workers", 0)):
+        if getattr(args, option) < low:
+            ap.error(f"--{option.replace('_', '-')} must be >= {low}, got {getattr(args, option)}")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.data
         if path is None:
@@ -94,7 +99,7 @@ def main() -> None:
             rate, startup = _prefetch_rate(data, cfg, workers, args.batches)
             label = "thread" if workers == 0 else f"{workers} process{'es' if workers > 1 else ''}"
             rates.append(f"{label} {rate:.1f} batches/s = {rate * args.batch:.0f} seq/s (first batch {startup:.1f} s)")
-        evaluation = [f"{w} {_evaluation_rate(data, args.batch, w):.1f}" for w in range(args.workers + 1)]
+        evaluation = [f"{w} {_evaluation_rate(data, args.batch, w, args.batches):.1f}" for w in range(args.workers + 1)]
     print(f"input_speed (batch {args.batch}, {data.n_objects} objects x {data.n_epochs} epochs): one batch "
           f"{parts['batch']:.0f} ms (read + eq. 4 {parts['read']:.0f} ms, augment {parts['augment']:.0f} ms) | "
           + " | ".join(rates) + " || evaluation reading, batches/s with 0 (thread) .. N processes: "

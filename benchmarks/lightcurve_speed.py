@@ -23,10 +23,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--templates", default=None)
     args = ap.parse_args()
+    if args.n < 1:
+        ap.error(f"--n must be >= 1, got {args.n}")
     cfg = SimConfig(progress=False, templates=args.templates)
     sampler = make_sampler(cfg.survey, cfg.conditions, cfg.seeing_limit_arcsec)
     t0 = time.perf_counter()
-    models = load_models(cfg, resolve_templates(cfg.templates), survey_depth(sampler))
+    try:
+        models = load_models(cfg, resolve_templates(cfg.templates), survey_depth(sampler))
+    except (ValueError, OSError) as exc:
+        ap.error(str(exc))
     setup_s = time.perf_counter() - t0
     parts = []
     for name in ALL_CLASSES:

@@ -23,6 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-per-class", type=int, default=300)
     args = ap.parse_args()
+    if args.n_per_class < 1:
+        ap.error(f"--n-per-class must be >= 1, got {args.n_per_class}")
     with tempfile.TemporaryDirectory() as tmp:
         path = simulate(SimConfig(n_per_class=args.n_per_class, seed=1, progress=False, workers=2), Path(tmp) / "d.h5")
         with h5py.File(path, "r") as f:

@@ -166,7 +166,7 @@ def _backend() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
@@ -184,9 +184,14 @@ def main() -> None:
     ap.add_argument("--infer-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--plain-conv", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for option in ("batch", "steps", "repeats"):
+        if getattr(args, option) < 1:
+            ap.error(f"--{option} must be >= 1, got {getattr(args, option)}")
+    if args.masks and not os.path.isfile(args.masks):
+        ap.error(f"--masks {args.masks}: file not found")
     if args.child:
         print(json.dumps(child(args)))
-        return
+        return 0
     base = os.environ.get("XLA_FLAGS", "")
     use_fast_cpu_flags(args.batch, args.model)
     train_flags = os.environ.get("XLA_FLAGS", "")
@@ -210,7 +215,8 @@ def main() -> None:
         chosen = [v.name for v in variants if cpu or v.name in ("train", "every-step", "evaluate")]
     unknown = sorted(set(chosen) - {v.name for v in variants})
     if unknown:
-        ap.error(f"--variants: unknown {unknown}; choose from {[v.name for v in variants]}")
+        needs = " (every-step needs --masks)" if "every-step" in unknown else ""
+        ap.error(f"--variants: unknown {unknown}; choose from {[v.name for v in variants]}{needs}")
     variants = tuple(v for v in variants if v.name in chosen)
     runs: dict[str, list] = {v.label: [] for v in variants}
     for repeat in range(args.repeats):  # interleaved, so that drift hits every variant alike
@@ -251,7 +257,8 @@ def main() -> None:
             parts.append(f"train / {name}, median of {len(pairs)} paired runs: {statistics.median(pairs):.3f}")
     masks = f", masks of {args.masks}" if args.masks else ""
     print(f"rcnn_speed ({args.model}, T=20, batch {args.batch}, {args.dtype}{masks}): " + " || ".join(parts))
+    return 1 if any(": failed (" in p for p in parts) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
