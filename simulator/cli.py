@@ -10,7 +10,7 @@ from .stopping import command
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simulate", description=__doc__)
-    p.add_argument("--survey", default="hits", help="survey name (built-in: hits)")
+    p.add_argument("--survey", help="survey name (default hits, the built-in one)")
     p.add_argument("--n-per-class", type=int, help="objects per class (default 100)")
     p.add_argument("--classes", help="comma-separated class names (default: every implemented class)")
     p.add_argument("--seed", type=int, help="random seed (default 0); same seed and options give identical bytes")

@@ -530,6 +530,15 @@ def test_out_of_range_options_are_refused_by_key(values, message):
         SimConfig(**values)
 
 
+def test_a_config_file_survey_is_not_overridden_by_the_cli_default(tmp_path, capsys):
+    """`--survey` defaulted to hits, which replaced a config file's `survey:` (options beat the file)."""
+    from simulator.cli import main
+
+    (tmp_path / "cfg.yaml").write_text("survey: nosuch\nn_per_class: 2\n")
+    assert main(["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
+    assert "survey 'nosuch' has no built-in model" in capsys.readouterr().err
+
+
 def test_config_files_refuse_keys_given_twice_and_other_encodings(tmp_path):
     """YAML keys given twice silently took the last value; a Latin-1 file gave a codec error naming no file."""
     (tmp_path / "twice.yaml").write_text("seed: 1\nn_per_class: 2\nseed: 2\n")
