@@ -89,9 +89,11 @@ def psf_options(f: h5py.File, path: Path) -> dict:
     if not isinstance(size, int) or isinstance(size, bool):
         raise PhotometryError(f"{path}: config 'stamp_size' is {size!r}; expected an integer")
     finite = np.isfinite
-    return {"psf": cfg.get("psf", "moffat"),
+    psf = cfg.get("psf", "moffat")
+    return {"psf": psf,  # the Moffat index matters (and is checked) only for a Moffat PSF, as simulate does
             "moffat_beta": _number(cfg.get("moffat_beta", 4.2), f"{path}: config 'moffat_beta'",
-                                   "a finite number > 1.1 (a Moffat PSF)", lambda x: finite(x) and x > 1.1),
+                                   "a finite number > 1.1 (a Moffat PSF)",
+                                   lambda x: finite(x) and (x > 1.1 or psf != "moffat")),
             "fwhm_per_seeing": _number(cfg.get("psf_fwhm_per_seeing", 1.0), f"{path}: config 'psf_fwhm_per_seeing'",
                                        "a finite number > 0", lambda x: finite(x) and x > 0),
             "fwhm_offset_arcsec": _number(cfg.get("psf_fwhm_offset_arcsec", 0.0),

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     overrides = {"survey": args.survey, "n_per_class": args.n_per_class, "seed": args.seed,
                  "conditions": args.conditions, "templates": args.templates, "max_epochs": args.max_epochs,
                  "workers": args.workers, "scheduler": args.scheduler,
-                 "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None}
+                 "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes is not None else None}
     if args.no_progress:
         overrides["progress"] = False
     with stop_requests():

@@ -28,6 +28,21 @@ EXECUTION_KEYS = ("workers", "scheduler", "progress")
 PSF_FWHM_PER_SEEING, PSF_FWHM_OFFSET_ARCSEC = 0.931, -0.159
 #: Each PSF shear component is drawn ~ N(0, psf_shear_rms): up to 0.1, |g| >= 1 has probability e^-50 per epoch.
 MAX_PSF_SHEAR_RMS = 0.1
+#: Bounds of options whose values outside them either exhaust memory (an FFT grid or the PSF scatter's widest
+#: epoch: a 76 GiB allocation was seen), underflow a sampler, or describe no survey or object.
+SANE_RANGES = {
+    "psf_fwhm_scatter": (0.0, 0.5, "a log-normal sigma: 0.5 already spans a factor 2.7 at 2 sigma; HiTS's is 0.043"),
+    "psf_fwhm_offset_arcsec": (-2.0, 2.0, "arcsec added to the fitted FWHM-seeing relation; HiTS's is -0.159"),
+    "fft_size": (0, 512, "px; memory grows as its square"),
+    "host_fft_size": (0, 512, "px; memory grows as its square"),
+    "zero_point_error_mag": (0.0, 0.5, "mag"),
+    "asteroid_rate_deg_per_day": (0.0, 50.0, "deg/day: near-Earth objects; main-belt ~0.25"),
+    "host_abs_mag_g": (-25.0, -12.0, "mag: the brightest galaxies to dwarfs"),
+    "host_abs_mag_sigma": (0.0, 2.0, "mag"),
+    "star_depth_nsigma": (-3.0, 5.0, "standard deviations of limmag5"),
+    "star_count_slope_dex": (-2.0, 2.0, "dex/mag; star counts ~0.2-0.4"),
+    "host_count_slope_dex": (-2.0, 2.0, "dex/mag; galaxy counts ~0.45"),
+}
 
 
 @dataclass
@@ -109,7 +124,10 @@ class SimConfig:
             raise ValueError(f"classes must be a list of class names, got {self.classes!r}")
         self.classes = tuple(self.classes)
         try:
-            self.split_fractions = tuple(float(x) for x in self.split_fractions)
+            parts = self.split_fractions.split(",") if isinstance(self.split_fractions, str) else self.split_fractions
+            if any(isinstance(x, bool) for x in parts):
+                raise TypeError
+            self.split_fractions = tuple(float(x) for x in parts)
         except (TypeError, ValueError):
             raise ValueError(f"split_fractions must be three numbers, got {self.split_fractions!r}") from None
         check_field_types(self)
@@ -161,6 +179,9 @@ class SimConfig:
                     "host_disk_hlr_kpc"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key, (low, high, why) in SANE_RANGES.items():
+            if not low <= getattr(self, key) <= high:
+                raise ValueError(f"{key} must be in [{low:g}, {high:g}] ({why}), got {getattr(self, key)}")
         for low, high in (("star_mag_min", "star_mag_cut"), ("star_mag_min", "rrlyrae_mag_cut"),
                           ("host_mag_min", "host_mag_max")):
             if not getattr(self, low) < getattr(self, high):

@@ -127,12 +127,14 @@ class _Drawn(NamedTuple):
 
 
 def split_of(cfg: SimConfig, within_class_index: np.ndarray) -> np.ndarray:
-    """0 train / 1 validation / 2 test: the first fractions of each class's objects, in index order."""
+    """0 train / 1 validation / 2 test: the first fractions of each class's objects, in index order. The
+    cumulative fractions are rounded (half up), so a fraction of 0 gets no object (rounding each part on its
+    own, with Python's half-to-even, gave 0.5/0.5/0 of 5 objects a test object)."""
     n = cfg.n_per_class
-    n_train = int(round(n * cfg.split_fractions[0]))
-    n_val = int(round(n * cfg.split_fractions[1]))
+    n_train = int(np.floor(n * cfg.split_fractions[0] + 0.5))
+    n_train_val = int(np.floor(n * sum(cfg.split_fractions[:2]) + 0.5))
     j = np.asarray(within_class_index)
-    return np.where(j < n_train, 0, np.where(j < n_train + n_val, 1, 2)).astype(np.uint8)
+    return np.where(j < n_train, 0, np.where(j < n_train_val, 1, 2)).astype(np.uint8)
 
 
 def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:

@@ -148,6 +148,8 @@ def main(argv=None) -> int:
             print(f"{Path(args.out) / rel}  <-  {url}")
         for name, version in SNCOSMO_SOURCES:
             print(f"{Path(args.out) / 'sncosmo_data'}  <-  sncosmo source {name}" + (f" version {version}" if version else ""))
+        for name in SNCOSMO_BANDPASSES:
+            print(f"{Path(args.out) / 'sncosmo_data'}  <-  sncosmo bandpass {name}")
         return 0
     from .stopping import Stopped, stop_requests
 

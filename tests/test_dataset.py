@@ -524,10 +524,54 @@ def test_every_float_option_must_be_finite(key, value):
     ({"seed": -5}, "seed must be in [0, 2**63), got -5"),  # numpy's message without the key
     ({"seed": 10 ** 29}, "seed must be in [0, 2**63), got 10000"),  # an h5py traceback when stored
     ({"classes": {"supernova": 1}}, "classes must be a list of class names, got {'supernova': 1}"),  # its keys, used
+    # memory: a 76 GiB allocation, or the kernel's OOM killer
+    ({"psf_fwhm_scatter": 3}, "psf_fwhm_scatter must be in [0, 0.5] (a log-normal sigma"),
+    ({"fft_size": 100000}, "fft_size must be in [0, 512] (px; memory grows as its square), got 100000"),
+    # silent nonsense: 89-123 arcsec PSFs, hosts at magnitude 0, stars clamped to 14.5-14.9, overflowing counts
+    ({"psf_fwhm_offset_arcsec": 100}, "psf_fwhm_offset_arcsec must be in [-2, 2]"),
+    ({"host_abs_mag_g": -40}, "host_abs_mag_g must be in [-25, -12]"),
+    ({"star_depth_nsigma": -100}, "star_depth_nsigma must be in [-3, 5]"),
+    ({"star_count_slope_dex": 400}, "star_count_slope_dex must be in [-2, 2]"),
+    ({"zero_point_error_mag": 30}, "zero_point_error_mag must be in [0, 0.5] (mag), got 30.0"),
+    ({"asteroid_rate_deg_per_day": 1000}, "asteroid_rate_deg_per_day must be in [0, 50]"),
+    # a YAML string read letter by letter as (1, 0, 0); booleans taken as numbers
+    ({"split_fractions": "100"}, "split_fractions must be three non-negative numbers summing to 1, got (100.0,)"),
+    ({"split_fractions": [True, False, False]}, "split_fractions must be three numbers, got [True, False, False]"),
 ])
 def test_out_of_range_options_are_refused_by_key(values, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         SimConfig(**values)
+
+
+@pytest.mark.parametrize("fractions, n, counts", [
+    ((0.5, 0.5, 0.0), 5, [3, 2, 0]),  # a fraction of 0 had an object (2/2/1: each part rounded half to even)
+    ((0.5, 0.5, 0.0), 1, [1, 0, 0]),  # (0/0/1: the only object in the split of fraction 0)
+    ((0.9, 0.0, 0.1), 7, [6, 0, 1]),
+    ((0.8, 0.1, 0.1), 200, [160, 20, 20]),
+])
+def test_split_counts_follow_the_fractions(fractions, n, counts):
+    from simulator.shard import split_of
+
+    cfg = SimConfig(n_per_class=n, split_fractions=fractions)
+    assert np.bincount(split_of(cfg, np.arange(n)), minlength=3).tolist() == counts
+
+
+def test_a_magnitude_law_without_mass_on_its_range_is_an_error_not_35():
+    """host_mag_cut 10 with hosts from 17: 1 - erf rounded to 0 over the range and every host was 35.002."""
+    from simulator.magnitudes import exp_erf_sample
+
+    m = [exp_erf_sample(u, 0.45, 10.0, 17.0, 24.0) for u in (0.1, 0.5, 0.9)]  # erfc keeps the tail
+    assert 17.0 <= min(m) and max(m) < 17.5
+    with pytest.raises(ValueError, match=r"magnitude law \(slope 0.45 dex/mag, cutoff -20.0\) has no probability"):
+        exp_erf_sample(0.5, 0.45, -20.0, 17.0, 24.0)
+
+
+def test_an_empty_classes_option_is_refused(tmp_path, capsys):
+    """`--classes ""` simulated all seven classes (an empty string taken as not given)."""
+    from simulator.cli import main
+
+    assert main(["--classes", "", "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
+    assert "classes must be a non-empty list" in capsys.readouterr().err
 
 
 def test_a_config_file_survey_is_not_overridden_by_the_cli_default(tmp_path, capsys):

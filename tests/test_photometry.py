@@ -387,3 +387,17 @@ def test_a_failure_while_measuring_keeps_the_finished_batches(small, tmp_path, m
     assert not working_copy(ds).exists()
     with h5py.File(ds, "r") as f, h5py.File(ref, "r") as g:
         assert np.array_equal(f["photometry/lc_flux"][()], g["photometry/lc_flux"][()], equal_nan=True)
+
+
+def test_moffat_beta_is_checked_only_for_a_moffat_psf(small, tmp_path):
+    """simulate accepts any moffat_beta with a Kolmogorov PSF (unused there); photometry refused the dataset."""
+    from photometry.dataset import psf_options
+
+    ds = tmp_path / "d.h5"
+    ds.write_bytes(small.read_bytes())
+    with h5py.File(ds, "r+") as f:
+        _config(psf="kolmogorov", moffat_beta=1.0)(f)
+        assert psf_options(f, ds)["psf"] == "kolmogorov"
+        _config(psf="moffat")(f)
+        with pytest.raises(Exception, match="config 'moffat_beta' is 1.0; expected a finite number > 1.1"):
+            psf_options(f, ds)

@@ -88,6 +88,7 @@ def test_fetch_templates_list(capsys, tmp_path):
     assert main([str(tmp_path), "--list"]) == 0
     out = capsys.readouterr().out
     assert "RRLyr_ugriz_templates.tar.gz" in out and "hsiao" in out
+    assert "sncosmo bandpass desg" in out  # fetched and checked, so listed (a directory built by hand lacked it)
 
 
 def test_fetch_templates_offline_names_the_url(tmp_path):
