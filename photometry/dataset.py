@@ -176,8 +176,8 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         raise PhotometryError(f"sky must be 'log' or 'border' and fwhm 'log' or 'fit', got {sky!r}, {fwhm!r}")
     if batch_objects < 1:
         raise PhotometryError(f"batch_objects must be >= 1, got {batch_objects}")
-    if not path.exists():
-        raise PhotometryError(f"{path}: dataset not found")
+    if not path.is_file():
+        raise PhotometryError(f"{path}: {'is a directory, not a dataset' if path.is_dir() else 'dataset not found'}")
     names = ["seeing_arcsec", "gain", "read_noise", "saturation", "zero_point"] + (["sky_adu"] if sky == "log" else [])
     keys = ["stamps", "mask"] + [f"conditions/{k}" for k in names]
     with open_h5(path) as f:  # all checked before the copy: a file we cannot use leaves nothing behind
