@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@command('photometry')
+@command("photometry")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from simulator.stopping import Stopped, stop_requests

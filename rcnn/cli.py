@@ -206,7 +206,7 @@ def run_on_calling_thread() -> None:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
-@command('rcnn')
+@command("rcnn")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command_line = argv is None and args.command in NETWORK_COMMANDS  # an API call keeps its process

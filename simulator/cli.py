@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@command('simulate')
+@command("simulate")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from survey_params import ConditionsError

@@ -136,7 +136,7 @@ def check_templates(directory: str | Path) -> None:
         check_sncosmo_files(directory / "sncosmo_data", ia_model, "desg")
 
 
-@command('fetch-templates')
+@command("fetch-templates")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fetch-templates", description="Download the real light-curve templates "
                                 "(Hsiao, SALT2.4, SN II, DECam, Sesar RR Lyrae, Yoachim Cepheids) into DIR.")
