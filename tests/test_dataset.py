@@ -237,7 +237,7 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     (["--set", "psf=["], "--set psf=[: not valid YAML at line 1, column 2"),
     (["--set", "split_fractions=a,b,c"], "--set split_fractions=a,b,c: split_fractions must be comma-separated numbers"),
     (["--set", "zero_point_error_mag=nan"], "zero_point_error_mag must be a finite number, got nan"),
-    (["--set", "psf_fwhm_offset_arcsec=-5"], "psf_fwhm_offset_arcsec (the PSF FWHM) must be >= 0.5 px = 0.135\" at the survey's best"),
+    (["--set", "psf_fwhm_offset_arcsec=-2"], "psf_fwhm_offset_arcsec (the PSF FWHM) must be >= 0.5 px = 0.135\" at the survey's best"),
     (["--config", "/nonexistent/sim.yaml"], "/nonexistent/sim.yaml: config file not found"),
     (["--set", "seeing_limit_arcsec=0.1"], "none of 300 objects drawn has an epoch within the seeing limit (0.1\")"),
     (["--survey", "ztf"], "survey 'ztf' has no built-in model"),
@@ -625,7 +625,7 @@ def test_psf_fwhm_must_be_half_a_pixel_at_the_surveys_best_seeing():
     cfg = SimConfig(classes=("nonvariable",), psf_fwhm_per_seeing=1.0)
     least = MIN_PSF_FWHM_PX * model.pixel_scale_arcsec
     n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=least + 1e-6 - best))  # valid: just half a pixel
-    for offset in (-5.0, least / 2 - best):
+    for offset in (-2.0, least / 2 - best):
         with pytest.raises(ValueError, match=re.escape(f"must be >= 0.5 px = {least:.4g}\" at the survey's best "
                                                        f"seeing, {best:g}\", got 1 x {best:g} + {offset:g} = ")):
             n_epochs(dataclasses.replace(cfg, psf_fwhm_offset_arcsec=offset))
