@@ -194,8 +194,6 @@ def test_cli_adds_photometry_and_resumes(tmp_path, monkeypatch):
 def test_cli_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "photometry.cli", str(tmp_path / "none.h5")], capture_output=True, text=True)
     assert proc.returncode == 2 and "none.h5: dataset not found" in proc.stderr and "Traceback" not in proc.stderr
-    from photometry.dataset import PhotometryError, run_photometry
-
     with pytest.raises(PhotometryError, match=f"^{tmp_path}: is a directory, not a dataset$"):
         run_photometry(tmp_path)
     (tmp_path / "text.h5").write_text("not HDF5")
