@@ -104,7 +104,10 @@ def _shards_written(cfg: SimConfig, pending: list[tuple[int, int]], path_of: dic
         from distributed import Client
         from distributed import as_completed as dask_completed
 
-        client = stack.enter_context(Client(cfg.scheduler))
+        try:
+            client = stack.enter_context(Client(cfg.scheduler))
+        except (ValueError, OSError) as exc:  # Dask's messages name the address, not the option
+            raise SimulationError(f"--scheduler {cfg.scheduler}: {exc}") from None
         futures = {client.submit(simulate_packed, cfg_json, a, b, pure=False): (a, b) for a, b in pending}
         return (_write_shard(path_of[futures[fut]], fut.result(), cfg_json, cfg.classes, *futures[fut])
                 for fut in dask_completed(futures))

@@ -113,6 +113,12 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, monkeypatch):
         np.testing.assert_array_equal(fa["stamps"][60:150], direct)
 
 
+def test_a_bad_scheduler_address_names_the_option(tmp_path):
+    with pytest.raises(SimulationError, match="^--scheduler foo: missing port number in address 'foo'$"):
+        simulate(SimConfig(classes=("nonvariable",), n_per_class=2, progress=False, scheduler="foo"), tmp_path / "x.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dask_scheduler_gives_the_same_bytes(tmp_path):
     # --scheduler: shards computed on a Dask cluster (here an in-process one), written by this process
     from distributed import LocalCluster
