@@ -49,13 +49,11 @@ def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures
         objects.append({"object": int(obj), **({"name": object_names[obj]} if object_names else {}),
                         "predicted": names[int(np.nanargmax(last))] if len(valid) else None,
                         "probabilities": {c: [float(x) for x in pred.probs[row, valid, i]] for i, c in enumerate(names)}})
-    drawn = {f"object_{int(pred.index[row]):06d}.png" for row in range(min(figures, len(pred.index)))}
-    for old in out_dir.glob("object_*.png"):  # an earlier classify's into the same DIR: not of this output
-        if old.name not in drawn:
-            old.unlink()
-    for row in range(min(figures, len(pred.index))):
-        appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w,
-                          out_dir / f"object_{int(pred.index[row]):06d}.png")
+    pngs = [out_dir / f"object_{int(obj):06d}.png" for obj in pred.index[:figures]]
+    for old in set(out_dir.glob("object_*.png")) - set(pngs):  # an earlier classify's into the same DIR
+        old.unlink()
+    for row, png in enumerate(pngs):
+        appendix_b_figure(data, int(pred.index[row]), pred.probs[row], pred.step_mask[row], names, n_w, png)
     # last: its presence says the output is complete
     write_text_atomic(out_dir / "probabilities.json",
                       to_json({"classes": names, "run": str(run_dir), "objects": objects}))

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simulator.dataset import check_output, class_names, open_h5, write_text_atomic
+from simulator.dataset import check_output, write_text_atomic
 
 from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
@@ -41,10 +41,8 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     check_output(out, "--out", directory=True)
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
-    names = class_names(real)
-    SequenceData(real, base.cfg)  # the real file as training will read it: its errors name it, not the copy
-    with open_h5(real) as f:
-        label = f["label"][()]
+    source = SequenceData(real, base.cfg)  # the real file as training will read it: its errors name it, not the copy
+    names, label = source.class_names, source.label
     mapping = map_labels(names, base.class_names, class_map or DEFAULT_CLASS_MAP, real)
     rng = np.random.default_rng(seed)
     split = np.full(len(label), 2, np.uint8)

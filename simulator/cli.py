@@ -44,10 +44,11 @@ def main(argv=None) -> int:
     from .stopping import Stopped, stop_requests
     from .summary import plot_gallery, plot_summary, summarize
 
+    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
     overrides = {"survey": args.survey, "n_per_class": args.n_per_class, "seed": args.seed,
                  "conditions": args.conditions, "templates": args.templates, "max_epochs": args.max_epochs,
                  "workers": args.workers, "scheduler": args.scheduler,
-                 "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes is not None else None}
+                 "classes": classes}
     if args.no_progress:
         overrides["progress"] = False
     with stop_requests():

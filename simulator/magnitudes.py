@@ -1,7 +1,8 @@
 """Magnitude distributions: an exponential number density times an erf cutoff.
 
 p(m) ~ 10^(slope m) * f(m), f(m) = erfc(m - m_cut) / 2 = (1 - erf(m - m_cut)) / 2 on [m_min, m_max]
-(erfc: 1 - erf rounds to 0 beyond ~6 mag past the cutoff) (Carrasco-Davis et al. 2019, section 2.2: f = 0.5 at m_cut; their printed "1 - erf(m - m_cut)/2" would never fall below 0.5).
+(Carrasco-Davis et al. 2019, section 2.2: f = 0.5 at m_cut; their printed "1 - erf(m - m_cut)/2" would never
+fall below 0.5). Computed as erfc: 1 - erf rounds to 0 beyond ~6 mag past the cutoff.
 Sampled by inverting the tabulated CDF, so one uniform draw gives one magnitude. `exp_erf_sample` keeps
 one table per law (0.002 mag steps out to 35) and only interpolates per draw: the simulator's hot path.
 """

@@ -31,6 +31,7 @@ MAX_PSF_SHEAR_RMS = 0.1
 #: Bounds of options whose values outside them either exhaust memory (an FFT grid or the PSF scatter's widest
 #: epoch: a 76 GiB allocation was seen), underflow a sampler, or describe no survey or object.
 SANE_RANGES = {
+    "psf_shear_rms": (0.0, MAX_PSF_SHEAR_RMS, "a wider spread draws shears |g| >= 1, which no PSF has"),
     "psf_fwhm_scatter": (0.0, 0.5, "a log-normal sigma: 0.5 already spans a factor 2.7 at 2 sigma; HiTS's is 0.043"),
     "psf_fwhm_offset_arcsec": (-2.0, 2.0, "arcsec added to the fitted FWHM-seeing relation; HiTS's is -0.159"),
     "fft_size": (0, 512, "px; memory grows as its square"),
@@ -158,12 +159,8 @@ class SimConfig:
                              f"{self.fft_size}, {self.host_fft_size}")
         if self.psf == "moffat" and not self.moffat_beta > 1.1:
             raise ValueError(f"moffat_beta must be > 1.1 (GalSim's Moffat is untruncated), got {self.moffat_beta}")
-        if not (self.psf_fwhm_per_seeing > 0 and self.psf_fwhm_scatter >= 0):
-            raise ValueError(f"psf_fwhm_per_seeing must be > 0 and psf_fwhm_scatter >= 0, got "
-                             f"{self.psf_fwhm_per_seeing}, {self.psf_fwhm_scatter}")
-        if not 0 <= self.psf_shear_rms <= MAX_PSF_SHEAR_RMS:
-            raise ValueError(f"psf_shear_rms must be in [0, {MAX_PSF_SHEAR_RMS}] (a wider spread draws shears |g| >= 1, "
-                             f"which no PSF has), got {self.psf_shear_rms}")
+        if not self.psf_fwhm_per_seeing > 0:
+            raise ValueError(f"psf_fwhm_per_seeing must be > 0, got {self.psf_fwhm_per_seeing}")
         if self.shard_size < 1 or self.workers < 1:
             raise ValueError(f"shard_size and workers must be >= 1, got {self.shard_size}, {self.workers}")
         for key in ("host_fraction_supernova", "host_fraction_other"):
@@ -172,7 +169,7 @@ class SimConfig:
         if not 0 < self.host_disk_thickness <= 1:
             raise ValueError(f"host_disk_thickness (a disk's intrinsic axis ratio) must be in (0, 1], got "
                              f"{self.host_disk_thickness}")
-        for key in ("zero_point_error_mag", "host_abs_mag_sigma", "host_size_scatter_dex", "asteroid_rate_scatter_dex"):
+        for key in ("host_size_scatter_dex", "asteroid_rate_scatter_dex"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("seeing_limit_arcsec", "asteroid_rate_deg_per_day", "host_disk_hlr_arcsec_at_g20",

@@ -8,10 +8,11 @@ goes on. So within `stop_requests()` the first SIGINT or SIGTERM is only recorde
 `check()` after each unit of work (a shard, a batch of objects; `rcnn train` after each step), which raises
 `Stopped` there, with that unit kept. The commands then say in one line what they kept and exit with the
 shell's status for the signal (130, 143). A second signal stops at once: a second SIGTERM as Python's
-default (death), a second SIGINT by raising `Stopped` wherever the main thread is, as Python's KeyboardInterrupt
-would, so that the `finally` blocks run and the command still ends in one line and status 130 (not a traceback
-of every frame it was in). A signal after the last check (while a command writes its final output) lets the command finish: its
-output is complete, and one line on stderr says the signal came too late to stop it.
+default (death), a second SIGINT by raising `Stopped` wherever the main thread is, as Python's
+KeyboardInterrupt would, so that the `finally` blocks run and the command still ends in one line and status
+130 (not a traceback of every frame it was in). A signal after the last check (while a command writes its
+final output) lets the command finish: its output is complete, and one line on stderr says the signal came
+too late to stop it.
 """
 from __future__ import annotations
 

@@ -18,8 +18,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from .stopping import check as check_stop
-from .stopping import command
+from .stopping import check as check_stop, command
 
 #: Environment variable naming the template directory, used when `--templates` is not given.
 TEMPLATES_ENV = "STAMPSEQ_TEMPLATES"
