@@ -47,8 +47,8 @@ def exp_erf_sample(u: float, slope_dex: float, m_cut: float, m_min: float, m_max
     if not m_min < m_max <= _FAINTEST_MAG:
         raise ValueError(f"magnitude range must satisfy m_min < m_max <= {_FAINTEST_MAG}: [{m_min}, {m_max}]")
     grid, cdf = _law_table(float(slope_dex), float(m_cut), float(m_min))
-    total = np.interp(m_max, grid, cdf)
-    if not (np.isfinite(total) and total > 0):  # the table's end (35 mag) would be returned for every draw
+    total = float(np.interp(m_max, grid, cdf))
+    if not 0.0 < total < np.inf:  # (NaN fails too)  # the table's end (35 mag) would be returned for every draw
         raise ValueError(f"the magnitude law (slope {slope_dex} dex/mag, cutoff {m_cut}) has no probability on "
                          f"[{m_min}, {m_max}] that floats can hold; bring the cutoff nearer the range")
     return float(np.interp(u * total, cdf, grid))
