@@ -1,5 +1,6 @@
 """Optimal (Naylor 1998) photometry of stamps: simulated datasets (`photometry DATASET.h5`) and real stamps."""
-from .optimal import OptimalPhotometry, Photometry, bad_pixels, border_sky, first_detection, fit_fwhm, zero_point_scaling
+from .optimal import (OptimalPhotometry, Photometry, bad_pixels, border_mask, border_sky, first_detection, fit_fwhm,
+                      zero_point_scaling)
 
-__all__ = ["OptimalPhotometry", "Photometry", "bad_pixels", "border_sky", "first_detection", "fit_fwhm",
+__all__ = ["OptimalPhotometry", "Photometry", "bad_pixels", "border_mask", "border_sky", "first_detection", "fit_fwhm",
            "zero_point_scaling"]

@@ -11,7 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="photometry", description=__doc__)
     p.add_argument("dataset", help="HDF5 dataset written by `simulate` (updated in place, atomically)")
     p.add_argument("--sky", choices=("log", "border"), default="log",
-                   help="sky level: the logged conditions/sky_adu (default) or a sigma-clipped stamp border")
+                   help="sky level: the logged conditions/sky_adu (default) or the sigma-clipped median of the "
+                        "stamp's 2-pixel border with the fitted star taken out (stamps of 7 px or more)")
     p.add_argument("--fwhm", choices=("log", "fit"), default="log",
                    help="PSF FWHM: from the logged seeing (default) or fitted per stamp for bright sources")
     p.add_argument("--batch-objects", type=int, default=128,

@@ -31,7 +31,7 @@ from simulator.lock import exclusive
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
 
-from .optimal import OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
+from .optimal import BORDER_MIN_STAMP, OptimalPhotometry, first_detection, fit_fwhm, zero_point_scaling
 
 PER_EPOCH = ("flux_adu", "flux_err_adu", "dx_px", "dy_px", "sky_adu", "fwhm_px", "n_masked")
 
@@ -185,6 +185,9 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         opts = psf_options(f, path)
         mask = check_shapes(f, path, keys, opts["stamp_size"])
         check_conditions(f, path, names, mask, opts)
+    if sky == "border" and opts["stamp_size"] < BORDER_MIN_STAMP:
+        raise PhotometryError(f"{path}: config: stamp_size {opts['stamp_size']} is too small to measure the sky "
+                              f"on the stamp border (at least {BORDER_MIN_STAMP}); use the logged sky")
     op = _photometer(path, opts)
     # a second `photometry` on the dataset stops here (before it could overwrite the first's working copy)
     with exclusive(path.with_name(path.name + ".photometry-lock"), f"{path} (photometry)", remove=True):

@@ -50,17 +50,34 @@ def bad_pixels(stamps: np.ndarray, saturation_adu: np.ndarray | float | None = N
     return bad
 
 
+BORDER_MIN_STAMP = 7  # px: smaller stamps leave too little inside a 2-pixel border to tell star from sky
+
+
+def border_mask(size: int, width: int = 2) -> np.ndarray:
+    """(size, size) bool: the `width`-pixel border of a stamp, where `border_sky` measures the sky."""
+    edge = np.zeros((size, size), bool)
+    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = True, True, True, True
+    return edge
+
+
 def border_sky(stamps: np.ndarray, bad: np.ndarray, width: int = 2, nsigma: float = 3.0, iterations: int = 5) -> np.ndarray:
     """Sky per stamp (ADU): sigma-clipped median of the `width`-pixel border, good pixels only."""
-    s = stamps.shape[-1]
-    edge = np.zeros((s, s), bool)
-    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = True, True, True, True
+    edge = border_mask(stamps.shape[-1], width)
     vals = np.where(bad[:, edge], np.nan, stamps[:, edge].astype(float))
     for _ in range(iterations):
-        med = np.nanmedian(vals, axis=1, keepdims=True)
-        sigma = 1.4826 * np.nanmedian(np.abs(vals - med), axis=1, keepdims=True)
+        med = _row_median(vals)[:, None]
+        sigma = 1.4826 * _row_median(np.abs(vals - med))[:, None]
         vals = np.where(np.abs(vals - med) > nsigma * np.maximum(sigma, 1e-9), np.nan, vals)
-    return np.nanmedian(vals, axis=1)
+    return _row_median(vals)
+
+
+def _row_median(vals: np.ndarray) -> np.ndarray:
+    """np.nanmedian(vals, axis=1) of a 2-d array (NaN for a row without values, silently), ~10x faster."""
+    n = (~np.isnan(vals)).sum(axis=1)
+    s = np.sort(vals, axis=1)  # NaN sort last
+    lo = np.take_along_axis(s, np.maximum(n - 1, 0)[:, None] // 2, axis=1)[:, 0]
+    hi = np.take_along_axis(s, n[:, None] // 2, axis=1)[:, 0]
+    return np.where(n > 0, (lo + hi) / 2, np.nan)
 
 
 class OptimalPhotometry:
@@ -84,19 +101,25 @@ class OptimalPhotometry:
     def measure(self, stamps: np.ndarray, fwhm_px, gain, read_noise, sky_adu=None, saturation_adu=None) -> Photometry:
         """Fluxes of the sources at (or fitted near) the centres of `stamps` (B, S, S), in ADU.
 
-        `sky_adu` None: estimated from each stamp's border. Per-stamp arrays or scalars elsewhere."""
+        `sky_adu` None: estimated from each stamp's border, at each iteration with the fitted star taken
+        out (the PSF's wings reach the border of small stamps and broad PSFs). Per-stamp arrays or scalars
+        elsewhere."""
         stamps = np.asarray(stamps, dtype=float)
+        if sky_adu is None and stamps.shape[-1] < BORDER_MIN_STAMP:
+            raise ValueError(f"the sky cannot be measured on the border of {stamps.shape[-1]}-pixel stamps "
+                             f"(at least {BORDER_MIN_STAMP}); give the sky level")
         b = len(stamps)
         col = lambda v: np.broadcast_to(np.asarray(v, dtype=float), (b,)).copy()  # noqa: E731
         fwhm, gain, rn = col(fwhm_px), col(gain), col(read_noise)
         bad = bad_pixels(stamps, None if saturation_adu is None else col(saturation_adu))
-        sky = border_sky(stamps, bad) if sky_adu is None else col(sky_adu)
         good = ~bad
-        data = np.where(good, stamps - sky[:, None, None], 0.0)
-        v0 = (np.maximum(sky, 0.0) / gain + (rn / gain) ** 2)[:, None, None]
+        sky = border_sky(stamps, bad) if sky_adu is None else col(sky_adu)
+        data, v0 = self._sky_terms(stamps, sky, gain, rn, good)
         dx, dy = np.zeros(b), np.zeros(b)
         psf = self._psf(fwhm, dx, dy, self.centring_px)  # forced: expected PSF over the unknown centring
         flux, var = self._solve(data, psf, v0, v0, gain, good)
+        if sky_adu is None:
+            sky, data, v0, flux, var = self._border_fit(stamps, bad, psf, gain, rn, flux, steps=2)
         for _ in range(self.iterations):
             model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
             fit = np.flatnonzero(flux > self.fit_snr * np.sqrt(var))
@@ -105,12 +128,45 @@ class OptimalPhotometry:
                                                dx[fit], dy[fit], flux[fit])
                 psf[fit] = self._psf(fwhm[fit], dx[fit], dy[fit])
             flux, var = self._solve(data, psf, v0, model_var, gain, good)
+            if sky_adu is None:
+                sky, data, v0, flux, var = self._border_fit(stamps, bad, psf, gain, rn, flux, steps=1)
         resid = data - flux[:, None, None] * psf
         model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
         n_good = good.sum(axis=(1, 2))
         chi2 = np.where(good, resid ** 2 / model_var, 0.0).sum(axis=(1, 2)) / np.maximum(n_good - 1, 1)
         return Photometry(flux_adu=flux, flux_err_adu=np.sqrt(var), dx_px=dx, dy_px=dy, sky_adu=sky,
                           n_masked=bad.sum(axis=(1, 2)), chi2_dof=chi2)
+
+    @staticmethod
+    def _sky_terms(stamps, sky, gain, rn, good):
+        """The sky-subtracted data (bad pixels 0) and the sky + read-noise variance (ADU^2) per stamp."""
+        return (np.where(good, stamps - sky[:, None, None], 0.0),
+                (np.maximum(sky, 0.0) / gain + (rn / gain) ** 2)[:, None, None])
+
+    def _border_fit(self, stamps, bad, psf, gain, rn, flux, steps: int):
+        """Border sky of the stamps with the star (flux x psf) taken out, and the flux again, to convergence.
+
+        The flux variance adds the sky estimate's: F = (A - k B) / (1 - k b) with A the flux for zero sky,
+        B the border's sky, k = sum(w) / sum(w psf) and b the PSF's mean on the border. A and B share the
+        border pixels (cov(A, B) = b var(A)); var(B) is that of a median, pi/2 x the pixels' mean variance
+        over the good border pixels."""
+        good = ~bad
+        edge = border_mask(stamps.shape[-1]) & good
+        n_edge = np.maximum(edge.sum(axis=(1, 2)), 1)
+        b = np.where(edge, psf, 0.0).sum(axis=(1, 2)) / n_edge
+        for _ in range(steps):  # Newton steps on F = step(F), whose slope is k b
+            sky = border_sky(stamps - flux[:, None, None] * psf, bad)
+            data, v0 = self._sky_terms(stamps, sky, gain, rn, good)
+            model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
+            step, var = self._solve(data, psf, v0, model_var, gain, good)
+            w = np.where(good, psf / model_var, 0.0)
+            k = w.sum(axis=(1, 2)) / (w * psf).sum(axis=(1, 2))
+            flux = flux + (step - flux) / (1 - k * b)
+        sky = border_sky(stamps - flux[:, None, None] * psf, bad)
+        data, v0 = self._sky_terms(stamps, sky, gain, rn, good)
+        var_sky = np.pi / 2 * np.where(edge, model_var, 0.0).sum(axis=(1, 2)) / n_edge ** 2
+        var = (var * (1 - 2 * k * b) + k ** 2 * var_sky) / (1 - k * b) ** 2
+        return sky, data, v0, flux, var
 
     @staticmethod
     def _solve(data, psf, v0, model_var, gain, good):

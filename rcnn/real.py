@@ -10,7 +10,9 @@ files, one per object (`FITS layout` below). Per object:
   formula;
 - gain, read noise, saturation: the camera table's medians (lowest saturation): a stamp does not say its CCD;
 - optimal photometry of every frame (`photometry/` group as `photometry DATASET.h5` writes it), in chunks
-  of `PHOTOMETRY_CHUNK` frames under a progress bar; a stop signal (Ctrl-C) stops between chunks and
+  of `PHOTOMETRY_CHUNK` frames under a progress bar (frames without a logged sky: measured as
+  `photometry --sky border` does, with the fitted star taken out of the border and the sky's uncertainty
+  in the flux error); a stop signal (Ctrl-C) stops between chunks and
   writes nothing;
 - supernova sequences start 5 images before the first 5-sigma detection, other classes at their first
   epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects;
@@ -352,19 +354,22 @@ def _no_usable_frames(a: dict, path: Path, objects: np.ndarray, g: np.ndarray, c
     return ImportError_(f"{path}: object {k}{_object_name(a, k)} has no usable frame: {why}{more}")
 
 
-def _photometry(stamps: np.ndarray, frames: np.ndarray, cond: dict, camera: tuple, pixel_scale_arcsec: float,
-                progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+def _photometry(stamps: np.ndarray, frames: np.ndarray, cond: dict, sky_logged: np.ndarray, camera: tuple,
+                pixel_scale_arcsec: float, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
     """(flux_adu, flux_err_adu) of `frames` (NaN elsewhere), measured chunk by chunk (each frame on its own:
-    the chunking does not change a value), checking for a stop signal after each chunk."""
+    the chunking does not change a value), checking for a stop signal after each chunk. Frames where
+    `sky_logged` is False get the sky from their border, measured with the star."""
     from tqdm.auto import tqdm
 
     flux, err = np.full(len(stamps), np.nan), np.full(len(stamps), np.nan)
     with tqdm(total=len(frames), unit="frame", desc=desc, disable=not progress) as bar:
         for lo in range(0, len(frames), PHOTOMETRY_CHUNK):
             f = frames[lo:lo + PHOTOMETRY_CHUNK]
-            phot, _ = measure_frames(stamps[f], cond["seeing_arcsec"][f], cond["sky_adu"][f], *camera,
-                                     pixel_scale_arcsec)
-            flux[f], err[f] = phot.flux_adu, phot.flux_err_adu
+            for part, logged in ((f[sky_logged[f]], True), (f[~sky_logged[f]], False)):
+                if len(part):
+                    phot, _ = measure_frames(stamps[part], cond["seeing_arcsec"][part],
+                                             cond["sky_adu"][part] if logged else None, *camera, pixel_scale_arcsec)
+                    flux[part], err[part] = phot.flux_adu, phot.flux_err_adu
             bar.update(len(f))
             check_stop()
     return flux, err
@@ -409,8 +414,8 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     empty = np.flatnonzero(np.add.reduceat(usable, offsets[:-1]) == 0)
     if empty.size:
         raise _no_usable_frames(a, path, empty, g, cond)
-    flux, err = _photometry(stamps, np.flatnonzero(usable), cond, (gain, rn, sat), pixel_scale_arcsec, progress,
-                            f"import-real {out.name}")
+    flux, err = _photometry(stamps, np.flatnonzero(usable), cond, np.isfinite(a["sky_adu"]), (gain, rn, sat),
+                            pixel_scale_arcsec, progress, f"import-real {out.name}")
     # per object: usable g frames in time order, window from the alert for supernovae
     class_names = [str(c) for c in a["class_names"]]
     rows = []
