@@ -5,8 +5,10 @@ A supernova's magnitudes follow from physics, not from a fitted histogram:
   cosmology from astropy). SN Ia rate R = 2.5e-5 (1 + z)^1.5 / yr / Mpc^3 (Dilday et al. 2010, ApJ 713,
   1026); core-collapse rate 0.705e-4 / yr / Mpc^3 at z = 0 (Li et al. 2011, MNRAS 412, 1473) following the
   cosmic star-formation history of Madau & Dickinson 2014 (ARA&A 52, 415), 75% of it type II (Li et al.
-  2011). Redshifts run to where the brightest member of each template would fall below the survey's depth
-  (and no further than the template's wavelength coverage allows in g).
+  2011). Each event of a type is any of its templates with equal probability. Redshifts run to where the
+  brightest member of each template would fall below the survey's depth (and no further than the
+  template's wavelength coverage allows in g), so a template is drawn in proportion to its events up to
+  its own limit (and its type's share), which keeps the mix of detected types that of one common range.
 - Luminosity: SN Ia peak M_B = -19.3 (Vega). SN II peak M_R from the volume-limited luminosity functions
   of Li et al. 2011 (MNRAS 412, 1441): IIP N(-15.66, 1.23), IIL N(-17.44, 0.64); volume-limited, because
   the rates above already make the Malmquist bias (a magnitude-limited LF would count it twice).
@@ -233,7 +235,7 @@ class SupernovaModel:
         self._dm_z, self._dm = z_big, np.asarray(Planck18.distmod(z_big).value)
         dvdz = 4 * np.pi * np.asarray(Planck18.differential_comoving_volume(z_big).value)  # Mpc^3 / sr -> full sky
         g_blue = float(self.band.minwave())
-        type_weight = {}
+        events = []  # per template: the events per unit time over its redshift range (the CDF's end)
         for t in self.templates:
             z_cap = min(3.0, g_blue / t.model.source.minwave() - 1.001)  # the g band must stay inside the template
             t.z_grid = np.linspace(Z_MIN, z_cap, 25)
@@ -259,16 +261,19 @@ class SupernovaModel:
                 raise ValueError(f"no {t.name!r} supernova would be visible: at z = {Z_MIN:g} its brightest peak is "
                                  f"already fainter than the survey depth {self.depth_mag:.2f} mag (sn_depth_mag, or "
                                  "the deepest limmag5 of the conditions)")
-            type_weight[t.sn_type] = max(type_weight.get(t.sn_type, 0.0), float(t.z_cdf[-1]))
+            events.append(float(t.z_cdf[-1]))
             t.z_cdf = t.z_cdf / t.z_cdf[-1]
-        self.p_ia = type_weight["Ia"] / (type_weight["Ia"] + type_weight["II"])
+        # every event of a type is equally likely to be any of its templates, so template t's share of the
+        # candidates is its events up to its own redshift limit over the number of its type's templates
+        n_of_type = {k: sum(t.sn_type == k for t in self.templates) for k in ("Ia", "II")}
+        weight = np.array([e / n_of_type[t.sn_type] for e, t in zip(events, self.templates)])
+        self.template_p = weight / weight.sum()
+        self._template_cdf = np.cumsum(self.template_p)
         # least host extinction across the g band per magnitude of A_V, on z_big; each value is the
         # minimum of its grid neighbours so a lookup at the lower grid point bounds the whole cell
         wave = self.band.wave[self.band.trans > 0]
         least = np.array([extinction.ccm89(wave / (1 + z), 1.0, R_V).min() for z in z_big])
         self._least_extinction = np.minimum(least, np.append(least[1:], least[-1]))
-        self._index_by_type = {k: np.array([i for i, t in enumerate(self.templates) if t.sn_type == k])
-                               for k in ("Ia", "II")}
         self._salt2 = np.array([t.amp_param == "x0" for t in self.templates])
         self._abs_mean = np.array([t.abs_mag_mean for t in self.templates])
         self._abs_sigma = np.array([t.abs_mag_sigma for t in self.templates])
@@ -345,10 +350,8 @@ class SupernovaModel:
 
     def _candidates(self, rng: np.random.Generator, n: int, mjd_first: float, mjd_last: float) -> dict:
         """`n` supernova parameter draws (arrays) and the brightest magnitude each could reach (no dust)."""
-        is_ia = rng.random(n) < self.p_ia
-        pick = rng.random(n)
-        ia, ii = self._index_by_type["Ia"], self._index_by_type["II"]
-        template = np.where(is_ia, ia[(pick * len(ia)).astype(int)], ii[(pick * len(ii)).astype(int)])
+        template = np.minimum(np.searchsorted(self._template_cdf, rng.random(n), side="right"),
+                              len(self.templates) - 1)
         u_z = rng.random(n)
         z = np.interp(u_z + template * _Z_CDF_STEP, self._flat_cdf, self._flat_support)
         peak = np.interp(z + template * _Z_STEP, self._flat_z, self._flat_peak)
