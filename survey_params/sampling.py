@@ -125,13 +125,17 @@ class ModelSampler:
         cad = model["cadence"]
         self._nights = np.asarray(cad["nights"], dtype=float)
         self._visit_cdf = np.cumsum(np.asarray(cad["visit_probs"]), axis=1)
-        self._first_q = np.asarray(cad["first_visit_frac_quantiles"])
-        self._spacing_q = np.asarray(cad["spacing_d_quantiles"])
+        self._first_q = [np.asarray(q) for q in cad["first_visit_frac_quantiles"]]  # index: visits - 1
+        self._spacing_q = [np.asarray(q) for q in cad["spacing_d_quantiles"]]
+        self._night_end = float(cad["night_end_frac"])
         cop = model["copula"]
         self._levels = np.asarray(cop["levels"])
         self._quantiles = {v: np.asarray(cop["quantiles"][v]) for v in cop["variables"]}
         self._chol = np.linalg.cholesky(np.asarray(cop["correlation"]) + 1e-9 * np.eye(len(cop["variables"])))
         self._variables = cop["variables"]
+        self._night_mean = np.asarray(cop["night_mean_scores"])  # (nights, variables)
+        spread, rho = np.asarray(cop["spread"]), np.asarray(cop["field_night_correlation"])
+        self._night_share, self._visit_share = spread * np.sqrt(rho), spread * np.sqrt(1 - rho)
         self._exp_values = np.asarray(model["exp_time_s"]["values"])
         self._exp_cdf = np.cumsum(model["exp_time_s"]["probs"])
         cam = model["camera"]
@@ -151,17 +155,19 @@ class ModelSampler:
         an object's conditions do not depend on the others."""
         nights, cad, cop = self._nights, self.model["cadence"], self.model["copula"]
         n_vars, n_cam, n_fields = len(self._variables), len(self._camera[0]), len(self._field_ids)
-        visits, u_visit, z, u_exp, cam, field = [], [], [], [], [], []
-        for rng in rngs:  # per stream: night visits, visit times, copula normals, exposure times, CCD, field
-            counts = (rng.random(len(nights))[:, None] > self._visit_cdf).sum(axis=1)
+        visits, u_visit, z, z_night, u_exp, cam, field = [], [], [], [], [], [], []
+        for rng in rngs:  # per stream: night visits, visit times, copula normals (visit, night), exposure
+            counts = (rng.random(len(nights))[:, None] > self._visit_cdf).sum(axis=1)  # times, CCD, field
             visits.append(counts)
             n = int(counts.sum())
             u_visit.append(rng.random(n))
             z.append(rng.standard_normal((n, n_vars)))
+            z_night.append(rng.standard_normal((int((counts > 0).sum()), n_vars)))
             u_exp.append(rng.random(n))
             cam.append(rng.integers(n_cam))
             field.append(rng.integers(n_fields))
-        # visit times: one row per (object, visited night), visits in order along the row
+        # visit times: one row per (object, visited night), visits in order along the row; the first visit's
+        # time and the spacings follow the night's number of visits
         counts = np.stack(visits)  # (objects, nights)
         obj, night = np.nonzero(counts)
         n_visits = counts[obj, night]
@@ -169,25 +175,31 @@ class ModelSampler:
         inside = col[None, :] < n_visits[:, None]
         draws = np.zeros(inside.shape)
         draws[inside] = np.concatenate(u_visit)
-        first = np.interp(draws[:, 0], self._levels, self._first_q)
-        gaps = np.where(inside[:, 1:], np.interp(draws[:, 1:], self._levels, self._spacing_q), 0.0)
+        first, gaps = np.zeros(len(obj)), np.zeros((len(obj), max(len(col) - 1, 0)))
+        for k in np.unique(n_visits):
+            rows = n_visits == k
+            first[rows] = np.interp(draws[rows, 0], self._levels, self._first_q[k - 1])
+            if k > 1:
+                gaps[rows, :k - 1] = np.interp(draws[rows, 1:k], self._levels, self._spacing_q[k - 1])
         offsets = np.cumsum(np.concatenate([np.zeros((len(obj), 1)), gaps], axis=1), axis=1)
+        # a night ends by the latest time of night observed: a night drawn to run past it starts earlier
+        # (and one longer than a whole night, from the rare six- or seven-visit nights, is squeezed into it)
+        offsets *= np.minimum(1.0, self._night_end / np.maximum(offsets[:, -1], 1e-12))[:, None]
+        first = np.minimum(first, self._night_end - offsets[:, -1])
         times = ((nights[night] + first)[:, None] + offsets)[inside]
         owner = np.repeat(obj, n_visits)
-        # a long night's visits can run past the next night's first one: time order within each object
-        order = np.lexsort((times, owner))
-        t = cad["mjd_start"] + times[order]
-        owner = owner[order]
-        # conditions per visit from the Gaussian copula (rows keep each object's draw order)
-        z = np.concatenate(z)
-        v = {}
-        for i, name in enumerate(self._variables):
-            x = z[:, 0] * self._chol[i, 0]
-            for j in range(1, n_vars):
-                x += z[:, j] * self._chol[i, j]
-            v[name] = np.interp(ndtr(x), self._levels, self._quantiles[name])
+        # conditions per visit from the Gaussian copula: the campaign night's mean normal scores, plus a share
+        # for the field's night (the same for its visits) and the visit's own, each with the copula's
+        # correlations between variables
+        mix = lambda normals: normals @ self._chol.T  # noqa: E731
+        row = np.repeat(np.arange(len(obj)), n_visits)
+        x = (self._night_mean[night[row]] + mix(np.concatenate(z_night))[row] * self._night_share
+             + mix(np.concatenate(z)) * self._visit_share)
         pick = np.searchsorted(self._exp_cdf, np.concatenate(u_exp), side="right")
         exp_time = self._exp_values[pick.clip(max=len(self._exp_values) - 1)]
+        t = cad["mjd_start"] + times  # in time order: nights in order, each inside its day
+        v = {name: np.interp(ndtr(x[:, i]), self._levels, self._quantiles[name])
+             for i, name in enumerate(self._variables)}
         limmag5 = limiting_magnitude(v["seeing_arcsec"], v["sky_adu"], v["zero_point"], exp_time,
                                      cop["limmag5_formula_gain"], cop["limmag5_formula_read_noise"],
                                      self.pixel_scale_arcsec) + v["limmag5_residual"]

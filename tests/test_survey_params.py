@@ -129,6 +129,39 @@ def test_builtin_model_matches_real_marginals(hits_dir):
     assert np.median(span) > 5
 
 
+def _nights(conds, t0):
+    """(times of night (d), gaps between epochs (d), visits per object-night, seeing pairs within nights)."""
+    frac, gaps, visits, pairs = [], [], [], []
+    for c in conds:
+        t, seeing = c.mjd[c.mask], c.seeing_arcsec[c.mask]
+        frac.append((t - t0) % 1.0)
+        gaps.append(np.diff(t))
+        night = np.floor(t - t0)
+        for n in np.unique(night):
+            i = np.flatnonzero(night == n)
+            visits.append(len(i))
+            pairs += [(seeing[p], seeing[q]) for p in i for q in i if p != q]
+    return np.concatenate(frac), np.concatenate(gaps), np.array(visits), np.array(pairs)
+
+
+def test_builtin_model_nights_follow_the_logs(hits_dir):
+    """The built-in model's nights look like the campaign's: no visit after the latest time of night in the
+    logs (an independent spacing per visit put 12% of epochs in daylight), few gaps of 0.2-0.5 d (5%;
+    real 0), five-visit nights as often, and a night's seeing shared by its visits (Spearman 0 before)."""
+    from scipy import stats
+
+    t0 = HITS_MODEL["cadence"]["mjd_start"]
+    real = LogSampler(load_survey(hits_dir), 2.0)
+    model = ModelSampler(HITS_MODEL, 2.0)
+    a = _nights([real.draw(np.random.default_rng(s)) for s in range(800)], t0)
+    b = _nights(model.draw_many([np.random.default_rng(s) for s in range(800)]), t0)
+    assert a[0].max() == pytest.approx(HITS_MODEL["cadence"]["night_end_frac"]) and b[0].max() <= a[0].max() + 1e-6
+    assert ((a[1] > 0.2) & (a[1] < 0.5)).mean() == 0 and ((b[1] > 0.2) & (b[1] < 0.5)).mean() < 0.035
+    assert np.mean(b[2] == 5) == pytest.approx(np.mean(a[2] == 5), rel=0.15)
+    rho_real, rho_model = (stats.spearmanr(*p.T)[0] for p in (a[3], b[3]))
+    assert rho_real > 0.4 and rho_model == pytest.approx(rho_real, abs=0.15)
+
+
 def test_committed_model_is_what_the_derivation_script_gives(hits_dir):
     derived = derive(hits_dir)
     assert derived == HITS_MODEL
