@@ -88,8 +88,10 @@ def test_numeric_zero_one_mask_reads_as_bool(small, tmp_path):
 
 
 def test_conditions_after_max_epochs_are_not_read(small, tmp_path):
-    bad = _corrupt(small, tmp_path / "late.h5", _set("conditions/seeing_arcsec", (2, slice(12, None)), np.nan))
-    with pytest.raises(ValueError, match="seeing_arcsec' is nan at row 2, epoch 12"):
+    with h5py.File(small, "r") as f:
+        row = int(np.flatnonzero(f["mask"][:, 12])[0])  # an object with a valid 13th epoch
+    bad = _corrupt(small, tmp_path / "late.h5", _set("conditions/seeing_arcsec", (row, slice(12, None)), np.nan))
+    with pytest.raises(ValueError, match=f"seeing_arcsec' is nan at row {row}, epoch 12"):
         run_baseline(bad, tmp_path / "a", n_trees=5, max_epochs=13, progress=False)
     assert run_baseline(bad, tmp_path / "b", n_trees=5, max_epochs=12, progress=False)["n_test"] == 7
 
