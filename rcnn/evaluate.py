@@ -55,10 +55,13 @@ def parse_class_map(text: str | None) -> ClassMap:
     return out
 
 
-def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: dict | None, path) -> np.ndarray:
-    """Index of each dataset class among the model's classes: as a `--class-map` maps it (`ClassMap.given`),
-    else to the model class of the same name, else as the default map does. A label a `--class-map` names
-    must be one of the dataset's: else a typo would go unnoticed."""
+def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: dict | str | None,
+               path) -> np.ndarray:
+    """Index of each dataset class among the model's classes: as a `--class-map` maps it (`ClassMap.given`;
+    a string is parsed as `--class-map` is), else to the model class of the same name, else as the default
+    map does. A label a `--class-map` names must be one of the dataset's: else a typo would go unnoticed."""
+    if isinstance(class_map, str):
+        class_map = parse_class_map(class_map)
     unknown = sorted(set(getattr(class_map, "given", ())) - set(dataset_classes))
     if unknown:
         raise ClassMapError(f"{path}: --class-map maps {unknown}, which are not labels of this dataset (its labels: "
@@ -99,7 +102,7 @@ def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
 
 
 def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, real: bool = False,
-             class_map: dict | None = None, last_step: int = 20, progress: bool = True) -> dict:
+             class_map: dict | str | None = None, last_step: int = 20, progress: bool = True) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
     check_output(out_dir, "--out", directory=True)

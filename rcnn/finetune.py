@@ -33,7 +33,7 @@ MANIFEST = "finetune.json"
 
 
 def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: int = 5, iterations: int = 300,
-             learning_rate: float = 1e-4, freeze: str = "conv", class_map: dict | None = None, seed: int = 0,
+             learning_rate: float = 1e-4, freeze: str = "conv", class_map: dict | str | None = None, seed: int = 0,
              progress: bool = True) -> dict:
     run_dir, real, out = Path(run_dir), Path(real), Path(out)
     if per_class < 1:
