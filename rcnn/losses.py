@@ -26,7 +26,11 @@ def sequence_loss(logits, labels, step_mask, kind: str = "ce", weights=None, gam
     lp = jnp.take_along_axis(logp, per_step[..., None], axis=-1)[..., 0]
     loss = -lp
     if kind in ("focal", "weighted_focal"):
-        loss = (1.0 - jnp.exp(lp)) ** gamma * loss
+        # (1 - p)^gamma: a confident step's p rounds to 1 (logit margin ~17 in float32), where the power's
+        # derivative is infinite for gamma < 1 and its product with the zero loss NaN; the limit there is 0
+        q = -jnp.expm1(lp)
+        safe = jnp.where(q > 0, q, 1.0)
+        loss = jnp.where(q > 0, safe ** gamma, jnp.where(gamma > 0, 0.0, 1.0)) * loss
     if kind in ("weighted_ce", "weighted_focal"):
         loss = loss * weights[per_step]
     per_seq = jnp.sum(jnp.where(step_mask, loss, 0.0), axis=1)

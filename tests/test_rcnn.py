@@ -324,6 +324,20 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights():
     assert float(sequence_loss(logits, labels, mask, "weighted_ce", weights=ones)) == pytest.approx(float(ce), rel=1e-6)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_gradient_is_finite_on_confident_steps(gamma):
+    """A step predicted with a logit margin of 20 (p rounds to 1 in float32): the focal loss's gradient is
+    finite (it was NaN for gamma < 1, which made the next update's parameters NaN) and at gamma = 0 equals
+    cross-entropy's."""
+    logits = jnp.array([[[20.0, 0.0, 0.0], [0.5, 0.2, 0.0]]])
+    labels, mask = jnp.array([0]), jnp.ones((1, 2), bool)
+    grad = jax.grad(lambda x: sequence_loss(x, labels, mask, "focal", gamma=gamma))(logits)
+    assert bool(jnp.isfinite(grad).all()), grad
+    if gamma == 0.0:
+        ce = jax.grad(lambda x: sequence_loss(x, labels, mask, "ce"))(logits)
+        np.testing.assert_allclose(grad, ce, rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize("model", ["rcnn", "lc", "dmdt"])
 def test_training_separates_two_classes(dataset, tmp_path, model):
     cfg = TrainConfig(model=model, iterations=100, eval_every=50, **TINY)
