@@ -241,12 +241,20 @@ def make_functions(model, tx, cfg: TrainConfig, weights):
 
     @partial(jax.jit, static_argnums=(2,))
     def eval_step(state, batch, cnn_rows=None):
-        logits, step_mask = apply_model(model, {"params": state["params"], "batch_stats": state["batch_stats"]},
-                                        batch, train=False, cnn_rows=cnn_rows)
-        loss = sequence_loss(logits, batch["label"], step_mask, cfg.loss, w, cfg.focal_gamma, batch["weight"])
+        """The training loss (the same labels, per step where RAPID's pre-detection class is on, and the same
+        auxiliary term) without dropout, and the accuracy at each sequence's last step."""
+        (logits, step_mask), out = apply_model(model, {"params": state["params"], "batch_stats": state["batch_stats"]},
+                                               batch, train=False, cnn_rows=cnn_rows, mutable=["intermediates"])
+        labels = batch.get("step_label", batch["label"])
+        loss = sequence_loss(logits, labels, step_mask, cfg.loss, w, cfg.focal_gamma, batch["weight"])
+        if cfg.aux_loss_weight > 0:
+            (aux,) = jax.tree_util.tree_leaves(out["intermediates"])
+            loss = loss + cfg.aux_loss_weight * sequence_loss(aux, labels, step_mask, cfg.loss, w, cfg.focal_gamma,
+                                                              batch["weight"])
         last = jnp.maximum(jnp.sum(step_mask, axis=1) - 1, 0)
         pred = jnp.argmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], axis=-1)
-        correct = jnp.sum((pred == batch["label"]) * batch["weight"])
+        target = labels if labels.ndim == 1 else jnp.take_along_axis(labels, last[:, None], axis=1)[:, 0]
+        correct = jnp.sum((pred == target) * batch["weight"])
         return loss * jnp.sum(batch["weight"]), correct, jnp.sum(batch["weight"])
 
     return train_step, eval_step

@@ -1178,6 +1178,20 @@ def test_rapid_pre_detection_label(tmp_path):
 
     clf = Classifier(tmp_path / "run")
     assert clf.class_names == ["supernova", "nonvariable", "pre_detection"]
+    # the logged validation loss is the training loss on the validation split: per-step labels (it was
+    # scored against the object's label at every step, a target the model is not trained on)
+    from rcnn.data import SequenceData
+    from rcnn.inference import predict
+
+    last = Classifier(tmp_path / "run", checkpoint="last")
+    p = predict(last, path, split="validation", progress=False)
+    data = SequenceData(path, last.cfg)
+    target = step_labels(p.labels, data.alert[p.index], data.n_images, cfg.n_w, 2)
+    assert (target != p.labels[:, None])[p.step_mask].any()  # pre-detection steps are there to score
+    lp = np.log(np.take_along_axis(p.probs, target[..., None], axis=-1)[..., 0])
+    val_loss = -np.where(p.step_mask, lp, 0.0).sum(axis=1).mean()
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert logged == pytest.approx(val_loss, rel=1e-4)
 
 
 def test_goto_context_inputs(dataset, tmp_path):
