@@ -9,9 +9,13 @@ import numpy as np
 
 from simulator.stopping import check as check_stop
 
-from .data import SPLITS, DatasetError, SequenceData, context_array, loader_workers, prepare_inputs, read_ahead
+from .config import TrainConfig
+from .data import (SPLITS, DatasetError, NonFinite, SequenceData, context_array, loader_workers, prepare_inputs,
+                   read_ahead)
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
+
+STAMP_PX = 21  # the models' stamp size (rcnn.models: 21 -> 11 -> 6 px through the two pools)
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Classifier:
         tx = _optimizer(self.cfg)  # the run's own optimizer: its state is part of the checkpoint
         t = 2 * self.cfg.n_w
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
-                   "images": np.zeros((1, t, 21, 21), np.float32), "flux": np.zeros((1, t), np.float32),
+                   "images": np.zeros((1, t, STAMP_PX, STAMP_PX), np.float32), "flux": np.zeros((1, t), np.float32),
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
                    "context": np.zeros((1, max(self.cfg.n_context, 1)), np.float32)}
         abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
@@ -93,16 +97,104 @@ class Classifier:
     def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
                         context: dict | None = None):
         """Probabilities after every step for raw arrays (N, T[, 21, 21]): stamps in ADU with sky (RCNN) or
-        photometry's eq. 4 scaled fluxes (light-curve model); `context` maps the run's context inputs
+        photometry's eq. 4 scaled fluxes (light-curve and dm-dt models); `context` maps the run's context inputs
         (`rcnn.config.CONTEXT_INPUTS` names) to (N,) values in their units (0/1, arcsec, degrees).
-        Returns (probs (N, S, C), step mask (N, S))."""
-        t = min(np.shape(mask)[1], self.cfg.max_steps)
-        cut = lambda a: None if a is None else np.asarray(a)[:, :t]  # noqa: E731
-        batch = prepare_inputs(self.cfg, cut(mask), cut(mjd), cut(sky_adu), cut(zero_point), cut(stamps),
-                               cut(lc_flux), cut(lc_flux_err))
+        Returns (probs (N, S, C), step mask (N, S)); one object's arrays (T[, 21, 21], context scalars) give
+        (S, C) and (S,). The arrays are checked first: a ValueError names the argument and its shape or value."""
+        arrays, single = _broker_arrays(self.cfg, {"mjd": mjd, "mask": mask, "sky_adu": sky_adu,
+                                                  "zero_point": zero_point, "stamps": stamps, "lc_flux": lc_flux,
+                                                  "lc_flux_err": lc_flux_err})
+        try:
+            batch = prepare_inputs(self.cfg, arrays["mask"], arrays["mjd"], arrays["sky_adu"], arrays["zero_point"],
+                                   arrays.get("stamps"), arrays.get("lc_flux"), arrays.get("lc_flux_err"))
+        except NonFinite as exc:  # stamps: the other arrays were checked whole
+            raise ValueError(f"classify_arrays: {exc.name}{_at(exc.row, exc.epoch, single)} has a pixel that is not "
+                             "finite, at a valid epoch") from None
         if self.cfg.context:
-            batch["context"] = context_array(context or {}, self.cfg.context, "classify_arrays(context=...)")
-        return self.predict_batch(batch)
+            given = _broker_context(context or {}, self.cfg.context, len(arrays["mask"]), single)
+            batch["context"] = context_array(given, self.cfg.context, "classify_arrays(context=...)")
+        probs, step_mask = self.predict_batch(batch)
+        return (probs[0], step_mask[0]) if single else (probs, step_mask)
+
+
+def _broker_arrays(cfg: TrainConfig, arrays: dict) -> tuple[dict, bool]:
+    """`Classifier.classify_arrays`' arrays (name -> array or None) checked against the run `cfg` and cut to its first
+    `max_steps` epochs, with a batch axis; and whether they were one object's (no batch axis). Arrays the
+    model does not read are left out. A ValueError names the argument, its shape or value and what is needed."""
+    inputs = ("stamps",) if cfg.model == "rcnn" else ("lc_flux", "lc_flux_err")
+    missing = [k for k in ("mjd", "mask", "sky_adu", "zero_point") + inputs if arrays[k] is None]
+    if missing:
+        reads = ("stamps in ADU with sky" if cfg.model == "rcnn"
+                 else "photometry's eq. 4 scaled fluxes and their errors (`photometry/lc_flux`, `lc_flux_err`)")
+        raise ValueError(f"classify_arrays: {' and '.join(k + '=' for k in missing)} not given; this run (model "
+                         f"{cfg.model}) reads {reads}")
+    mask = np.asarray(arrays["mask"])
+    if mask.ndim not in (1, 2) or mask.size == 0:
+        raise ValueError(f"classify_arrays: mask has shape {mask.shape}; expected (N, T) for N >= 1 objects of T "
+                         "epochs, or (T,) for one object")
+    single = mask.ndim == 1
+    out = {}
+    for name in ("mask", "mjd", "sky_adu", "zero_point") + inputs:
+        value = np.asarray(arrays[name])
+        want = mask.shape + ((STAMP_PX, STAMP_PX) if name == "stamps" else ())
+        if value.shape != want:
+            why = f"; stamps of {STAMP_PX} x {STAMP_PX} px, as the run was trained on" if name == "stamps" else ""
+            raise ValueError(f"classify_arrays: {name} has shape {value.shape}; expected {want} (mask's {mask.shape} gives "
+                             f"the objects and epochs{why})")
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"classify_arrays: {name} holds {value.dtype}; expected numbers")
+        out[name] = value[None] if single else value
+    if out["mask"].dtype != bool:
+        bad = ~np.isin(out["mask"], (0, 1))
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"classify_arrays: mask{_at(i, j, single)} = {out['mask'][i, j]}; expected true/false "
+                             "(1/0)")
+        out["mask"] = out["mask"].astype(bool)
+    t = min(mask.shape[-1], cfg.max_steps)
+    if t < cfg.n_w:
+        raise ValueError(f"classify_arrays: mask has {mask.shape[-1]} epochs; the run stacks n_w = {cfg.n_w} "
+                         "images per step, so it needs at least that many")
+    out = {k: v[:, :t] for k, v in out.items()}
+    valid = out["mask"]
+    late = valid[:, 1:] & ~valid[:, :-1]
+    if late.any():  # eq. 4's reference epoch and the time origin are the first epoch
+        i, j = np.argwhere(late)[0]
+        raise ValueError(f"classify_arrays: mask{'' if single else f' of object {i}'} has valid epoch {j + 1} after "
+                         "an invalid one; an object's valid epochs must come first, in time order")
+    checked = ("mjd", "sky_adu", "zero_point") if cfg.model == "rcnn" else ("mjd", "lc_flux", "lc_flux_err")
+    for name in checked:  # stamps: after `prepare_inputs` masks sentinel pixels
+        bad = valid & ~np.isfinite(out[name])
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"classify_arrays: {name}{_at(i, j, single)} = {out[name][i, j]} at a valid epoch; "
+                             "expected a finite number")
+    if cfg.model != "rcnn" and (valid & (out["lc_flux_err"] < 0)).any():
+        i, j = np.argwhere(valid & (out["lc_flux_err"] < 0))[0]
+        raise ValueError(f"classify_arrays: lc_flux_err{_at(i, j, single)} = {out['lc_flux_err'][i, j]} at a valid "
+                         "epoch; an uncertainty is >= 0")
+    return out, single
+
+
+def _at(row: int, epoch: int, single: bool) -> str:
+    """An element's index as the caller's array has it: [epoch] for one object's arrays, else [row, epoch]."""
+    return f"[{epoch}]" if single else f"[{row}, {epoch}]"
+
+
+def _broker_context(context: dict, names: list[str], n: int, single: bool) -> dict:
+    """`classify_arrays(context=...)`'s values of the run's context inputs `names` as (n,) arrays (a scalar for
+    one object), or a ValueError naming the input and its shape."""
+    given = {}
+    for name in names:
+        if name not in context:
+            continue  # `context_array` names it
+        value = np.asarray(context[name])
+        value = value.reshape(1) if single and value.ndim == 0 else value
+        if value.shape != (n,) or value.dtype.kind not in "biuf":
+            raise ValueError(f"classify_arrays: context[{name!r}] holds {value.dtype} of shape {value.shape}; "
+                             f"expected {'a number' if single else f'({n},) numbers, one per object'}")
+        given[name] = value
+    return given
 
 
 def predict(classifier: Classifier, data_path: str | Path, split: str | None = "test", batch_size: int = 256,

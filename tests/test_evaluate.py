@@ -297,6 +297,58 @@ def test_classify_arrays_for_brokers(run_4class):
     assert step_mask.shape == (3, 18)
 
 
+def test_classify_arrays_checks_its_arguments(run_4class, tmp_path):
+    """Each bad argument is one ValueError naming it, its shape or value and what is needed (they were KeyErrors,
+    Flax shape errors, numpy broadcast errors, or named the wrong array); one object's arrays need no batch axis."""
+    import shutil
+
+    from photometry.dataset import run_photometry
+    from rcnn.inference import Classifier
+
+    run, data = run_4class
+    clf = Classifier(run)
+    with h5py.File(data, "r") as f:
+        sl = slice(0, 3)
+        mjd, mask, sky, zp, stamps = (f[k][sl] for k in ("mjd", "mask", "conditions/sky_adu", "conditions/zero_point",
+                                                          "stamps"))
+    args = dict(mjd=mjd, mask=mask, sky_adu=sky, zero_point=zp, stamps=stamps)
+
+    def refused(match, **changed):
+        with pytest.raises(ValueError, match=match):
+            clf.classify_arrays(**{**args, **changed})
+
+    refused(r"stamps= not given; this run \(model rcnn\) reads stamps in ADU with sky", stamps=None)
+    refused(r"stamps has shape \(3, 20, 15, 15\); expected \(3, 20, 21, 21\) .*21 x 21 px",
+            stamps=stamps[..., 3:18, 3:18])
+    refused(r"mjd has shape \(3, 10\); expected \(3, 20\)", mjd=mjd[:, :10])
+    refused(r"stamps has shape \(20, 21, 21\); expected \(3, 20, 21, 21\)", stamps=stamps[0])
+    refused(r"mask has shape \(3, 20, 1\); expected \(N, T\)", mask=mask[..., None])
+    refused(r"mask has 2 epochs; the run stacks n_w = 3", **{k: v[:, :2] for k, v in args.items()})
+    bad_sky = sky.copy()
+    bad_sky[1, 0] = np.nan
+    refused(r"sky_adu\[1, 0\] = nan at a valid epoch", sky_adu=bad_sky)  # was "stamps: not finite"
+    bad_stamps = stamps.copy()
+    bad_stamps[2, 1, 5, 5] = np.nan
+    refused(r"stamps\[2, 1\] has a pixel that is not finite", stamps=bad_stamps)
+    late = mask[:, ::-1].copy()  # valid epochs last: was "mjd: not finite at row 0"
+    refused(r"mask of object 0 has valid epoch \d+ after an invalid one; an object's valid epochs must come first",
+            mask=late)
+    probs, step_mask = clf.classify_arrays(**args)
+    one, one_mask = clf.classify_arrays(mjd[1], mask[1], sky[1], zp[1], stamps=stamps[1])  # no batch axis
+    assert one.shape == probs.shape[1:] and np.array_equal(one_mask, step_mask[1])
+    np.testing.assert_allclose(one, probs[1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"sky_adu\[4\] = inf"):
+        clf.classify_arrays(mjd[1], mask[1], np.where(np.arange(20) == 4, np.inf, sky[1]), zp[1], stamps=stamps[1])
+    lc_data = tmp_path / "lc.h5"
+    shutil.copy(data, lc_data)
+    run_photometry(lc_data, progress=False)
+    train(lc_data, tmp_path / "lc", TrainConfig(model="lc", iterations=2, eval_every=2, dense_units=16, rnn_units=8,
+                                                batch_size=16), progress=False)
+    with pytest.raises(ValueError, match=r"lc_flux= and lc_flux_err= not given; this run \(model lc\) reads "
+                                         r"photometry's eq. 4 scaled fluxes"):
+        Classifier(tmp_path / "lc").classify_arrays(**args)
+
+
 def test_predict_in_batches_equals_one_batch(run_4class):
     """`predict` fetches each batch's probabilities after launching the next: same rows, same order."""
     from rcnn.inference import Classifier, predict
