@@ -99,6 +99,9 @@ def _implausible(key: str, values: np.ndarray, g: np.ndarray) -> tuple[np.ndarra
 def load_npz(path: Path) -> dict:
     with open(path, "rb") as fh:
         magic = fh.read(4)
+    if magic == b"SIMP" or path.suffix.lower() in (".fits", ".fit", ".fts"):  # FITS files start "SIMPLE  ="
+        raise ImportError_(f"{path}: is a FITS file; a FITS source is a directory of FITS files, one per object (the "
+                           "FITS layout of rcnn/real.py): give the directory")
     if magic not in ZIP_MAGIC:
         raise ImportError_(f"{path}: is not an .npz archive (a zip of .npy arrays, as numpy.savez writes; its "
                            f"first bytes are {magic!r})")
@@ -192,47 +195,65 @@ def _object_name(a: dict, k: int) -> str:
     return f" ('{a['name'][k]}')" if "name" in a else ""
 
 
-def load_fits_dir(path: Path) -> dict:
-    """The `FITS layout` files of a directory, as the arrays of the npz layout (objects sorted by file name)."""
+def _read_fits_object(f: Path, folder: Path):
+    """(cube (T, S, S) float32, EPOCHS table, primary header) of one object's file in the `FITS layout`, read
+    whole; an ImportError_ naming the file if it is not that."""
+    import warnings
+
     from astropy.io import fits
 
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="File may have been truncated")  # else a reshape error later
+            hdul = fits.open(f, memmap=False)
+        with hdul:
+            data = hdul[0].data
+            if data is None or data.ndim != 3 or "EPOCHS" not in hdul:
+                raise ImportError_(f"{f}: expected a (T, S, S) cube in the primary HDU and an EPOCHS table")
+            return np.asarray(data, dtype=np.float32), hdul["EPOCHS"].data, hdul[0].header
+    except ImportError_:
+        raise
+    except Exception as exc:  # astropy raises many types for a file that is not FITS, or a truncated one
+        raise ImportError_(f"{f}: is not a readable FITS file ({_first_line(exc)}); every *.fits file of "
+                           f"{folder} is read as one object") from None
+
+
+def load_fits_dir(path: Path) -> dict:
+    """The `FITS layout` files of a directory, as the arrays of the npz layout (objects sorted by file name)."""
     files = sorted(path.glob("*.fits"))
     if not files:
         raise ImportError_(f"{path}: no *.fits files")
     cubes, tables, labels, fields, names = [], [], [], [], []
     for f in files:
-        with fits.open(f) as hdul:
-            if hdul[0].data is None or hdul[0].data.ndim != 3 or "EPOCHS" not in hdul:
-                raise ImportError_(f"{f}: expected a (T, S, S) cube in the primary HDU and an EPOCHS table")
-            cube, table, header = np.asarray(hdul[0].data, dtype=np.float32), hdul["EPOCHS"].data, hdul[0].header
-            cols = {c.upper() for c in table.columns.names}
-            missing = [c for c in ("MJD", "FILTER") + tuple(k.upper() for k in CONDITIONS) if c not in cols]
-            if missing or len(table) != len(cube):
-                raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
-                                   f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing})")
-            numbers = {}
-            for c in ("MJD",) + tuple(k.upper() for k in CONDITIONS):
-                try:
-                    numbers[c] = np.asarray(table[c], dtype=float)
-                except (TypeError, ValueError) as exc:
-                    raise ImportError_(f"{f}: EPOCHS column {c} is not numbers ({_first_line(exc)})") from None
-            mjd = numbers["MJD"]
-            if not np.isfinite(mjd).all():
-                i = int(np.flatnonzero(~np.isfinite(mjd))[0])
-                raise ImportError_(f"{f}: EPOCHS row {i + 1}, column MJD: {float(mjd[i])!r}; every image needs its "
-                                   f"observation time")
-            g = np.char.strip(np.asarray(table["FILTER"]).astype(str)) == "g"
-            for k in CONDITIONS:
-                bad, why = _implausible(k, numbers[k.upper()], g)
-                if bad.size:
-                    more = f" ({bad.size - 1} more row(s) too)" if bad.size > 1 else ""
-                    raise ImportError_(f"{f}: EPOCHS row {bad[0] + 1}, column {k.upper()}: "
-                                       f"{float(numbers[k.upper()][bad[0]])!r} in a g-band image: {why}{more}")
-            cubes.append(cube)
-            tables.append({k: np.asarray(table[k]) for k in table.columns.names})
-            labels.append(str(header.get("LABEL", UNLABELLED)))
-            fields.append(int(header.get("FIELD", -1)))
-            names.append(str(header.get("NAME", f.stem)))
+        cube, table, header = _read_fits_object(f, path)
+        cols = {c.upper() for c in table.columns.names}
+        missing = [c for c in ("MJD", "FILTER") + tuple(k.upper() for k in CONDITIONS) if c not in cols]
+        if missing or len(table) != len(cube):
+            raise ImportError_(f"{f}: EPOCHS needs one row per image and columns MJD, FILTER, "
+                               f"{', '.join(k.upper() for k in CONDITIONS)} (missing {missing})")
+        numbers = {}
+        for c in ("MJD",) + tuple(k.upper() for k in CONDITIONS):
+            try:
+                numbers[c] = np.asarray(table[c], dtype=float)
+            except (TypeError, ValueError) as exc:
+                raise ImportError_(f"{f}: EPOCHS column {c} is not numbers ({_first_line(exc)})") from None
+        mjd = numbers["MJD"]
+        if not np.isfinite(mjd).all():
+            i = int(np.flatnonzero(~np.isfinite(mjd))[0])
+            raise ImportError_(f"{f}: EPOCHS row {i + 1}, column MJD: {float(mjd[i])!r}; every image needs its "
+                               f"observation time")
+        g = np.char.strip(np.asarray(table["FILTER"]).astype(str)) == "g"
+        for k in CONDITIONS:
+            bad, why = _implausible(k, numbers[k.upper()], g)
+            if bad.size:
+                more = f" ({bad.size - 1} more row(s) too)" if bad.size > 1 else ""
+                raise ImportError_(f"{f}: EPOCHS row {bad[0] + 1}, column {k.upper()}: "
+                                   f"{float(numbers[k.upper()][bad[0]])!r} in a g-band image: {why}{more}")
+        cubes.append(cube)
+        tables.append({k: np.asarray(table[k]) for k in table.columns.names})
+        labels.append(str(header.get("LABEL", UNLABELLED)))
+        fields.append(int(header.get("FIELD", -1)))
+        names.append(str(header.get("NAME", f.stem)))
     class_names = sorted(set(labels))
     a = {"stamps": np.concatenate(cubes), "offsets": np.concatenate([[0], np.cumsum([len(c) for c in cubes])]),
          "label": np.array([class_names.index(x) for x in labels]), "class_names": np.array(class_names),

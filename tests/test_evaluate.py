@@ -602,6 +602,29 @@ def test_fits_conditions_must_be_plausible_in_g_band_images(tmp_path):
         assert h["mask"][()].sum() == 2 and h["conditions/estimated"][0, 1]
 
 
+def test_a_fits_source_is_a_directory_of_readable_fits_files(tmp_path):
+    """A *.fits file in a FITS source that is not FITS (or is cut short) is named, not astropy's bare "No SIMPLE
+    card found"; a single FITS file given as the source is told to be a directory ("is not an .npz archive")."""
+    from rcnn.real import ImportError_, import_real, write_fits_object
+
+    stamps = np.random.default_rng(0).normal(500.0, 20.0, (3, 21, 21))
+    epochs = {"mjd": [1.0, 2.0, 3.0], "filter": ["g"] * 3, **{c: [v] * 3 for c, v in PLAUSIBLE.items()}}
+    good = write_fits_object(tmp_path / "a.fits", stamps, epochs, "NV")
+    with pytest.raises(ImportError_, match=rf"^{re.escape(str(good))}: is a FITS file; a FITS source is a "
+                                           r"directory of FITS files, one per object"):
+        import_real(good, tmp_path / "out.h5")
+    for name, content, message in (("notes.fits", b"not a FITS file\n", r"OSError: No SIMPLE card found"),
+                                   ("cut.fits", good.read_bytes()[:5000], r"File may have been truncated")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ImportError_, match=rf"^{re.escape(str(bad))}: is not a readable FITS file \(.*{message}"
+                                               rf".*\); every \*\.fits file of {re.escape(str(tmp_path))} is read as "
+                                               r"one object"):
+            import_real(tmp_path, tmp_path / "out.h5")
+        bad.unlink()
+    assert not (tmp_path / "out.h5").exists()
+
+
 def test_real_conditions_are_checked_only_in_the_frames_imported(tmp_path, hits_dir):
     """Impossible conditions of frames not imported (r band, band unknown) do not stop the import; NaN ones
     are estimated."""
