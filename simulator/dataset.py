@@ -356,10 +356,14 @@ class _ChunkWriter:
 
 def open_h5(path: str | Path) -> h5py.File:
     """A dataset file opened for reading, or an OSError that names it (h5py's own says only "file signature
-    not found"): missing, or not HDF5."""
+    not found"): missing, a directory, empty, or not HDF5."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a dataset")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset not found")
+    if path.stat().st_size == 0:
+        raise OSError(f"{path}: is empty, not an HDF5 dataset")
     try:
         return h5py.File(path, "r")
     except OSError as exc:

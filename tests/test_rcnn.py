@@ -772,6 +772,8 @@ def test_bad_config_values_name_the_key(tmp_path):
 def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
     text = tmp_path / "text.h5"
     text.write_text("not HDF5")
+    (tmp_path / "empty.h5").touch()
+    (tmp_path / "folder").mkdir()
     out = tmp_path / "out"
     for args, message in (
             (["evaluate", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(out / "report")],
@@ -781,6 +783,10 @@ def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
              "iterations must be an integer; got 'many'"),
             (["train", str(text), "--out", str(out / "run")], "text.h5: cannot be read as an HDF5 dataset"),
             (["baseline", str(text), "--out", str(out / "forest")], "text.h5: cannot be read as an HDF5 dataset"),
+            # were "dataset not found" and HDF5's "file signature not found"
+            (["train", str(tmp_path / "folder"), "--out", str(out / "run")], "folder: is a directory, not a dataset"),
+            (["baseline", str(tmp_path / "empty.h5"), "--out", str(out / "forest")],
+             "empty.h5: is empty, not an HDF5 dataset"),
             (["baseline", str(dataset), "--max-epochs", "0", "--out", str(out / "forest")],
              "argument --max-epochs: must be >= 3, got 0"),
             (["finetune", str(tmp_path / "norun"), str(dataset), "--per-class", "0", "--out", str(out / "ft")],
