@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.settings import check_field_types, check_finite, yaml_mapping, yaml_value
+from simulator.settings import build_config, check_field_types, check_finite, yaml_mapping, yaml_value
 
 MODELS = ("rcnn", "lc", "dmdt")
 CELLS = ("lstm", "gru")
@@ -154,11 +154,14 @@ def _context_names(value) -> list[str]:
 
 
 def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then a YAML file, then `--set key=value`, then explicit overrides (CLI flags)."""
+    """Defaults, then a YAML file, then `--set key=value`, then explicit overrides (CLI flags); a bad key or value
+    of the file is an error naming the file."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values: dict = {}
-    if yaml_path:
-        values.update(yaml_mapping(yaml_path))
+    file_values = yaml_mapping(yaml_path) if yaml_path else {}
+    unknown = sorted(set(file_values) - names)
+    if unknown:
+        raise ValueError(f"{yaml_path}: unknown config key(s) {unknown}; known: {', '.join(sorted(names))}")
+    values = dict(file_values)
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
@@ -168,4 +171,4 @@ def load_config(yaml_path: str | Path | None = None, sets: list[str] | None = No
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(names))}")
-    return TrainConfig(**values)
+    return build_config(TrainConfig, values, file_values, yaml_path)

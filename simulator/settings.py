@@ -266,6 +266,21 @@ def yaml_mapping(path: str | Path) -> dict:
     return data
 
 
+def build_config(cls, values: dict, file_values: dict, path: str | Path | None):
+    """`cls(**values)` (values merged from a config file, `--set` and options); an error the file's values give on
+    their own too (with the defaults) is prefixed with the file's path: its key and value are in the file."""
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        if path and file_values:
+            try:
+                cls(**file_values)
+            except ValueError as alone:
+                if str(alone) == str(exc):
+                    raise ValueError(f"{path}: {exc}") from None
+        raise
+
+
 def _as_type(value, kind: type):
     """`value` as `kind` where it means the same (else unchanged, for the caller to refuse)."""
     if isinstance(value, bool) or type(value) is kind:
@@ -301,18 +316,20 @@ def _coerce(name: str, text: str):
 def load_config(yaml_path: str | Path | None = None, overrides: dict | None = None,
                 sets: list[str] | None = None) -> SimConfig:
     """Defaults, then a YAML file, then `--set key=value` strings, then explicit `overrides` (CLI flags)."""
-    values: dict = {}
-    if yaml_path:
-        for k, v in yaml_mapping(yaml_path).items():
+    file_values = yaml_mapping(yaml_path) if yaml_path else {}
+    for k in file_values:
+        try:
             _coerce(k, "null")  # validates the key name
-            values[k] = v
+        except ValueError as exc:
+            raise ValueError(f"{yaml_path}: {exc}") from None
+    values = dict(file_values)
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
         values[k.strip()] = _coerce(k.strip(), v)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return SimConfig(**values)
+    return build_config(SimConfig, values, file_values, yaml_path)
 
 
 def psf_fwhm_arcsec(seeing_arcsec, per_seeing: float = PSF_FWHM_PER_SEEING, offset_arcsec: float = PSF_FWHM_OFFSET_ARCSEC):

@@ -601,6 +601,27 @@ def test_config_files_refuse_keys_given_twice_and_other_encodings(tmp_path):
     assert load_config(tmp_path / "classes.yaml").classes == ("nonvariable", "asteroid")
 
 
+def test_bad_config_file_values_name_the_file(tmp_path, capsys):
+    """`simulate --config FILE` with a bad key or value names the file (it named only the key); a value an
+    option replaces is not blamed on it."""
+    from simulator.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    for text, message in (("n_per_class: ten\n", "n_per_class must be an integer; got 'ten'"),
+                          ("seeing_limit_arcsec: .nan\n", "seeing_limit_arcsec must be a finite number, got nan"),
+                          ("n_per_clas: 3\n", "unknown config key 'n_per_clas'")):
+        cfg.write_text(text)
+        with pytest.raises(ValueError) as err:
+            load_config(cfg)
+        assert str(err.value).startswith(f"{cfg}: {message}"), err.value
+    cfg.write_text("n_per_class: ten\n")
+    assert load_config(cfg, {"n_per_class": 4}).n_per_class == 4
+    with pytest.raises(ValueError, match="^n_per_class must be >= 1, got 0$"):
+        load_config(cfg, {"n_per_class": 0})
+    assert main(["--survey", "hits", "--config", str(cfg), "--out", str(tmp_path / "x.h5")]) == 2
+    assert capsys.readouterr().err == f"simulate: error: {cfg}: n_per_class must be an integer; got 'ten'\n"
+
+
 def test_a_survey_too_shallow_for_any_supernova_says_so():
     """It was blamed on the template's SED file."""
     from simulator.shard import n_epochs

@@ -769,6 +769,28 @@ def test_bad_config_values_name_the_key(tmp_path):
         assert message in str(err.value)
 
 
+def test_bad_config_file_values_name_the_file(tmp_path):
+    """A bad key or value from `--config FILE` names the file (it named only the key); one from `--set`, or a
+    combination the file alone does not make, does not."""
+    from rcnn.config import load_config
+
+    cfg = tmp_path / "cfg.yaml"
+    for text, message in (("iterations: ten\n", "iterations must be an integer; got 'ten'"),
+                          ("learning_rate: -1\n", "learning_rate must be > 0; got learning_rate=-1.0"),
+                          ("iteration: 5\n", "unknown config key(s) ['iteration']")):
+        cfg.write_text(text)
+        with pytest.raises(ValueError) as err:
+            load_config(cfg)
+        assert str(err.value).startswith(f"{cfg}: {message}"), err.value
+    cfg.write_text("max_steps: 2\nn_w: 2\n")
+    assert load_config(cfg, ["iterations=5"]).max_steps == 2
+    for sets, message in ((["iterations=ten"], "iterations must be an integer; got 'ten'"),
+                          (["n_w=3"], "need 1 <= n_w <= max_steps; got n_w=3, max_steps=2")):
+        with pytest.raises(ValueError) as err:
+            load_config(cfg, sets)
+        assert str(err.value).startswith(message), err.value
+
+
 def test_commands_that_fail_leave_nothing_behind(dataset, tmp_path):
     text = tmp_path / "text.h5"
     text.write_text("not HDF5")
