@@ -313,9 +313,19 @@ def _coerce(name: str, text: str):
     return value
 
 
-def load_config(yaml_path: str | Path | None = None, overrides: dict | None = None,
+def load_config(yaml_path: str | Path | None = None, overrides: dict | list[str] | None = None,
                 sets: list[str] | None = None) -> SimConfig:
-    """Defaults, then a YAML file, then `--set key=value` strings, then explicit `overrides` (CLI flags)."""
+    """Defaults, then a YAML file, then `sets` (`--set key=value` strings), then explicit `overrides` (key ->
+    value, CLI flags; None values skipped). `overrides` may also be a list of `key=value` strings, taken as
+    `sets` (`rcnn.config.load_config` takes those second); other types are a TypeError. A bad key or value of
+    the file is an error naming the file."""
+    if isinstance(overrides, (list, tuple)):
+        overrides, sets = None, [*overrides, *(sets or [])]
+    if not isinstance(overrides, (dict, type(None))):
+        raise TypeError(f"load_config: overrides must be a dict of key -> value or a list of 'key=value' strings, "
+                        f"got {overrides!r}")
+    if sets is not None and (not isinstance(sets, (list, tuple)) or not all(isinstance(x, str) for x in sets)):
+        raise TypeError(f"load_config: sets must be a list of 'key=value' strings, got {sets!r}")
     file_values = yaml_mapping(yaml_path) if yaml_path else {}
     for k in file_values:
         try:

@@ -273,6 +273,19 @@ def test_config_values_are_typed():
         load_config(sets=["progress=yes please"])
 
 
+def test_load_config_takes_set_strings_second_too():
+    """`load_config(None, ["n_per_class=3"])`, the CLI's strings where rcnn's load_config takes them, was an
+    AttributeError ('list' object has no attribute 'items'); a dict there is as before, other types a TypeError."""
+    assert load_config(None, ["n_per_class=3", "seed=4"]) == load_config(sets=["n_per_class=3", "seed=4"])
+    assert load_config(None, ["n_per_class=3"], ["n_per_class=5"]).n_per_class == 5  # then `sets`
+    assert load_config(None, {"n_per_class": 6, "seed": None}, ["n_per_class=5"]).n_per_class == 6
+    for args, message in (((None, "n_per_class=3"), "overrides must be a dict of key -> value or a list of"),
+                          ((None, None, {"n_per_class": 3}), "sets must be a list of 'key=value' strings"),
+                          ((None, None, "n_per_class=3"), "sets must be a list of 'key=value' strings")):
+        with pytest.raises(TypeError, match=message):
+            load_config(*args)
+
+
 def test_a_run_that_fails_before_any_shard_leaves_no_parts(tmp_path, monkeypatch):
     import simulator.run
 
