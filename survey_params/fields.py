@@ -18,6 +18,9 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.time import Time
 
+from .hits_logs import _read_csv
+from .schema import ConditionsError
+
 #: Cerro Tololo (DECam on the Blanco 4 m): geodetic latitude and east longitude, degrees.
 CTIO_LAT_DEG, CTIO_LON_DEG = -30.16606, -70.81489
 
@@ -89,8 +92,14 @@ def main(argv=None) -> None:
     parser.add_argument("directory", help="the HiTS 2015 logs (blind15a_epochs.csv has every band's airmass)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("hits_fields.py")))
     args = parser.parse_args(argv)
-    raw = Table.read(Path(args.directory) / "blind15a_epochs.csv", format="ascii.csv")
-    raw.rename_column("exp_time", "exp_time_s")
+    path = Path(args.directory) / "blind15a_epochs.csv"
+    try:
+        if not path.is_file():
+            raise ConditionsError(f"{path}: file not found; the HiTS 2015 logs' blind15a_epochs.csv has the "
+                                  "airmasses the centres are fitted to")
+        raw = _read_csv(path, {"field": "field", "mjd": "mjd", "exp_time": "exp_time_s", "airmass": "airmass"})
+    except ConditionsError as exc:  # one line, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     fit = fit_field_coordinates(raw)
     fields = {"reference": "Förster et al. 2016 (HiTS Blind15A); centres fitted to the logged airmasses by "
                            "survey_params/fields.py (CTIO site)",

@@ -38,6 +38,21 @@ def test_field_centres_fitted_from_airmasses():
     assert np.all(fit["airmass_rms"] < 0.005)  # what rounding to 0.01 leaves
 
 
+def test_field_fit_script_without_the_logs_says_which_file_is_missing(tmp_path, capsys):
+    """It ended in astropy's FileNotFoundError traceback; now one line and exit status 2, nothing written."""
+    from survey_params.fields import main
+
+    for content, message in ((None, "file not found"), ("a,b\n1,2\n", "missing column(s) ['field', 'mjd', 'exp_time'")):
+        if content is not None:
+            (tmp_path / "blind15a_epochs.csv").write_text(content)
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path), "--out", str(tmp_path / "fields.py")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+        assert f"error: {tmp_path / 'blind15a_epochs.csv'}: {message}" in err
+    assert not (tmp_path / "fields.py").exists()
+
+
 def test_hits_fields_are_a_grid_at_high_latitude():
     """The fitted HiTS Blind15A centres form the survey's grid of pointings about 2 deg apart at high |b|."""
     ra, dec = np.asarray(HITS_FIELDS["ra_deg"]), np.asarray(HITS_FIELDS["dec_deg"])

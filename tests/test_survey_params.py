@@ -167,6 +167,17 @@ def test_committed_model_is_what_the_derivation_script_gives(hits_dir):
     assert derived == HITS_MODEL
 
 
+def test_derivation_script_without_the_logs_says_which_file_is_missing(tmp_path, capsys):
+    """It ended in a ConditionsError traceback; now one line and exit status 2, nothing written."""
+    from survey_params.derive_hits import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "model.py")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"error: {tmp_path / 'camera.csv'}: file not found" in err and list(tmp_path.iterdir()) == []
+
+
 def test_seeing_limit_must_be_positive():
     with pytest.raises(ConditionsError, match="seeing limit"):
         make_sampler("hits", None, 0.0)
