@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from photometry.optimal import BAD_HIGH, BAD_LOW
-from simulator.dataset import open_h5
+from simulator.dataset import UNLABELLED, open_h5
 
 from .config import CONTEXT_INPUTS, TrainConfig
 
@@ -48,6 +48,10 @@ class SequenceData:
             missing = [k for k in needed if k not in f]
             if missing:
                 hint = " (run `photometry` on it first)" if any(k.startswith("photometry/") for k in missing) else ""
+                if {"label", "split"} & set(missing):  # labels are optional in import-real's sources, not here
+                    hint += ("; every command reads each object's class ('label', the names in its 'class_names' "
+                             "attribute) and split ('split': 0 train, 1 validation, 2 test), classify too: `rcnn "
+                             f"import-real` gives stamps without labels the class '{UNLABELLED}' and split 2 (test)")
                 raise DatasetError(f"{self.path}: missing dataset(s) {', '.join(missing)}{hint}")
             for k in needed:
                 if not isinstance(f[k], h5py.Dataset) or f[k].dtype.kind not in ("iu" if k in ("label", "split")

@@ -408,6 +408,26 @@ def test_evaluate_bad_inputs(run_4class, tmp_path):
     assert proc.returncode == 2 and "['a_key_from_the_future'] are unknown to this version" in proc.stderr
 
 
+def test_classifying_a_dataset_without_labels_or_splits_says_what_is_needed(run_4class, tmp_path):
+    """A dataset without 'label' or 'split' said only "missing dataset(s) label", though the README calls labels
+    optional (in import-real's sources): the message says what the layout holds and how unlabelled stamps get it."""
+    from rcnn.classify import classify
+    from rcnn.data import DatasetError
+
+    run, data = run_4class
+    for key in ("label", "split"):
+        bare = tmp_path / f"no_{key}.h5"
+        bare.write_bytes(data.read_bytes())
+        with h5py.File(bare, "r+") as f:
+            del f[key]
+        with pytest.raises(DatasetError, match=rf"no_{key}.h5: missing dataset\(s\) {key}; every command reads each "
+                                               r"object's class \('label'.*\) and split \('split': 0 train, 1 "
+                                               r"validation, 2 test\), classify too: `rcnn import-real` gives stamps "
+                                               r"without labels the class 'unlabelled' and split 2"):
+            classify(run, bare, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluating_an_empty_split_or_dataset_names_the_file(run_4class, tmp_path):
     """A simulated set without test objects names the split's counts (as training's checks do); a dataset of
     no objects is refused when opened, before any split is looked at."""
