@@ -256,7 +256,8 @@ def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool
         bar.close()
         mask = f["mask"][()]
         flux, err = g["flux_adu"][()], g["flux_err_adu"][()]
-        scale = zero_point_scaling(f["conditions/zero_point"][()].astype(float), mask)
+        scale = zero_point_scaling(f["conditions/zero_point"][()].astype(float), mask,
+                                   f["conditions/zero_point_ref"][()] if "conditions/zero_point_ref" in f else None)
         for k, v in (("lc_flux", flux * scale), ("lc_flux_err", err * scale)):
             if k in g:
                 del g[k]

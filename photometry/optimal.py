@@ -222,9 +222,13 @@ def first_detection(flux_adu: np.ndarray, flux_err_adu: np.ndarray, mask: np.nda
     return np.where(det.any(axis=-1), det.argmax(axis=-1), -1)
 
 
-def zero_point_scaling(zero_point: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Eq. 4 factor 10^((zp_ref - zp) / 2.5) per epoch, zp_ref the sequence's first valid zero point: makes a
-    given magnitude give the same counts at every epoch (NaN at padded epochs)."""
-    first = np.argmax(mask, axis=-1)
-    zp_ref = np.take_along_axis(zero_point, first[..., None], axis=-1)
+def zero_point_scaling(zero_point: np.ndarray, mask: np.ndarray, zp_ref: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 4 factor 10^((zp_ref - zp) / 2.5) per epoch: makes a given magnitude give the same counts at every
+    epoch (NaN at padded epochs). `zp_ref` (N,): the field's first exposure's zero point
+    (`conditions/zero_point_ref`); None: each sequence's first valid zero point (datasets without it)."""
+    if zp_ref is None:
+        first = np.argmax(mask, axis=-1)
+        zp_ref = np.take_along_axis(zero_point, first[..., None], axis=-1)
+    else:
+        zp_ref = np.asarray(zp_ref, dtype=float)[..., None]
     return np.where(mask, 10 ** ((zp_ref - zero_point) / 2.5), np.nan)

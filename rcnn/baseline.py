@@ -90,6 +90,7 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
         # valid epochs are packed first (checked): keep the first max_epochs of them
         mask = f["mask"][:, :t].astype(bool)  # 0/1 numbers allowed, as for `rcnn train`
         zero_point, exp_time = (f[f"conditions/{k}"][:, :t].astype(np.float64) for k in ("zero_point", "exp_time_s"))
+        zp_ref = f["conditions/zero_point_ref"][()] if "conditions/zero_point_ref" in f else None
         out = {"mjd": f["mjd"][:, :t], "mask": mask, "label": f["label"][()].astype(int), "classes": class_names(path),
                "split": f["split"][()]}
         scale = checked["pixel_scale_arcsec"]
@@ -106,12 +107,13 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
                                                                 cond["gain"], cond["read_noise"], cond["saturation"])
                 bar.update(min(chunk_objects, n - lo))
                 check_stop()
-    zs = zero_point_scaling(zero_point, mask)
+    zs = zero_point_scaling(zero_point, mask, zp_ref)
     out["flux"], out["flux_err"] = flux * zs, err * zs
     first = np.argmax(mask, axis=1)
     rows = np.arange(n)
     # m = zp - 2.5 log10(ADU / exp_time): the offset that turns -2.5 log10(ADU) into a g magnitude
-    out["mag_offset"] = zero_point[rows, first] + 2.5 * np.log10(exp_time[rows, first])
+    out["mag_offset"] = ((zero_point[rows, first] if zp_ref is None else zp_ref)
+                         + 2.5 * np.log10(exp_time[rows, first]))
     return out
 
 

@@ -106,6 +106,17 @@ class SequenceData:
                     raise DatasetError(f"{self.path}: pre_detection_label needs 'truth/alert_epoch' or "
                                        "'photometry/first_detection' (run `photometry` first)")
                 self.alert = f[key][()].astype(np.int64)
+            self.zp_ref = None  # eq. 4's reference: the field's first exposure (else each sequence's first epoch)
+            if "conditions/zero_point_ref" in f:
+                ref = f["conditions/zero_point_ref"]
+                if ref.shape != (n,) or ref.dtype.kind not in "iuf":
+                    raise DatasetError(f"{self.path}: 'conditions/zero_point_ref' has shape {ref.shape} ({ref.dtype}); "
+                                       f"expected ({n},) numbers")
+                self.zp_ref = ref[()].astype(np.float64)
+                if not np.isfinite(self.zp_ref).all():
+                    i = int(np.flatnonzero(~np.isfinite(self.zp_ref))[0])
+                    raise DatasetError(f"{self.path}: 'conditions/zero_point_ref'[{i}] is {self.zp_ref[i]}; expected a "
+                                       "finite zero point")
             self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
             self.n_objects, self.n_epochs = n, t
             self.n_images = min(t, cfg.max_steps)
@@ -140,7 +151,8 @@ class SequenceData:
         try:
             out = prepare_inputs(self.cfg, raw["mask"], raw["mjd"], raw["conditions/sky_adu"],
                                  raw["conditions/zero_point"], raw.get("stamps"), raw.get("photometry/lc_flux"),
-                                 raw.get("photometry/lc_flux_err"), flux_factor)
+                                 raw.get("photometry/lc_flux_err"), flux_factor,
+                                 None if self.zp_ref is None else self.zp_ref[idx])
         except NonFinite as exc:
             also = "" if exc.name == "mjd" else " (or its sky / zero point is not)"
             raise DatasetError(f"{self.path}: '{exc.name}' of object {int(idx[exc.row])} is not finite at epoch "
@@ -244,14 +256,16 @@ def _check_finite(values: np.ndarray, mask: np.ndarray, name: str) -> None:
 
 
 def prepare_inputs(cfg: TrainConfig, mask, mjd, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
-                   flux_factor=None) -> dict:
-    """Model inputs from raw arrays (N, T[, S, S]) of the first `max_steps` epochs: eq. 4 scaling (zp_ref the
-    first epoch), `_transform`, time differences from the first image, zeros at padded epochs.
+                   flux_factor=None, zero_point_ref=None) -> dict:
+    """Model inputs from raw arrays (N, T[, S, S]) of the first `max_steps` epochs: eq. 4 scaling,
+    `_transform`, time differences from the first image, zeros at padded epochs. `zero_point_ref` (N,):
+    eq. 4's zp_ref, the field's first exposure's zero point (None: each sequence's first epoch's).
     `flux_factor` (N,) multiplies each sequence's sky-subtracted fluxes (brightness augmentation)."""
     mask = np.asarray(mask, dtype=bool)
     zp = np.asarray(zero_point, dtype=np.float64)
+    ref = zp[:, :1] if zero_point_ref is None else np.asarray(zero_point_ref, np.float64)[:, None]
     factor = 1.0 if flux_factor is None else np.asarray(flux_factor, np.float64)[:, None]
-    scale = np.where(mask, 10 ** ((zp[:, :1] - zp) / 2.5), 0.0) * factor  # eq. 4
+    scale = np.where(mask, 10 ** ((ref - zp) / 2.5), 0.0) * factor  # eq. 4
     mjd = np.asarray(mjd, dtype=np.float64)
     out = {"mask": mask, "dt": np.where(mask, mjd - mjd[:, :1], 0.0).astype(np.float32)}
     if not np.isfinite(out["dt"]).all():  # a NaN time would make every loss NaN, silently

@@ -95,18 +95,27 @@ class Classifier:
         return self._forward(self.variables, inputs, rows), np.asarray(batch["mask"])[:, self.cfg.n_w - 1:]
 
     def classify_arrays(self, mjd, mask, sky_adu, zero_point, stamps=None, lc_flux=None, lc_flux_err=None,
-                        context: dict | None = None):
+                        context: dict | None = None, zero_point_ref=None):
         """Probabilities after every step for raw arrays (N, T[, 21, 21]): stamps in ADU with sky (RCNN) or
         photometry's eq. 4 scaled fluxes (light-curve and dm-dt models); `context` maps the run's context inputs
-        (`rcnn.config.CONTEXT_INPUTS` names) to (N,) values in their units (0/1, arcsec, degrees).
+        (`rcnn.config.CONTEXT_INPUTS` names) to (N,) values in their units (0/1, arcsec, degrees);
+        `zero_point_ref` (N,) eq. 4's reference, the zero point of each field's first exposure (None: each
+        sequence's first epoch's, which ties the scaling to where the sequence starts).
         Returns (probs (N, S, C), step mask (N, S)); one object's arrays (T[, 21, 21], context scalars) give
         (S, C) and (S,). The arrays are checked first: a ValueError names the argument and its shape or value."""
         arrays, single = _broker_arrays(self.cfg, {"mjd": mjd, "mask": mask, "sky_adu": sky_adu,
                                                   "zero_point": zero_point, "stamps": stamps, "lc_flux": lc_flux,
                                                   "lc_flux_err": lc_flux_err})
+        ref = None
+        if zero_point_ref is not None:
+            ref = np.asarray(zero_point_ref, dtype=float).reshape(-1)
+            if ref.shape != (len(arrays["mask"]),) or not np.isfinite(ref).all():
+                raise ValueError(f"classify_arrays: zero_point_ref is {np.asarray(zero_point_ref)!r}; expected "
+                                 f"{len(arrays['mask'])} finite zero point(s), one per object")
         try:
             batch = prepare_inputs(self.cfg, arrays["mask"], arrays["mjd"], arrays["sky_adu"], arrays["zero_point"],
-                                   arrays.get("stamps"), arrays.get("lc_flux"), arrays.get("lc_flux_err"))
+                                   arrays.get("stamps"), arrays.get("lc_flux"), arrays.get("lc_flux_err"),
+                                   zero_point_ref=ref)
         except NonFinite as exc:  # stamps: the other arrays were checked whole
             raise ValueError(f"classify_arrays: {exc.name}{_at(exc.row, exc.epoch, single)} has a pixel that is not "
                              "finite, at a valid epoch") from None

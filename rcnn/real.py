@@ -439,11 +439,12 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
                             pixel_scale_arcsec, progress, f"import-real {out.name}")
     # per object: usable g frames in time order, window from the alert for supernovae
     class_names = [str(c) for c in a["class_names"]]
-    rows = []
+    rows, zp_ref = [], np.zeros(n_obj, np.float32)
     for k in range(n_obj):
         frames = np.arange(offsets[k], offsets[k + 1])
         frames = frames[usable[frames]]
         frames = frames[np.argsort(a["mjd"][frames], kind="stable")]
+        zp_ref[k] = cond["zero_point"][frames[0]]  # eq. 4's reference: the object's first exposure, before the window
         start = 0
         if class_names[a["label"][k]] in SUPERNOVA_NAMES + (UNLABELLED,):
             det = first_detection(flux[frames][None], err[frames][None], np.ones((1, len(frames)), bool))[0]
@@ -476,7 +477,8 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
             arrays[f"conditions/{key}"][k, :n] = cond[key][frames]
         for key, v in (("gain", gain), ("read_noise", rn), ("saturation", sat)):
             arrays[f"conditions/{key}"][k, :n] = v
-    scale = zero_point_scaling(arrays["conditions/zero_point"].astype(float), arrays["mask"])
+    arrays["conditions/zero_point_ref"] = zp_ref
+    scale = zero_point_scaling(arrays["conditions/zero_point"].astype(float), arrays["mask"], zp_ref)
     arrays["photometry/lc_flux"] = (arrays["photometry/flux_adu"] * scale).astype(np.float32)
     arrays["photometry/lc_flux_err"] = (arrays["photometry/flux_err_adu"] * scale).astype(np.float32)
     arrays["photometry/first_detection"] = first_detection(arrays["photometry/flux_adu"], arrays["photometry/flux_err_adu"],

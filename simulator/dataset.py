@@ -4,7 +4,8 @@ Datasets (N objects, T epochs, S x S stamps); names are a contract:
 - `stamps` (N, T, S, S) float32 ADU with sky; `mjd` (N, T); `mask` (N, T) bool valid epochs;
 - `label` (N,) int16 with attribute `class_names`; `split` (N,) uint8 0 train / 1 validation / 2 test;
 - `conditions/{exp_time_s, seeing_arcsec, airmass, sky_adu, zero_point, limmag5, gain, read_noise,
-  saturation}` (N, T), NaN at padded epochs;
+  saturation}` (N, T), NaN at padded epochs; `conditions/zero_point_ref` (N,): the zero point of the
+  field's first exposure, eq. 4's reference (datasets without it: each sequence's first epoch);
 - `truth/mag` (N, T) true point-source magnitude (inf when absent), `truth/has_host` (N,), and more under
   `truth/` (host parameters, centring offsets before rotation, orientation, field, CCD, object index).
 - `context/has_host`, `context/host_distance_arcsec`, `context/galactic_latitude_deg` (N,): what a broker

@@ -51,6 +51,7 @@ class ObjectConditions:
     field: str
     ccd: int
     galactic_latitude_deg: float = math.nan  # of the field's centre; NaN when the survey has no position
+    zero_point_ref: float = math.nan  # the field's first science-band exposure's (eq. 4's zp_ref), any seeing
 
 
 def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -79,10 +80,11 @@ class LogSampler:
         for f in survey.fields():
             ep = survey.field_epochs(f, seeing_limit_arcsec)
             if len(ep):
-                self._fields.append((str(f), ep, survey.galactic_latitude_deg(f)))
+                first = survey.field_epochs(f)  # sorted by MJD, whatever the seeing
+                self._fields.append((str(f), ep, survey.galactic_latitude_deg(f), float(first["zero_point"][0])))
         if not self._fields:
             raise ConditionsError(f"{survey.source}: no {survey.band}-band epoch has seeing <= {seeing_limit_arcsec}\"")
-        self.n_epochs = max(len(ep) for _, ep, _ in self._fields)
+        self.n_epochs = max(len(ep) for _, ep, _, _ in self._fields)
         cam = survey.camera
         self._camera = (np.asarray(cam["ccd"]).astype(int), np.asarray(cam["gain"]),
                         np.asarray(cam["read_noise"]), np.asarray(cam["saturation"]))
@@ -93,10 +95,10 @@ class LogSampler:
 
     def best_seeing_arcsec(self) -> float:
         """The smallest seeing (arcsec) it draws: the best science-band epoch within the seeing limit."""
-        return float(min(np.min(ep["seeing_arcsec"]) for _, ep, _ in self._fields))
+        return float(min(np.min(ep["seeing_arcsec"]) for _, ep, _, _ in self._fields))
 
     def draw(self, rng: np.random.Generator) -> ObjectConditions:
-        field, ep, latitude = self._fields[rng.integers(len(self._fields))]
+        field, ep, latitude, zp_ref = self._fields[rng.integers(len(self._fields))]
         k = rng.integers(len(self._camera[0]))
         ccd, gain, rn, sat = (c[k] for c in self._camera)
         cols = {name: np.asarray(ep[name], dtype=float) for name in EPOCH_FIELDS}
@@ -107,7 +109,8 @@ class LogSampler:
                 cols["exp_time_s"][missing], gain, rn, self.pixel_scale_arcsec)
         mjd, cols, mask = _pack(self.n_epochs, ep["mjd"], cols, np.ones(len(ep), bool))
         return ObjectConditions(mjd=mjd, mask=mask, gain=float(gain), read_noise=float(rn),
-                                saturation=float(sat), field=field, ccd=int(ccd), galactic_latitude_deg=latitude, **cols)
+                                saturation=float(sat), field=field, ccd=int(ccd), galactic_latitude_deg=latitude,
+                                zero_point_ref=zp_ref, **cols)
 
 
 class ModelSampler:
@@ -207,6 +210,8 @@ class ModelSampler:
         keep = v["seeing_arcsec"] <= self.seeing_limit_arcsec
         n_obj, width = len(rngs), self.n_epochs
         starts = np.searchsorted(owner, np.arange(n_obj))
+        # eq. 4's reference: each object's first visit, whatever its seeing (NaN for an object never visited)
+        zp_ref = np.append(v["zero_point"], np.nan)[np.where(np.isin(np.arange(n_obj), owner), starts, len(owner))]
         slot = np.cumsum(keep) - 1
         slot -= np.concatenate([[0], np.cumsum(keep)])[starts][owner]
         keep &= slot < width
@@ -224,7 +229,7 @@ class ModelSampler:
             cols = {name: table[row, o] for row, name in enumerate(columns)}
             out.append(ObjectConditions(mask=mask[o], gain=float(gain), read_noise=float(rn), saturation=float(sat),
                                         field=self._field_ids[f], ccd=int(ccd), galactic_latitude_deg=self._field_b[f],
-                                        **cols))
+                                        zero_point_ref=float(zp_ref[o]), **cols))
         return out
 
 

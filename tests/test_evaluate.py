@@ -105,6 +105,13 @@ def test_importer_estimates_missing_conditions(real_h5):
         # supernova sequences start at most 5 images before the first 5-sigma detection
         assert all(0 <= x <= 5 for x in fd[label == 0] if x >= 0)
         assert f["photometry/lc_flux"].shape == mask.shape
+        # eq. 4's reference: each object's first usable exposure, also for supernovae cut to their window
+        ref, zp = f["conditions/zero_point_ref"][()], f["conditions/zero_point"][()]
+        assert ref.shape == (len(mask),) and np.isfinite(ref).all()
+        scale = 10 ** ((ref[:, None] - zp) / 2.5)
+        np.testing.assert_allclose(f["photometry/lc_flux"][()][mask], (f["photometry/flux_adu"][()] * scale)[mask],
+                                   rtol=1e-5)
+        assert (np.abs(ref - zp[:, 0]) > 1e-3)[label == 0].any()  # supernova windows start after the first exposure
 
 
 def test_importer_measures_frames_without_a_logged_sky_from_their_border(hits_dir):

@@ -194,8 +194,8 @@ def test_cli_adds_photometry_and_resumes(tmp_path, monkeypatch):
         flux, err, lc = g["flux_adu"][()], g["flux_err_adu"][()], g["lc_flux"][()]
         assert flux.shape == mask.shape and np.isfinite(flux[mask]).all() and np.isnan(flux[~mask]).all()
         assert (err[mask] > 0).all()
-        zp = f["conditions/zero_point"][()]
-        assert np.allclose(lc[mask], (flux * zero_point_scaling(zp, mask))[mask], rtol=1e-5)
+        zp, zp_ref = f["conditions/zero_point"][()], f["conditions/zero_point_ref"][()]
+        assert np.allclose(lc[mask], (flux * zero_point_scaling(zp, mask, zp_ref))[mask], rtol=1e-5)
         assert (g["first_detection"][()] == first_detection(flux, err, mask)).all()
         sn = f["label"][()] == 1
         assert (g["first_detection"][()][sn] >= 0).mean() > 0.8  # simulated SNe were brighter than 5 sigma once

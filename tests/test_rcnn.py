@@ -1427,3 +1427,33 @@ for _ in range(8):
     reused, fresh = faults("sync"), faults("async")
     assert fresh >= 32  # 64 MB faulted in again per execution: 2 MB huge pages at the least
     assert reused * 10 < fresh, (reused, fresh)
+
+
+def test_eq4_reference_is_the_fields_first_exposure(tmp_path, hits_dir):
+    """Eq. 4's zp_ref is the zero point of the field's first exposure (`conditions/zero_point_ref`), not the
+    sequence's first epoch, which depends on where the window starts (5 images before a supernova's alert):
+    the network's images and photometry's light curves are scaled by 10^((zp_ref - zp) / 2.5)."""
+    from survey_params import load_survey
+
+    path = tmp_path / "sn.h5"
+    simulate(SimConfig(classes=("supernova", "nonvariable"), n_per_class=8, seed=3, conditions=str(hits_dir),
+                       progress=False), path)
+    run_photometry(path, progress=False)
+    survey = load_survey(hits_dir)
+    with h5py.File(path, "r") as f:
+        ref, zp, mask = (f[k][()] for k in ("conditions/zero_point_ref", "conditions/zero_point", "mask"))
+        fields = [x.decode() if isinstance(x, bytes) else str(x) for x in f["truth/field"][()]]
+        start = f["truth/window_start"][()]
+        sky, stamps = f["conditions/sky_adu"][()], f["stamps"][()]
+        flux, lc_flux = f["photometry/flux_adu"][()], f["photometry/lc_flux"][()]
+    first = [float(survey.field_epochs(int(x) if x.isdigit() else x)["zero_point"][0]) for x in fields]
+    np.testing.assert_allclose(ref, first, atol=1e-4)
+    late = start > 0
+    assert late.any() and (np.abs(ref - zp[:, 0])[late] > 1e-3).any()  # the old reference differs there
+    scale = 10 ** ((ref[:, None] - zp) / 2.5)
+    np.testing.assert_allclose(lc_flux[mask], (flux * scale)[mask], rtol=1e-5)
+    cfg = TrainConfig(input_transform="linear", flux_scale_adu=1.0, max_steps=zp.shape[1])
+    data = SequenceData(path, cfg)
+    batch = data.read(np.arange(len(ref)))
+    want = (stamps - sky[..., None, None]) * scale[..., None, None]
+    np.testing.assert_allclose(batch["images"][mask], want[mask], rtol=1e-4, atol=1e-3)
