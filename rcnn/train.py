@@ -5,7 +5,9 @@ val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_
 `checkpoints/best` (orbax) and `training.png` (`rcnn.curves`: losses, validation accuracy and throughput vs
 iteration, redrawn at each evaluation). Rerunning the same command after a kill resumes from `last`; batches
 and dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted
-run. A larger `iterations` extends a finished run. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
+run. A run resumes only on the data it was trained on: `config.yaml` keeps the dataset's fingerprint
+(`data_fingerprint`), so the same data at another path is recognised and other data at the same path refused.
+A larger `iterations` extends a finished run. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
 time limit) stops training after the step in flight and saves it with the unfinished interval's losses
 (`Interrupted`), so that nothing is lost and the resumed run logs what an uninterrupted one would; a second
 signal, or SIGKILL, stops at once, and the rerun goes on from the last evaluation.
@@ -24,9 +26,11 @@ equals a one-process run on as many devices), and only process 0 writes `config.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import check_output, write_text_atomic
+from simulator.dataset import check_output, open_h5, write_text_atomic
 from simulator.lock import exclusive
 from simulator.stopping import Stopped, stop_requests
 
@@ -294,7 +298,8 @@ def _pad(batch: dict, size: int) -> dict:
 
 
 def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
-    """A run's `config.yaml`: (its TrainConfig, its `_class_names` and `_data` entries). Keys added to
+    """A run's `config.yaml`: (its TrainConfig, its `_class_names`, `_data` and `_data_fingerprint` entries; runs
+    made before fingerprints have none). Keys added to
     TrainConfig since the run was made take their defaults; keys this version does not know (a run made by
     a newer one), broken YAML and invalid values are RunErrors naming the file."""
     from simulator.settings import yaml_mapping
@@ -305,7 +310,7 @@ def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
         raise RunError(str(exc)) from None
     if "_class_names" not in saved:
         raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
-    extra = {k: saved.pop(k) for k in ("_class_names", "_data") if k in saved}
+    extra = {k: saved.pop(k) for k in ("_class_names", "_data", "_data_fingerprint") if k in saved}
     names = extra["_class_names"]
     if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names)
             and len(set(names)) == len(names)):
@@ -321,21 +326,56 @@ def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
         raise RunError(f"{cfg_file}: {exc}") from None
 
 
-def _check_run_dir(run_dir: Path, cfg: TrainConfig, data_path: Path) -> bool:
-    """True if `run_dir` holds a run to resume; error if it holds a different one."""
+def data_fingerprint(path: Path) -> str:
+    """A short hash of what identifies a dataset, cheap at any size: its root attributes (`simulate`'s config,
+    seed and version; `import-real`'s source), its class names, the shapes and types of its main arrays and
+    the values of `label`, `split` and `mask`. Not the stamps (tens of GB at paper scale), nor anything
+    `photometry` adds: measuring a dataset keeps its fingerprint."""
+    h = hashlib.sha256()
+    with open_h5(path) as f:
+        for k in sorted(f.attrs):
+            h.update(f"{k}={np.asarray(f.attrs[k]).tolist()!r};".encode())
+        h.update(repr(np.asarray(f["label"].attrs.get("class_names", [])).tolist()).encode())
+        for k in ("stamps", "mjd", "mask", "label", "split"):
+            h.update(f"{k}{f[k].shape}{f[k].dtype};".encode())
+        for k in ("label", "split", "mask"):
+            h.update(np.ascontiguousarray(f[k][()]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _class_names(data: SequenceData, cfg: TrainConfig) -> list[str]:
+    """The classes a run on `data` predicts."""
+    return data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
+
+
+def _check_run_dir(run_dir: Path, cfg: TrainConfig, data: SequenceData, fingerprint: str) -> tuple[bool, str | None]:
+    """(whether `run_dir` holds a run to resume, a note for the user); a RunError if it holds a different run:
+    other options, or other data (by the fingerprint saved with the run; by its path for runs saved without)."""
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
-        return False
+        return False, None
     saved_cfg, extra = read_run_config(cfg_file)
     saved, mine = dataclasses.asdict(saved_cfg), dataclasses.asdict(cfg)
     diff = {k: (saved[k], v) for k, v in mine.items()
             if k not in ("iterations", "prefetch", "loader_workers", "distributed") and saved[k] != v}
-    if extra.get("_data") not in (None, str(data_path.resolve())):
-        diff["data"] = (extra.get("_data"), str(data_path.resolve()))
+    here, there, known = str(data.path.resolve()), extra.get("_data"), extra.get("_data_fingerprint")
+    note = None
+    if known is None:  # a run saved before fingerprints
+        if there not in (None, here):
+            diff["data"] = (there, here)
+    elif known != fingerprint:
+        raise RunError(f"{cfg_file}: this run was trained on {there} (dataset fingerprint {known}); {here}"
+                       f"{' now' if here == there else ''} holds other data (fingerprint {fingerprint}): a run "
+                       "resumes only on the dataset it was trained on; give that one, or another --out")
+    elif there != here:
+        note = (f"{run_dir}: {here} holds the same data as {there}, which the run was trained on (dataset "
+                f"fingerprint {fingerprint}): going on with it")
+    if extra["_class_names"] != _class_names(data, cfg):
+        diff["classes"] = (extra["_class_names"], _class_names(data, cfg))
     if diff:
         raise RunError(f"{cfg_file}: this run was made with other options {diff} (saved, requested); "
                        "use another --out or remove the directory")
-    return True
+    return True, note
 
 
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,
@@ -360,7 +400,10 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {n_dev} devices")
-    resume = _check_run_dir(run_dir, cfg, data_path)
+    fingerprint = data_fingerprint(data_path)
+    resume, note = _check_run_dir(run_dir, cfg, data, fingerprint)
+    if note and primary:
+        print(note, file=sys.stderr)
     if multi:  # every process has looked before process 0 writes
         multihost_utils.sync_global_devices("stampseq: run directory checked")
     if primary:
@@ -368,10 +411,11 @@ def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress
     # one `rcnn train` per run directory: a second one started by mistake stops here (a multi-host run's
     # processes share the directory: they are not locked out of it)
     with nullcontext() if multi else exclusive(run_dir / "train.lock", f"run directory {run_dir}", remove=True):
-        return _train_locked(data, run_dir, cfg, resume, progress)
+        return _train_locked(data, run_dir, cfg, resume, progress, fingerprint)
 
 
-def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool) -> dict:
+def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
+                  fingerprint: str) -> dict:
     """`train` once the run directory is checked (and locked by process 0)."""
     import jax
     import orbax.checkpoint as ocp
@@ -387,10 +431,11 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     data_path = data.path
     n_dev, multi, primary = jax.device_count(), jax.process_count() > 1, jax.process_index() == 0
 
-    class_names = data.class_names + (["pre_detection"] if cfg.pre_detection_label else [])
+    class_names = _class_names(data, cfg)
     if primary:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
-            {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_class_names": class_names}, sort_keys=True))
+            {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_data_fingerprint": fingerprint,
+             "_class_names": class_names}, sort_keys=True))
     if multi:  # the run directory exists before any process opens its checkpoints
         multihost_utils.sync_global_devices("stampseq: run directory written")
     n_classes = len(class_names)

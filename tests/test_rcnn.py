@@ -1,4 +1,5 @@
 """RCNN and light-curve classifier: shapes, masking, jit parity, losses, training, exact resume, bad data."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -1016,6 +1017,46 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
     cfg_file.write_bytes(b"iterations: 4\n# \xff\n")
     with pytest.raises(RunError, match=r"config.yaml: not a UTF-8 text file \(byte 16"):
         train(dataset, tmp_path / "run", TrainConfig(iterations=4, eval_every=2, **TINY), progress=False)
+
+
+def test_a_run_resumes_only_on_its_dataset_wherever_it_is(dataset, tmp_path, capsys):
+    """The run keeps its dataset's fingerprint: other data at the same path is refused, naming both (it resumed
+    on it silently), the same data at another path goes on, saying so (it was refused), `photometry` keeps the
+    fingerprint, and a run saved without one falls back to the path (and to its classes)."""
+    import re
+    import shutil
+
+    import yaml
+
+    from rcnn.train import RunError, data_fingerprint
+
+    data, other, run = tmp_path / "data.h5", tmp_path / "other.h5", tmp_path / "run"
+    shutil.copyfile(dataset, data)
+    cfg = TrainConfig(model="lc", iterations=2, eval_every=2, **TINY)
+    train(data, run, cfg, progress=False)
+    cfg_file = run / "config.yaml"
+    known = yaml.safe_load(cfg_file.read_text())["_data_fingerprint"]
+    simulate(SimConfig(classes=("nonvariable", "asteroid"), n_per_class=60, seed=2, progress=False), other)
+    unmeasured = data_fingerprint(other)
+    run_photometry(other, progress=False)
+    assert data_fingerprint(other) == unmeasured != known
+    shutil.copyfile(other, data)  # re-simulated at the same path
+    with pytest.raises(RunError, match=re.escape(f"this run was trained on {data.resolve()} (dataset fingerprint "
+                                                 f"{known}); {data.resolve()} now holds other data (fingerprint "
+                                                 f"{unmeasured})")):
+        train(data, run, dataclasses.replace(cfg, iterations=4), progress=False)
+    train(dataset, run, dataclasses.replace(cfg, iterations=4), progress=False)  # the same data, elsewhere
+    assert f"{dataset.resolve()} holds the same data as {data.resolve()}" in capsys.readouterr().err
+    saved = yaml.safe_load(cfg_file.read_text())
+    assert (saved["_data"], saved["_data_fingerprint"]) == (str(dataset.resolve()), known)
+    del saved["_data_fingerprint"]  # as a run saved before fingerprints
+    cfg_file.write_text(yaml.safe_dump(saved))
+    with pytest.raises(RunError, match=r"other options \{'data': "):
+        train(data, run, dataclasses.replace(cfg, iterations=4), progress=False)
+    cfg_file.write_text(yaml.safe_dump({**saved, "_class_names": ["supernova", "asteroid"]}))
+    with pytest.raises(RunError, match=r"other options \{'classes': \(\['supernova', 'asteroid'\], "
+                                       r"\['nonvariable', 'asteroid'\]\)\}"):
+        train(dataset, run, dataclasses.replace(cfg, iterations=4), progress=False)
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_gets_a_clear_error(dataset, tmp_path):
