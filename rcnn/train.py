@@ -7,7 +7,7 @@ iteration, redrawn at each evaluation). Rerunning the same command after a kill 
 and dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted
 run. A run resumes only on the data it was trained on: `config.yaml` keeps the dataset's fingerprint
 (`data_fingerprint`), so the same data at another path is recognised and other data at the same path refused.
-A larger `iterations` extends a finished run. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
+A larger `iterations` extends a finished run; fewer than it has trained are refused. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
 time limit) stops training after the step in flight and saves it with the unfinished interval's losses
 (`Interrupted`), so that nothing is lost and the resumed run logs what an uninterrupted one would; a second
 signal, or SIGKILL, stops at once, and the rerun goes on from the last evaluation.
@@ -349,8 +349,9 @@ def _class_names(data: SequenceData, cfg: TrainConfig) -> list[str]:
 
 
 def _check_run_dir(run_dir: Path, cfg: TrainConfig, data: SequenceData, fingerprint: str) -> tuple[bool, str | None]:
-    """(whether `run_dir` holds a run to resume, a note for the user); a RunError if it holds a different run:
-    other options, or other data (by the fingerprint saved with the run; by its path for runs saved without)."""
+    """(whether `run_dir` holds a run to resume, a note for the user); a RunError if it holds a different run
+    (other options, or other data: by the fingerprint saved with the run, by its path for runs saved without)
+    or one that has trained more than `cfg.iterations` steps."""
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
         return False, None
@@ -375,7 +376,19 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data: SequenceData, fingerpr
     if diff:
         raise RunError(f"{cfg_file}: this run was made with other options {diff} (saved, requested); "
                        "use another --out or remove the directory")
+    done = saved_step(run_dir)
+    if cfg.iterations < done:
+        raise RunError(f"{run_dir}: this run has trained {done} steps; iterations {cfg.iterations} is fewer, and "
+                       f"steps cannot be undone: give at least {done} ({done} leaves the run as it is, more extend "
+                       "it), or another --out")
     return True, note
+
+
+def saved_step(run_dir: Path) -> int:
+    """The newest step saved in `run_dir/checkpoints/last` or `best` (orbax names each step's directory by its
+    number; a save in flight has a temporary name), 0 if none: the step a resume starts from."""
+    folders = [run_dir / "checkpoints" / name for name in ("last", "best")]
+    return max((int(p.name) for d in folders if d.is_dir() for p in d.iterdir() if p.name.isdigit()), default=0)
 
 
 def train(data_path: str | Path, run_dir: str | Path, cfg: TrainConfig, progress: bool = True,

@@ -988,7 +988,8 @@ def test_network_commands_run_without_the_simulator_dependencies(dataset, tmp_pa
 
 
 def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
-    """Resuming checks the saved config: other options, a newer version's keys and damaged YAML are refused."""
+    """Resuming checks the saved config: other options, fewer iterations than trained, a newer version's keys and
+    damaged YAML are refused."""
     train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
     from rcnn.train import RunError
 
@@ -1002,6 +1003,10 @@ def test_other_options_in_a_used_run_directory_are_refused(dataset, tmp_path):
     del saved["augment_brightness_mag"]
     cfg_file.write_text(yaml.safe_dump(saved))
     train(dataset, tmp_path / "run", TrainConfig(iterations=3, eval_every=2, **TINY), progress=False)
+    # fewer iterations than it has trained: refused (it was accepted, and config.yaml rewritten to say 2)
+    with pytest.raises(RunError, match=r"run: this run has trained 3 steps; iterations 2 is fewer.* at least 3"):
+        train(dataset, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
+    assert yaml.safe_load(cfg_file.read_text())["iterations"] == 3
     # a run made by a newer version (a key this one does not know) or a damaged config is named, not resumed
     cfg_file.write_text(yaml.safe_dump({**saved, "a_key_from_the_future": 1}))
     with pytest.raises(RunError, match=r"config.yaml: keys \['a_key_from_the_future'\] are unknown"):
