@@ -8,7 +8,8 @@ light-curve classifier) are drawn side by side.
 Real (`--real REAL.h5` from `rcnn import-real`): the dataset's labels are mapped to model classes
 (`DEFAULT_CLASS_MAP`, or `--class-map SN=supernova,...`); recall per real class at the last step (at most
 20) and vs step, balanced recall, confusion matrix (real classes x model classes): the domain-transfer
-figure of merit. Everything goes to `REPORT_DIR/metrics.json` and PNG figures.
+figure of merit; a simulated dataset given there is refused (`is_simulated`). Everything goes to
+`REPORT_DIR/metrics.json` and PNG figures.
 """
 from __future__ import annotations
 
@@ -83,6 +84,12 @@ def map_labels(dataset_classes: list[str], model_classes: list[str], class_map: 
     return np.array(out)
 
 
+def is_simulated(path: str | Path) -> bool:
+    """Whether `path` is a dataset from `simulate`: it has `truth/mag`, which `rcnn import-real` never writes."""
+    with open_h5(path) as f:
+        return "truth/mag" in f
+
+
 def _magnitudes(path: Path, index: np.ndarray) -> np.ndarray:
     """Per object: brightest true point-source magnitude (host magnitude for galaxies), or for real data the
     median photometric magnitude."""
@@ -110,6 +117,10 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}
     ds_classes = class_names(data)
+    if real and is_simulated(data):  # every object would be scored, its training split too
+        raise ValueError(f"{data}: a simulated dataset (it has truth/mag): --real takes a real labelled file from "
+                         "`rcnn import-real` and scores all its objects; give a simulated one with --data, which "
+                         "scores its test split")
     mags = None
     resolved = [Path(r).resolve() for r in run_dirs]
     twice = list(dict.fromkeys(str(r) for r, p in zip(run_dirs, resolved) if resolved.count(p) > 1))
@@ -226,4 +237,4 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         save_figure(fig, out_dir / "accuracy_vs_magnitude.png", dpi=110)
 
 
-__all__ = ["DEFAULT_CLASS_MAP", "Predictions", "evaluate", "map_labels", "parse_class_map"]
+__all__ = ["DEFAULT_CLASS_MAP", "Predictions", "evaluate", "is_simulated", "map_labels", "parse_class_map"]

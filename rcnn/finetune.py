@@ -25,7 +25,7 @@ import numpy as np
 from simulator.dataset import check_output, write_text_atomic
 
 from .data import SequenceData
-from .evaluate import DEFAULT_CLASS_MAP, evaluate, map_labels
+from .evaluate import DEFAULT_CLASS_MAP, evaluate, is_simulated, map_labels
 from .inference import Classifier
 from .train import RunError, read_run_config, train
 
@@ -42,6 +42,10 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     source = SequenceData(real, base.cfg)  # the real file as training will read it: its errors name it, not the copy
+    if is_simulated(real):
+        raise ValueError(f"{real}: a simulated dataset (it has truth/mag): `rcnn finetune RUN_DIR REAL.h5` takes a "
+                         "real labelled file from `rcnn import-real`; simulated data trains with `rcnn train` "
+                         f"(`--set init_from={run_dir}` starts from this run's weights)")
     names, label = source.class_names, source.label
     mapping = map_labels(names, base.class_names, class_map or DEFAULT_CLASS_MAP, real)
     rng = np.random.default_rng(seed)

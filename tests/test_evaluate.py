@@ -435,6 +435,23 @@ def test_classifying_a_dataset_without_labels_or_splits_says_what_is_needed(run_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_simulated_dataset_given_for_a_real_one_is_refused(run_4class, tmp_path):
+    """`evaluate --real` and `finetune` take a file from `rcnn import-real`: a simulated dataset is refused, naming
+    the option that takes it (evaluate scored all its objects, the training split too; finetune trained on it)."""
+    from rcnn.finetune import finetune
+
+    run, data = run_4class
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "evaluate", str(run), "--real", str(data), "--out",
+                           str(tmp_path / "rep"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert (f"{data}: a simulated dataset (it has truth/mag): --real takes a real labelled file from `rcnn import-real`"
+            in proc.stderr and "give a simulated one with --data" in proc.stderr)
+    with pytest.raises(ValueError, match=re.escape(f"{data}: a simulated dataset (it has truth/mag): `rcnn finetune "
+                                                   "RUN_DIR REAL.h5` takes a real labelled file from `rcnn import-real`")):
+        finetune(run, data, tmp_path / "ft", per_class=3, iterations=2, progress=False)
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "ft").exists()
+
+
 def test_evaluating_an_empty_split_or_dataset_names_the_file(run_4class, tmp_path):
     """A simulated set without test objects names the split's counts (as training's checks do); a dataset of
     no objects is refused when opened, before any split is looked at."""
