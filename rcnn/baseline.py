@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .data import DatasetError, SequenceData
 from .dmdt import asinh_mag
 from .evaluate import DEFAULT_CLASS_MAP, draw_confusion, map_labels
+from .train import refuse_run_directory
 
 FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtosis", "chi2_red", "beyond_1std",
             "max_brightening_sigma", "max_fading_sigma", "von_neumann", "ls_log_period_d", "ls_power",
@@ -200,6 +201,7 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
 
     out_dir = Path(out_dir)
     check_output(out_dir, "--out", directory=True)
+    refuse_run_directory(out_dir, "report")
     if test is not None and cv is not None:
         raise ValueError("give at most one of --test and --cv")
     if test is None and getattr(class_map, "given", None):

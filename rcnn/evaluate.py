@@ -22,6 +22,7 @@ from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, sa
 from . import metrics as M
 from .data import SequenceData
 from .inference import Classifier, Predictions, predict
+from .train import refuse_run_directory
 
 #: HiTS real labels -> model classes.
 DEFAULT_CLASS_MAP = {"SN": "supernova", "RRLyrae": "rrlyrae", "EB": "eclipsing_binary", "NV": "nonvariable",
@@ -113,6 +114,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
     check_output(out_dir, "--out", directory=True)
+    refuse_run_directory(out_dir, "report")
     data = Path(data)
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}

@@ -27,7 +27,7 @@ from simulator.dataset import check_output, write_text_atomic
 from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, is_simulated, map_labels
 from .inference import Classifier
-from .train import RunError, read_run_config, train
+from .train import RunError, read_run_config, refuse_run_directory, train
 
 MANIFEST = "finetune.json"
 
@@ -39,6 +39,7 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     check_output(out, "--out", directory=True)
+    refuse_run_directory(out, "fine-tuned run, its data and report")  # (OUT/run is one: a rerun gives OUT)
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     source = SequenceData(real, base.cfg)  # the real file as training will read it: its errors name it, not the copy

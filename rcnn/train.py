@@ -126,6 +126,15 @@ def _local_rows(sharding, batch_size: int) -> tuple[int, int]:
     return lo, hi
 
 
+def refuse_run_directory(out: str | Path, what: str) -> None:
+    """A RunError if a report's `--out` is a training run's directory (config.yaml and checkpoints/): the
+    report (`what`) would be written among the run's files."""
+    out = Path(out)
+    if (out / "config.yaml").is_file() and (out / "checkpoints").is_dir():
+        raise RunError(f"--out {out}: a training run's directory (it holds config.yaml and checkpoints/); the {what} "
+                       "would be written among the run's files: give a directory of its own")
+
+
 def _mesh():
     import jax
     from jax.sharding import Mesh

@@ -100,3 +100,16 @@ def test_simulated_to_real_cli(sim4, hits_dir, tmp_path):
     assert (tmp_path / "s2r" / "confusion.png").stat().st_size > 10_000
     # the Python call maps the HiTS labels by default too
     assert run_baseline(sim4, tmp_path / "api", test=real, n_trees=50)["n_test"] == 40
+
+
+def test_a_training_run_directory_is_refused_as_out(sim4, tmp_path):
+    """`--out` naming a training run's directory (config.yaml and checkpoints/) is refused before any work: the
+    report was written among the run's files."""
+    from rcnn.train import RunError
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: rcnn\n")
+    with pytest.raises(RunError, match=f"--out {run}: a training run's directory"):
+        run_baseline(sim4, run, n_trees=10, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]

@@ -452,6 +452,26 @@ def test_a_simulated_dataset_given_for_a_real_one_is_refused(run_4class, tmp_pat
     assert not (tmp_path / "rep").exists() and not (tmp_path / "ft").exists()
 
 
+def test_a_training_run_directory_is_refused_as_out(run_4class, tmp_path):
+    """`--out` of evaluate, classify and finetune naming a training run's directory is refused before any work (the
+    reports were written among the run's config.yaml, metrics.jsonl and checkpoints)."""
+    from rcnn.finetune import finetune
+    from rcnn.train import RunError
+
+    run, data = run_4class
+    before = sorted(p.name for p in run.iterdir())
+    refused = f"--out {run}: a training run's directory (it holds config.yaml and checkpoints/); the "
+    with pytest.raises(RunError, match=re.escape(refused + "report would be written among the run's files")):
+        evaluate([run], data, run, progress=False)
+    with pytest.raises(RunError, match=re.escape(refused + "fine-tuned run, its data and report would")):
+        finetune(run, data, run, per_class=3, iterations=2, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "rcnn.cli", "classify", str(run), str(data), "--out", str(run),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"rcnn classify: error: {refused}probabilities would be written" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_evaluating_an_empty_split_or_dataset_names_the_file(run_4class, tmp_path):
     """A simulated set without test objects names the split's counts (as training's checks do); a dataset of
     no objects is refused when opened, before any split is looked at."""
