@@ -3,14 +3,14 @@
 A run directory holds `config.yaml`, `metrics.jsonl` (one JSON object per evaluation: step, train_loss,
 val_loss, val_accuracy (at each sequence's last valid step), seq_per_s, elapsed_s), `checkpoints/last`,
 `checkpoints/best` (orbax) and `training.png` (`rcnn.curves`: losses, validation accuracy and throughput vs
-iteration, redrawn at each evaluation). Rerunning the same command after a kill resumes from `last`; batches
-and dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted
-run. A run resumes only on the data it was trained on: `config.yaml` keeps the dataset's fingerprint
-(`data_fingerprint`), so the same data at another path is recognised and other data at the same path refused.
-A larger `iterations` extends a finished run; fewer than it has trained are refused. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch scheduler's
-time limit) stops training after the step in flight and saves it with the unfinished interval's losses
-(`Interrupted`), so that nothing is lost and the resumed run logs what an uninterrupted one would; a second
-signal, or SIGKILL, stops at once, and the rerun goes on from the last evaluation.
+iteration, redrawn at each evaluation). Rerunning the same command after a kill resumes from `last`; batches and
+dropout keys are pure functions of (seed, step), so the continuation is identical to an uninterrupted run. A run
+resumes only on the data it was trained on: `config.yaml` keeps the dataset's fingerprint (`data_fingerprint`),
+so the same data at another path is recognised and other data at the same path refused. A larger `iterations`
+extends a finished run; fewer than it has trained are refused. SIGINT or SIGTERM (Ctrl-C, `kill`, a batch
+scheduler's time limit) stops training after the step in flight and saves it with the unfinished interval's
+losses (`Interrupted`), so that nothing is lost and the resumed run logs what an uninterrupted one would; a
+second signal, or SIGKILL, stops at once, and the rerun goes on from the last evaluation.
 
 With `pack_steps` the RCNN's convolutional stack runs on the batch's valid steps (early fusion) or images
 (late fusion) only, gathered within each device's shard (`cnn_rows`, a static argument of the steps: one
