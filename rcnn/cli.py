@@ -291,9 +291,7 @@ def _other(args) -> int:
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()))
         elif args.command == "classify":
             from .classify import classify
-            from .train import refuse_run_directory
 
-            refuse_run_directory(args.out, "probabilities")
             print(f"probabilities: {classify(args.run, args.data, args.out, args.figures, not args.no_progress)}")
         elif args.command == "finetune":
             from .finetune import finetune
