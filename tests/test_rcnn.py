@@ -325,6 +325,46 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights():
     assert float(sequence_loss(logits, labels, mask, "weighted_ce", weights=ones)) == pytest.approx(float(ce), rel=1e-6)
 
 
+def test_sequence_losses_against_a_direct_computation():
+    """Every loss kind, per-step labels, class weights and padding rows against the formulas written out in
+    NumPy: sum over valid steps of w_y (1 - p_y)^gamma (-log p_y), averaged over the sequences that count;
+    logits at padded steps and in padding rows change nothing."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4, 5, 3)) * 2
+    labels = rng.integers(0, 3, 4)
+    per_step = rng.integers(0, 3, (4, 5))
+    mask = rng.random((4, 5)) > 0.3
+    mask[:, 0] = True
+    weights = np.array([0.5, 2.0, 3.0])
+    seq_weight = np.array([1.0, 1.0, 1.0, 0.0])  # the last row is padding
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for lab in (labels, per_step):
+        y = np.broadcast_to(lab[:, None], (4, 5)) if lab.ndim == 1 else lab
+        lp = np.take_along_axis(logp, y[..., None], -1)[..., 0]
+        for kind, gamma in (("ce", 2.0), ("weighted_ce", 2.0), ("focal", 2.0), ("focal", 0.7), ("weighted_focal", 1.5)):
+            term = -lp * (1 - np.exp(lp)) ** (gamma if "focal" in kind else 0.0)
+            term = term * (weights[y] if kind.startswith("weighted") else 1.0)
+            want = (np.where(mask, term, 0.0).sum(1) * seq_weight).sum() / seq_weight.sum()
+            noisy = np.where(mask[..., None], logits, 1e3 * rng.normal(size=logits.shape))  # padded steps
+            noisy[3] = 50.0 * rng.normal(size=(5, 3))  # the padding row
+            got = sequence_loss(jnp.asarray(noisy, jnp.float32), jnp.asarray(lab), jnp.asarray(mask), kind,
+                                jnp.asarray(weights, jnp.float32), gamma, jnp.asarray(seq_weight, jnp.float32))
+            assert float(got) == pytest.approx(want, rel=1e-5), (kind, gamma, lab.ndim)
+
+
+def test_time_differences_are_days_since_the_first_image():
+    """`dt` (the LSTM's extra inputs) is each valid epoch's MJD minus the sequence's first, 0 at padding."""
+    from rcnn.data import prepare_inputs
+
+    mjd = np.array([[57070.1, 57070.2, 57071.15, 57073.0, np.nan], [57075.0, 57075.07, 57076.0, 57077.5, 57080.25]])
+    mask = np.isfinite(mjd)
+    out = prepare_inputs(TrainConfig(), mask, mjd, np.full(mjd.shape, 100.0), np.full(mjd.shape, 25.0),
+                         stamps=np.full(mjd.shape + (21, 21), 100.0))
+    want = np.where(mask, mjd - mjd[:, :1], 0.0)
+    np.testing.assert_allclose(out["dt"], want, atol=1e-4)
+    assert out["dt"].dtype == np.float32 and (out["images"][~mask] == 0).all()
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_focal_gradient_is_finite_on_confident_steps(gamma):
     """A step predicted with a logit margin of 20 (p rounds to 1 in float32): the focal loss's gradient is
