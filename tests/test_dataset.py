@@ -566,6 +566,7 @@ def test_out_of_range_options_are_refused_by_key(values, message):
     ((0.5, 0.5, 0.0), 5, [3, 2, 0]),  # a fraction of 0 had an object (2/2/1: each part rounded half to even)
     ((0.5, 0.5, 0.0), 1, [1, 0, 0]),  # (0/0/1: the only object in the split of fraction 0)
     ((0.9, 0.0, 0.1), 7, [6, 0, 1]),
+    ((0.25, 0.25, 0.5), 5, [1, 2, 2]),  # train + validation 2.5 rounds up, also where half to even gives 2
     ((0.8, 0.1, 0.1), 200, [160, 20, 20]),
 ])
 def test_split_counts_follow_the_fractions(fractions, n, counts):
