@@ -39,7 +39,8 @@ class DatasetError(ValueError):
 class SequenceData:
     """One dataset file: validated at opening, then read in batches (dict of numpy arrays)."""
 
-    def __init__(self, path: str | Path, cfg: TrainConfig, stamp_size: int = 21):
+    def __init__(self, path: str | Path, cfg: TrainConfig, stamp_size: int | None = None):
+        """`stamp_size` (px): the size a trained RCNN takes (None: any square stamps, `self.stamp_size`)."""
         self.path, self.cfg = Path(path), cfg
         if not self.path.exists():
             raise DatasetError(f"{self.path}: dataset not found")
@@ -60,8 +61,13 @@ class SequenceData:
                     raise DatasetError(f"{self.path}: '{k}' {what}; expected "
                                        + ("integers" if k in ("label", "split") else "numbers"))
             shape = f["stamps"].shape
+            if stamp_size is None and len(shape) == 4 and shape[2] == shape[3] and shape[2] > 0:
+                stamp_size = shape[2]
             if len(shape) != 4 or shape[2:] != (stamp_size, stamp_size):
-                raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {stamp_size}, {stamp_size})")
+                want = "S, S" if stamp_size is None else f"{stamp_size}, {stamp_size}"
+                why = "" if stamp_size is None else "; the run was trained on stamps of that size"
+                raise DatasetError(f"{self.path}: 'stamps' has shape {shape}; expected (N, T, {want}){why}")
+            self.stamp_size = stamp_size
             n, t = shape[:2]
             if n == 0:
                 raise DatasetError(f"{self.path}: holds no objects ('stamps' has shape {shape})")

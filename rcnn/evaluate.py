@@ -131,7 +131,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
     classifiers = []
     for run_dir in run_dirs:  # every run and its inputs checked before any predicts (minutes each)
         clf = Classifier(run_dir)
-        SequenceData(data, clf.cfg)
+        SequenceData(data, clf.cfg, clf.dataset_stamp_size)
         classifiers.append((clf, map_labels(ds_classes, clf.class_names, class_map or DEFAULT_CLASS_MAP, data)))
     for run_dir, path, (clf, mapping) in zip(run_dirs, resolved, classifiers):
         every = predict(clf, data, split=None if real else "test", progress=progress)

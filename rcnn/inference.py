@@ -15,8 +15,6 @@ from .data import (SPLITS, DatasetError, NonFinite, SequenceData, context_array,
 from .dmdt import SHAPE as DMDT_SHAPE
 from .train import RunError
 
-STAMP_PX = 21  # the models' stamp size (rcnn.models: 21 -> 11 -> 6 px through the two pools)
-
 
 @dataclass
 class Predictions:
@@ -49,6 +47,7 @@ class Classifier:
             raise RunError(f"{cfg_file}: not found; is {run_dir} a run directory from `rcnn train`?")
         self.cfg, extra = read_run_config(cfg_file)
         self.class_names = list(extra["_class_names"])
+        self.stamp_size = extra["_stamp_size"]  # px, the stamps the RCNN was trained on
         ckpt = run_dir / "checkpoints" / checkpoint
         manager = checkpoint_manager(ckpt) if ckpt.exists() else None
         step = manager.latest_step() if manager else None
@@ -58,7 +57,8 @@ class Classifier:
         tx = _optimizer(self.cfg)  # the run's own optimizer: its state is part of the checkpoint
         t = 2 * self.cfg.n_w
         example = {"mask": np.ones((1, t), bool), "dt": np.zeros((1, t), np.float32),
-                   "images": np.zeros((1, t, STAMP_PX, STAMP_PX), np.float32), "flux": np.zeros((1, t), np.float32),
+                   "images": np.zeros((1, t, self.stamp_size, self.stamp_size), np.float32),
+                   "flux": np.zeros((1, t), np.float32),
                    "flux_err": np.ones((1, t), np.float32), "dmdt": np.zeros((1, t - self.cfg.n_w + 1) + DMDT_SHAPE, np.float32),
                    "context": np.zeros((1, max(self.cfg.n_context, 1)), np.float32)}
         abstract = jax.eval_shape(lambda: init_state(self.model, tx, self.cfg, example))  # shapes only, no init
@@ -78,6 +78,12 @@ class Classifier:
         self._forward = jax.jit(lambda v, b, rows: jax.nn.softmax(apply_model(self.model, v, b, train=False,
                                                                              cnn_rows=rows)[0], axis=-1),
                                 static_argnums=(2,))
+
+    @property
+    def dataset_stamp_size(self) -> int | None:
+        """The stamp size (px) a dataset must have for this run: the RCNN's; None for the models that read
+        light curves."""
+        return self.stamp_size if self.cfg.model == "rcnn" else None
 
     def predict_batch(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, S, C), step mask (B, S)) for a batch of prepared inputs (`rcnn.data`)."""
@@ -103,7 +109,7 @@ class Classifier:
         sequence's first epoch's, which ties the scaling to where the sequence starts).
         Returns (probs (N, S, C), step mask (N, S)); one object's arrays (T[, 21, 21], context scalars) give
         (S, C) and (S,). The arrays are checked first: a ValueError names the argument and its shape or value."""
-        arrays, single = _broker_arrays(self.cfg, {"mjd": mjd, "mask": mask, "sky_adu": sky_adu,
+        arrays, single = _broker_arrays(self.cfg, self.stamp_size, {"mjd": mjd, "mask": mask, "sky_adu": sky_adu,
                                                   "zero_point": zero_point, "stamps": stamps, "lc_flux": lc_flux,
                                                   "lc_flux_err": lc_flux_err})
         ref = None
@@ -126,7 +132,7 @@ class Classifier:
         return (probs[0], step_mask[0]) if single else (probs, step_mask)
 
 
-def _broker_arrays(cfg: TrainConfig, arrays: dict) -> tuple[dict, bool]:
+def _broker_arrays(cfg: TrainConfig, stamp_px: int, arrays: dict) -> tuple[dict, bool]:
     """`Classifier.classify_arrays`' arrays (name -> array or None) checked against the run `cfg` and cut to its first
     `max_steps` epochs, with a batch axis; and whether they were one object's (no batch axis). Arrays the
     model does not read are left out. A ValueError names the argument, its shape or value and what is needed."""
@@ -145,9 +151,9 @@ def _broker_arrays(cfg: TrainConfig, arrays: dict) -> tuple[dict, bool]:
     out = {}
     for name in ("mask", "mjd", "sky_adu", "zero_point") + inputs:
         value = np.asarray(arrays[name])
-        want = mask.shape + ((STAMP_PX, STAMP_PX) if name == "stamps" else ())
+        want = mask.shape + ((stamp_px, stamp_px) if name == "stamps" else ())
         if value.shape != want:
-            why = f"; stamps of {STAMP_PX} x {STAMP_PX} px, as the run was trained on" if name == "stamps" else ""
+            why = f"; stamps of {stamp_px} x {stamp_px} px, as the run was trained on" if name == "stamps" else ""
             raise ValueError(f"classify_arrays: {name} has shape {value.shape}; expected {want} (mask's {mask.shape} gives "
                              f"the objects and epochs{why})")
         if value.dtype.kind not in "biuf":
@@ -211,7 +217,7 @@ def predict(classifier: Classifier, data_path: str | Path, split: str | None = "
     """Predictions for every object of a split of a dataset (of the dataset if `split` is None); those
     without a step to classify (fewer than n_w valid epochs) have an empty `step_mask` row
     (`Predictions.scored` drops them); a progress bar (objects) on the terminal unless `progress` is False."""
-    data = SequenceData(data_path, classifier.cfg)
+    data = SequenceData(data_path, classifier.cfg, classifier.dataset_stamp_size)
     if split is None and not data.has_step.any():
         raise DatasetError(f"{data_path}: none of its {data.n_objects} objects has a step to classify "
                            f"(n_w = {classifier.cfg.n_w} valid epochs; see 'mask')")

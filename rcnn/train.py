@@ -307,8 +307,8 @@ def _pad(batch: dict, size: int) -> dict:
 
 
 def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
-    """A run's `config.yaml`: (its TrainConfig, its `_class_names`, `_data` and `_data_fingerprint` entries; runs
-    made before fingerprints have none). Keys added to
+    """A run's `config.yaml`: (its TrainConfig, its `_class_names`, `_data`, `_data_fingerprint` and
+    `_stamp_size` entries; runs made before fingerprints have none, before stamp sizes 21). Keys added to
     TrainConfig since the run was made take their defaults; keys this version does not know (a run made by
     a newer one), broken YAML and invalid values are RunErrors naming the file."""
     from simulator.settings import yaml_mapping
@@ -319,7 +319,10 @@ def read_run_config(cfg_file: Path) -> tuple[TrainConfig, dict]:
         raise RunError(str(exc)) from None
     if "_class_names" not in saved:
         raise RunError(f"{cfg_file}: not the config.yaml `rcnn train` writes (no _class_names)")
-    extra = {k: saved.pop(k) for k in ("_class_names", "_data", "_data_fingerprint") if k in saved}
+    extra = {k: saved.pop(k) for k in ("_class_names", "_data", "_data_fingerprint", "_stamp_size") if k in saved}
+    extra.setdefault("_stamp_size", 21)  # runs made before other sizes were allowed
+    if not (isinstance(extra["_stamp_size"], int) and extra["_stamp_size"] > 0):
+        raise RunError(f"{cfg_file}: _stamp_size is {extra['_stamp_size']!r}; expected the stamps' size in pixels")
     names = extra["_class_names"]
     if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names)
             and len(set(names)) == len(names)):
@@ -382,6 +385,8 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, data: SequenceData, fingerpr
                 f"fingerprint {fingerprint}): going on with it")
     if extra["_class_names"] != _class_names(data, cfg):
         diff["classes"] = (extra["_class_names"], _class_names(data, cfg))
+    if cfg.model == "rcnn" and extra["_stamp_size"] != data.stamp_size:
+        diff["stamp_size"] = (extra["_stamp_size"], data.stamp_size)
     if diff:
         raise RunError(f"{cfg_file}: this run was made with other options {diff} (saved, requested); "
                        "use another --out or remove the directory")
@@ -457,7 +462,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
     if primary:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_data_fingerprint": fingerprint,
-             "_class_names": class_names}, sort_keys=True))
+             "_class_names": class_names, "_stamp_size": data.stamp_size}, sort_keys=True))
     if multi:  # the run directory exists before any process opens its checkpoints
         multihost_utils.sync_global_devices("stampseq: run directory written")
     n_classes = len(class_names)

@@ -1543,3 +1543,27 @@ def test_eq4_reference_is_the_fields_first_exposure(tmp_path, hits_dir):
     batch = data.read(np.arange(len(ref)))
     want = (stamps - sky[..., None, None]) * scale[..., None, None]
     np.testing.assert_allclose(batch["images"][mask], want[mask], rtol=1e-4, atol=1e-3)
+
+
+def test_other_stamp_sizes_train_and_must_match_the_run(dataset, tmp_path):
+    """The RCNN takes any square stamps (Table 3's layers do not fix the size: 15 -> 8 -> 4 px through the
+    pools): a run on 15-px stamps trains and predicts, records the size, and refuses 21-px stamps naming
+    both; the light-curve model never reads stamps. Before, every network command wanted 21 px."""
+    from rcnn.inference import Classifier, predict
+
+    small = tmp_path / "s15.h5"
+    simulate(SimConfig(classes=("nonvariable", "asteroid"), n_per_class=10, seed=2, stamp_size=15, progress=False),
+             small)
+    train(small, tmp_path / "run", TrainConfig(iterations=2, eval_every=2, **TINY), progress=False)
+    clf = Classifier(tmp_path / "run")
+    assert clf.stamp_size == 15 and yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["_stamp_size"] == 15
+    p = predict(clf, small, split=None, progress=False)
+    assert p.probs.shape[0] == 20 and np.allclose(p.probs[p.step_mask].sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(DatasetError, match=r"'stamps' has shape \(120, 20, 21, 21\); expected \(N, T, 15, 15\); the "
+                                           "run was trained on stamps of that size"):
+        predict(clf, dataset, progress=False)
+    with pytest.raises(ValueError, match=r"stamps of 15 x 15 px, as the run was trained on"):
+        clf.classify_arrays(np.arange(6.0), np.ones(6, bool), np.zeros(6), np.full(6, 25.0), stamps=np.zeros((6, 21, 21)))
+    run_photometry(small, progress=False)
+    lc = train(small, tmp_path / "lc", TrainConfig(model="lc", iterations=2, eval_every=2, **TINY), progress=False)
+    assert np.isfinite(lc["val_loss"])
