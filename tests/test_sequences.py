@@ -104,3 +104,23 @@ def test_asteroid_avoids_clouded_out_epochs():
     for _ in range(50):
         mag, _ = asteroid(rng, cond([14.8, 23.5, 14.8]), cfg, {})
         assert np.isfinite(mag).tolist() == [False, True, False] and mag[1] < 23.5
+
+
+def test_galaxy_stamps_hold_the_host_flux_of_its_magnitude(tmp_path):
+    """Eq. 1 for hosts: a galaxy's stamp, less the sky, sums to 10^(0.4 (zp_true - host_mag)) x exposure time
+    times the share of a compact host inside the stamp (> 0.8); a host 1 mag off in the stamps (the host
+    magnitude misapplied) would give 0.4."""
+    out = tmp_path / "gal.h5"
+    simulate(SimConfig(classes=("galaxy",), n_per_class=100, seed=9, progress=False), out)
+    with h5py.File(out, "r") as f:
+        mask, stamps, sky = f["mask"][()], f["stamps"][()], f["conditions/sky_adu"][()]
+        zp = f["conditions/zero_point"][()] + f["truth/zero_point_error_mag"][()]
+        t, host_mag = f["conditions/exp_time_s"][()], f["truth/host_mag"][()]
+        hlr = np.maximum(f["truth/host/disk_hlr_px"][()], f["truth/host/bulge_hlr_px"][()])
+        dist = np.hypot(f["truth/host/dx_px"][()], f["truth/host/dy_px"][()])
+    expected = 10 ** (0.4 * (zp - host_mag[:, None])) * t
+    measured = (stamps - sky[..., None, None]).sum(axis=(2, 3))
+    compact = (hlr < 2.0) & (dist < 1.0) & np.isfinite(host_mag)
+    ratio = (measured / expected)[compact[:, None] & mask & (expected > 3e3)]
+    assert len(ratio) > 30, len(ratio)
+    assert 0.8 < np.median(ratio) < 1.05, np.median(ratio)
