@@ -637,8 +637,8 @@ def _copy_with(src, dst, edit):
 
 
 def test_inputs_follow_eq_4(dataset, tmp_path):
-    """`read` gives asinh((image - sky) x 10^((zp_ref - zp) / 2.5) / flux_scale), zp_ref the first epoch's,
-    computed here in float64; sentinel pixels and padded epochs 0."""
+    """`read` gives asinh((image - sky) x 10^((zp_ref - zp) / 2.5) / flux_scale), zp_ref the field's first
+    exposure's (`conditions/zero_point_ref`), computed here in float64; sentinel pixels and padded epochs 0."""
     def mark(f):
         s = f["stamps"][5]
         s[2, 4, 4] = -9999.0  # a real HiTS sentinel
@@ -654,7 +654,8 @@ def test_inputs_follow_eq_4(dataset, tmp_path):
         t = got.shape[1]
         stamps, mask = f["stamps"][()][idx, :t].astype(np.float64), f["mask"][()][idx, :t]
         sky, zp = f["conditions/sky_adu"][()][idx, :t], f["conditions/zero_point"][()][idx, :t]
-    expect = np.arcsinh((stamps - sky[..., None, None]) * 10 ** ((zp[:, :1] - zp) / 2.5)[..., None, None]
+        zp_ref = f["conditions/zero_point_ref"][()][idx, None]
+    expect = np.arcsinh((stamps - sky[..., None, None]) * 10 ** ((zp_ref - zp) / 2.5)[..., None, None]
                         / cfg.flux_scale_adu)
     expect[stamps <= -1000] = 0.0
     expect[~mask] = 0.0
