@@ -121,7 +121,7 @@ class OptimalPhotometry:
         if sky_adu is None:
             sky, data, v0, flux, var = self._border_fit(stamps, bad, psf, gain, rn, flux, steps=2)
         for _ in range(self.iterations):
-            model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
+            model_var = self._variance(v0, flux, psf, gain)
             fit = np.flatnonzero(flux > self.fit_snr * np.sqrt(var))
             if len(fit):
                 dx[fit], dy[fit] = self._shift(data[fit], psf[fit], model_var[fit], good[fit], fwhm[fit],
@@ -131,11 +131,16 @@ class OptimalPhotometry:
             if sky_adu is None:
                 sky, data, v0, flux, var = self._border_fit(stamps, bad, psf, gain, rn, flux, steps=1)
         resid = data - flux[:, None, None] * psf
-        model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
+        model_var = self._variance(v0, flux, psf, gain)
         n_good = good.sum(axis=(1, 2))
         chi2 = np.where(good, resid ** 2 / model_var, 0.0).sum(axis=(1, 2)) / np.maximum(n_good - 1, 1)
         return Photometry(flux_adu=flux, flux_err_adu=np.sqrt(var), dx_px=dx, dy_px=dy, sky_adu=sky,
                           n_masked=bad.sum(axis=(1, 2)), chi2_dof=chi2)
+
+    @staticmethod
+    def _variance(v0, flux, psf, gain):
+        """Each pixel's variance (ADU^2): sky and read noise `v0` plus the star's (flux x psf) Poisson noise."""
+        return v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
 
     @staticmethod
     def _sky_terms(stamps, sky, gain, rn, good):
@@ -157,7 +162,7 @@ class OptimalPhotometry:
         for _ in range(steps):  # Newton steps on F = step(F), whose slope is k b
             sky = border_sky(stamps - flux[:, None, None] * psf, bad)
             data, v0 = self._sky_terms(stamps, sky, gain, rn, good)
-            model_var = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
+            model_var = self._variance(v0, flux, psf, gain)
             step, var = self._solve(data, psf, v0, model_var, gain, good)
             w = np.where(good, psf / model_var, 0.0)
             k = w.sum(axis=(1, 2)) / (w * psf).sum(axis=(1, 2))
@@ -174,7 +179,7 @@ class OptimalPhotometry:
         w = np.where(good, psf / model_var, 0.0)
         norm = (w * psf).sum(axis=(1, 2))
         flux = (w * data).sum(axis=(1, 2)) / norm
-        var_map = v0 + np.maximum(flux[:, None, None] * psf, 0.0) / gain[:, None, None]
+        var_map = OptimalPhotometry._variance(v0, flux, psf, gain)
         w = np.where(good, psf / var_map, 0.0)
         return flux, 1.0 / (w * psf).sum(axis=(1, 2))
 

@@ -1,7 +1,8 @@
 """Batches for training and evaluation, streamed from a dataset's HDF5 file (never loaded whole).
 
 Inputs follow Carrasco-Davis et al. (2019), sec. 3.1: each image is sky-subtracted and scaled by eq. 4,
-(image - sky) x 10^((zp_ref - zp) / 2.5) with zp_ref the sequence's first zero point, then divided by
+(image - sky) x 10^((zp_ref - zp) / 2.5) with zp_ref the zero point of the field's first exposure
+(`conditions/zero_point_ref`; datasets without it: the sequence's first epoch's), then divided by
 `flux_scale_adu` and asinh-compressed (`input_transform`); the first `max_steps` images (N_d) are kept. The model stacks n_w consecutive images per
 step itself (step k sees images k..k+n_w-1), so a batch carries each image once. The light-curve model
 and the dm-dt CNN get the photometry's eq. 4-scaled fluxes and errors (`photometry/lc_flux`, `lc_flux_err`) instead.

@@ -42,7 +42,8 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     refuse_run_directory(out, "fine-tuned run, its data and report")  # (OUT/run is one: a rerun gives OUT)
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
-    source = SequenceData(real, base.cfg, base.dataset_stamp_size)  # the real file as training will read it: its errors name it, not the copy
+    # the real file as training will read it: its errors name it, not the copy
+    source = SequenceData(real, base.cfg, base.dataset_stamp_size)
     if is_simulated(real):
         raise ValueError(f"{real}: a simulated dataset (it has truth/mag): `rcnn finetune RUN_DIR REAL.h5` takes a "
                          "real labelled file from `rcnn import-real`; simulated data trains with `rcnn train` "
