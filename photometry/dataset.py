@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from simulator.dataset import open_h5
+from simulator.dataset import open_h5, zero_point_ref
 from simulator.lock import exclusive
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
@@ -185,13 +185,14 @@ def run_photometry(path: str | Path, sky: str = "log", fwhm: str = "log", batch_
         opts = psf_options(f, path)
         mask = check_shapes(f, path, keys, opts["stamp_size"])
         check_conditions(f, path, names, mask, opts)
+        zp_ref = zero_point_ref(f, path, PhotometryError)  # eq. 4's reference, for lc_flux
     if sky == "border" and opts["stamp_size"] < BORDER_MIN_STAMP:
         raise PhotometryError(f"{path}: config: stamp_size {opts['stamp_size']} is too small to measure the sky "
                               f"on the stamp border (at least {BORDER_MIN_STAMP}); use the logged sky")
     op = _photometer(path, opts)
     # a second `photometry` on the dataset stops here (before it could overwrite the first's working copy)
     with exclusive(path.with_name(path.name + ".photometry-lock"), f"{path} (photometry)", remove=True):
-        _measure(path, sky, fwhm, batch_objects, progress, op, opts)
+        _measure(path, sky, fwhm, batch_objects, progress, op, opts, zp_ref)
     return path
 
 
@@ -202,7 +203,7 @@ def working_copy(path: str | Path) -> Path:
 
 
 def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool, op: OptimalPhotometry,
-             opts: dict) -> None:
+             opts: dict, zp_ref: np.ndarray | None) -> None:
     """`run_photometry` once the dataset is checked: measure on a working copy (resumable), rename it over."""
     tmp = working_copy(path)
     source = _source_id(path)
@@ -256,8 +257,7 @@ def _measure(path: Path, sky: str, fwhm: str, batch_objects: int, progress: bool
         bar.close()
         mask = f["mask"][()]
         flux, err = g["flux_adu"][()], g["flux_err_adu"][()]
-        scale = zero_point_scaling(f["conditions/zero_point"][()].astype(float), mask,
-                                   f["conditions/zero_point_ref"][()] if "conditions/zero_point_ref" in f else None)
+        scale = zero_point_scaling(f["conditions/zero_point"][()].astype(float), mask, zp_ref)
         for k, v in (("lc_flux", flux * scale), ("lc_flux_err", err * scale)):
             if k in g:
                 del g[k]

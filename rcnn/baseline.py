@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic
+from simulator.dataset import (UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic,
+                               zero_point_ref)
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
 
@@ -91,7 +92,7 @@ def aperture_light_curves(path: str | Path, max_epochs: int = 20, aperture_fwhm:
         # valid epochs are packed first (checked): keep the first max_epochs of them
         mask = f["mask"][:, :t].astype(bool)  # 0/1 numbers allowed, as for `rcnn train`
         zero_point, exp_time = (f[f"conditions/{k}"][:, :t].astype(np.float64) for k in ("zero_point", "exp_time_s"))
-        zp_ref = f["conditions/zero_point_ref"][()] if "conditions/zero_point_ref" in f else None
+        zp_ref = zero_point_ref(f, path)  # checked with the rest by `check_dataset`
         out = {"mjd": f["mjd"][:, :t], "mask": mask, "label": f["label"][()].astype(int), "classes": class_names(path),
                "split": f["split"][()]}
         scale = checked["pixel_scale_arcsec"]

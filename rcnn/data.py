@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from photometry.optimal import BAD_HIGH, BAD_LOW
-from simulator.dataset import UNLABELLED, open_h5
+from simulator.dataset import UNLABELLED, open_h5, zero_point_ref
 
 from .config import CONTEXT_INPUTS, TrainConfig
 
@@ -113,17 +113,7 @@ class SequenceData:
                     raise DatasetError(f"{self.path}: pre_detection_label needs 'truth/alert_epoch' or "
                                        "'photometry/first_detection' (run `photometry` first)")
                 self.alert = f[key][()].astype(np.int64)
-            self.zp_ref = None  # eq. 4's reference: the field's first exposure (else each sequence's first epoch)
-            if "conditions/zero_point_ref" in f:
-                ref = f["conditions/zero_point_ref"]
-                if ref.shape != (n,) or ref.dtype.kind not in "iuf":
-                    raise DatasetError(f"{self.path}: 'conditions/zero_point_ref' has shape {ref.shape} ({ref.dtype}); "
-                                       f"expected ({n},) numbers")
-                self.zp_ref = ref[()].astype(np.float64)
-                if not np.isfinite(self.zp_ref).all():
-                    i = int(np.flatnonzero(~np.isfinite(self.zp_ref))[0])
-                    raise DatasetError(f"{self.path}: 'conditions/zero_point_ref'[{i}] is {self.zp_ref[i]}; expected a "
-                                       "finite zero point")
+            self.zp_ref = zero_point_ref(f, self.path, DatasetError)  # eq. 4's reference (None: first epochs)
             self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
             self.n_objects, self.n_epochs = n, t
             self.n_images = min(t, cfg.max_steps)

@@ -371,6 +371,22 @@ def open_h5(path: str | Path) -> h5py.File:
         raise OSError(f"{path}: cannot be read as an HDF5 dataset ({exc})") from None
 
 
+def zero_point_ref(f: h5py.File, path: str | Path, error: type[ValueError] = ValueError) -> np.ndarray | None:
+    """`conditions/zero_point_ref` (N,) as float64, eq. 4's reference, or None for a dataset written before it
+    (its users then take each sequence's first epoch); an `error` naming the file if it is not N finite
+    numbers."""
+    if "conditions/zero_point_ref" not in f:
+        return None
+    ref, n = f["conditions/zero_point_ref"], f["mask"].shape[0]
+    if ref.shape != (n,) or ref.dtype.kind not in "iuf":
+        raise error(f"{path}: 'conditions/zero_point_ref' has shape {ref.shape} ({ref.dtype}); expected ({n},) numbers")
+    values = ref[()].astype(np.float64)
+    if not np.isfinite(values).all():
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise error(f"{path}: 'conditions/zero_point_ref'[{i}] is {values[i]}; expected a finite zero point")
+    return values
+
+
 #: The one class of objects imported without labels (`rcnn import-real`): they can be classified, not evaluated.
 UNLABELLED = "unlabelled"
 

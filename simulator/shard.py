@@ -279,10 +279,7 @@ def _output(cfg, start, stop, T, S, scale, draws, mask, owner, epoch, noisy, con
         out[key][owner, epoch] = values[owner, epoch]
     for k in EPOCH_FIELDS:
         out[f"conditions/{k}"] = cond[k].astype(np.float32)
-    # eq. 4's zp_ref: the field's first exposure (conditions made without one: the object's first valid epoch)
-    out["conditions/zero_point_ref"] = np.array(
-        [d.full.zero_point_ref if np.isfinite(d.full.zero_point_ref) else d.full.zero_point[d.full.mask][0]
-         for d in draws], np.float32)
+    out["conditions/zero_point_ref"] = np.array([d.full.zero_point_ref for d in draws], np.float32)  # eq. 4's
     for k in ("gain", "read_noise", "saturation"):  # per CCD: stored at the valid epochs
         out[f"conditions/{k}"] = np.full((n, T), np.nan, np.float32)
         out[f"conditions/{k}"][owner, epoch] = camera[k][owner]

@@ -53,6 +53,10 @@ class ObjectConditions:
     galactic_latitude_deg: float = math.nan  # of the field's centre; NaN when the survey has no position
     zero_point_ref: float = math.nan  # the field's first science-band exposure's (eq. 4's zp_ref), any seeing
 
+    def __post_init__(self):
+        if not math.isfinite(self.zero_point_ref) and self.mask.any():  # conditions made without it
+            self.zero_point_ref = float(self.zero_point[self.mask][0])
+
 
 def _pack(n_epochs: int, mjd, cols: dict, keep) -> tuple[np.ndarray, dict, np.ndarray]:
     """Keep epochs where `keep`, pack them first, pad to `n_epochs` with NaN, return (mjd, cols, mask)."""

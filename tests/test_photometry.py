@@ -348,6 +348,9 @@ BAD_INPUT = [  # (corruption, message after "d.h5: "); the fixture's dataset has
     (_at_first_valid("conditions/read_noise", -1.0), "'conditions/read_noise' is -1.0 at row 5, epoch "),
     (_at_first_valid("conditions/sky_adu", np.inf), "'conditions/sky_adu' is inf at row 5, epoch "),
     (_at_first_valid("conditions/saturation", 0.0), "'conditions/saturation' is 0.0 at row 5, epoch "),
+    # eq. 4's reference: a NaN one made that object's whole light curve NaN
+    (_replace("conditions/zero_point_ref", lambda v: np.where(np.arange(len(v)) == 2, np.nan, v)),
+     "'conditions/zero_point_ref'[2] is nan; expected a finite zero point"),
 ]
 
 
