@@ -215,7 +215,8 @@ class ModelSampler:
         n_obj, width = len(rngs), self.n_epochs
         starts = np.searchsorted(owner, np.arange(n_obj))
         # eq. 4's reference: each object's first visit, whatever its seeing (NaN for an object never visited)
-        zp_ref = np.append(v["zero_point"], np.nan)[np.where(np.isin(np.arange(n_obj), owner), starts, len(owner))]
+        visited = np.bincount(owner, minlength=n_obj) > 0
+        zp_ref = np.where(visited, np.append(v["zero_point"], np.nan)[starts], np.nan)
         slot = np.cumsum(keep) - 1
         slot -= np.concatenate([[0], np.cumsum(keep)])[starts][owner]
         keep &= slot < width
