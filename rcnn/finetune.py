@@ -7,8 +7,8 @@ starts from the run's best checkpoint with a low learning rate, the convolutiona
 and keeps the checkpoint with the lowest loss on the training objects (there are too few to spare a
 validation set). Carrasco-Davis et al.'s follow-up reached 0.94 balanced recall with 10 per class.
 
-`OUT/finetune.json` records what chose the objects (run, real file, per_class, label mapping, seed): a
-rerun with the same goes on (a killed run resumes, a larger `iterations` extends it), one with others is
+`OUT/finetune.json` records what chose the objects (run, real data by its fingerprint, per_class, label
+mapping, seed): a rerun with the same goes on (a killed run resumes, a larger `iterations` extends it), one with others is
 refused, since the held-out objects of the report would no longer be the ones the run never saw.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import h5py
@@ -27,7 +28,7 @@ from simulator.dataset import check_output, write_text_atomic
 from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, is_simulated, map_labels
 from .inference import Classifier
-from .train import RunError, read_run_config, refuse_run_directory, train
+from .train import RunError, data_fingerprint, read_run_config, refuse_run_directory, train
 
 MANIFEST = "finetune.json"
 
@@ -59,18 +60,14 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
                              "leave none to evaluate on")
         split[rng.choice(members, per_class, replace=False)] = 0
     n_train = int((split == 0).sum())
-    stat = real.stat()
-    chosen = {"run": str(run_dir.resolve()), "real": str(real.resolve()), "real_bytes": stat.st_size,
-              "real_mtime_ns": stat.st_mtime_ns, "per_class": per_class, "seed": seed,
-              "labels": {n: base.class_names[m] for n, m in zip(names, mapping)}}
+    chosen = {"run": str(run_dir.resolve()), "real": str(real.resolve()), "real_fingerprint": data_fingerprint(real),
+              "per_class": per_class, "seed": seed, "labels": {n: base.class_names[m] for n, m in zip(names, mapping)}}
     try:
         before = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
     except ValueError as exc:  # not JSON, not UTF-8
         raise RunError(f"{out / MANIFEST}: unreadable ({exc}); remove {out} to start again") from None
-    if before is not None and before != chosen:
-        differ = {k: (before.get(k), chosen[k]) for k in chosen if before.get(k) != chosen[k]}
-        raise RunError(f"{out}: fine-tuned with other objects or labels {differ} (see {out / MANIFEST}); give "
-                       "another --out, or remove it to start again")
+    if before is not None:
+        _check_manifest(before, chosen, out, real)
     run_cfg = out / "run" / "config.yaml"  # a rerun keeps the interval of the run it goes on with
     eval_every = read_run_config(run_cfg)[0].eval_every if before and run_cfg.is_file() else max(iterations // 5, 1)
     cfg = dataclasses.replace(base.cfg, init_from=str(run_dir), freeze=freeze, iterations=iterations,
@@ -89,3 +86,23 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
         os.replace(tmp, data)
     train(data, out / "run", cfg, progress=progress)
     return evaluate([run_dir, out / "run"], data, out / "report", progress=progress)
+
+
+def _check_manifest(before: dict, chosen: dict, out: Path, real: Path) -> None:
+    """Refuse a rerun into `out` that would choose other objects than its first run did: another run, seed,
+    `per_class`, label mapping or real data. The real file is known by its content (`data_fingerprint`: labels,
+    masks, attributes), so the same file copied or moved goes on, with a note; manifests written before
+    fingerprints knew it by path, size and modification time, and keep being compared that way."""
+    if "real_fingerprint" in before:
+        keys = [k for k in chosen if k != "real"]
+    else:
+        stat = real.stat()
+        chosen = {**chosen, "real_bytes": stat.st_size, "real_mtime_ns": stat.st_mtime_ns}
+        keys = ["run", "real", "real_bytes", "real_mtime_ns", "per_class", "seed", "labels"]
+    differ = {k: (before.get(k), chosen[k]) for k in keys if before.get(k) != chosen[k]}
+    if differ:
+        raise RunError(f"{out}: fine-tuned with other objects or labels {differ} (see {out / MANIFEST}); give "
+                       "another --out, or remove it to start again")
+    if before.get("real") != chosen["real"]:
+        print(f"{out}: {chosen['real']} holds the same real data as {before.get('real')}, which it was fine-tuned "
+              f"on (dataset fingerprint {chosen['real_fingerprint']}): going on with it", file=sys.stderr)

@@ -543,7 +543,7 @@ def test_a_checkpoint_of_non_finite_weights_is_refused(run_4class, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
+def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path, capsys):
     """Fine-tuning trains on per_class real objects of each class and reports on the others only."""
     from rcnn.finetune import finetune
 
@@ -574,6 +574,20 @@ def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path):
     assert [e["checkpoint_step"] for e in more["runs"].values()][1] <= 11
     steps = [json.loads(x)["step"] for x in (tmp_path / "ft" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 11 and steps[:5] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "ft" / "finetune_data.h5").read_bytes() == before
+    # the real file is known by its content: a copy elsewhere goes on (it was refused by path, size and mtime)
+    copy = tmp_path / "moved" / "real.h5"
+    copy.parent.mkdir()
+    shutil.copyfile(real, copy)
+    capsys.readouterr()
+    again = finetune(run, copy, tmp_path / "ft", per_class=3, iterations=11, freeze="conv", progress=False)
+    assert json.dumps(again["runs"]) == json.dumps(more["runs"])  # (NaN where no object reaches a step)
+    assert f"{copy} holds the same real data as {real}" in capsys.readouterr().err
+    # ... and other labels at the same path are refused, the training data left as it was
+    with h5py.File(copy, "r+") as f:
+        f["label"][0] = (f["label"][0] + 1) % 4
+    with pytest.raises(RunError, match=r"ft: fine-tuned with other objects or labels \{'real_fingerprint'"):
+        finetune(run, copy, tmp_path / "ft", per_class=3, iterations=11, progress=False)
     assert (tmp_path / "ft" / "finetune_data.h5").read_bytes() == before
 
 
