@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from photometry.optimal import bad_pixels, zero_point_scaling
-from simulator.dataset import (UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic,
-                               zero_point_ref)
+from simulator.dataset import UNLABELLED, class_names, open_h5, save_figure, write_text_atomic, zero_point_ref
 from simulator.settings import psf_fwhm_arcsec
 from simulator.stopping import check as check_stop
 
@@ -38,7 +37,7 @@ from .config import TrainConfig
 from .data import DatasetError, SequenceData
 from .dmdt import asinh_mag
 from .evaluate import DEFAULT_CLASS_MAP, draw_confusion, map_labels
-from .train import refuse_run_directory
+from .train import check_report_out
 
 FEATURES = ("median_mag", "amplitude_mag", "std_mag", "mad_mag", "skew", "kurtosis", "chi2_red", "beyond_1std",
             "max_brightening_sigma", "max_fading_sigma", "von_neumann", "ls_log_period_d", "ls_power",
@@ -201,8 +200,7 @@ def run_baseline(data: str | Path, out_dir: str | Path, test: str | Path | None 
     from sklearn.model_selection import StratifiedKFold
 
     out_dir = Path(out_dir)
-    check_output(out_dir, "--out", directory=True)
-    refuse_run_directory(out_dir, "report")
+    check_report_out(out_dir, "report")
     if test is not None and cv is not None:
         raise ValueError("give at most one of --test and --cv")
     if test is None and getattr(class_map, "given", None):

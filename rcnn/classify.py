@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import check_output, open_h5, save_figure, write_text_atomic
+from simulator.dataset import open_h5, save_figure, write_text_atomic
 
 from .inference import Classifier, predict
 from .metrics import to_json
-from .train import refuse_run_directory
+from .train import check_report_out
 
 
 def classify(run_dir: str | Path, data: str | Path, out_dir: str | Path, figures: int = 0,
              progress: bool = True) -> Path:
     """`rcnn classify`: per-step probabilities of every object of `data` in `out_dir` (CSV, JSON, figures)."""
-    check_output(out_dir, "--out", directory=True)
-    refuse_run_directory(out_dir, "probabilities")
+    check_report_out(out_dir, "probabilities")
     clf = Classifier(run_dir)
     pred = predict(clf, data, split=None, progress=progress)
     out_dir = Path(out_dir)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.dataset import UNLABELLED, check_output, class_names, open_h5, save_figure, write_text_atomic
+from simulator.dataset import UNLABELLED, class_names, open_h5, save_figure, write_text_atomic
 
 from . import metrics as M
 from .data import SequenceData
 from .inference import Classifier, Predictions, predict
-from .train import refuse_run_directory
+from .train import check_report_out
 
 #: HiTS real labels -> model classes.
 DEFAULT_CLASS_MAP = {"SN": "supernova", "RRLyrae": "rrlyrae", "EB": "eclipsing_binary", "NV": "nonvariable",
@@ -113,8 +113,7 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
              class_map: dict | str | None = None, last_step: int = 20, progress: bool = True) -> dict:
     """Evaluate each run on `data` (test split, or every object of a real file) and write the report."""
     out_dir = Path(out_dir)
-    check_output(out_dir, "--out", directory=True)
-    refuse_run_directory(out_dir, "report")
+    check_report_out(out_dir, "report")
     data = Path(data)
     report: dict = {"data": str(data), "real": real, "runs": {}}
     results = {}

@@ -23,12 +23,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simulator.dataset import check_output, write_text_atomic
+from simulator.dataset import write_text_atomic
 
 from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, is_simulated, map_labels
 from .inference import Classifier
-from .train import RunError, data_fingerprint, read_run_config, refuse_run_directory, train
+from .train import RunError, data_fingerprint, read_run_config, check_report_out, train
 
 MANIFEST = "finetune.json"
 
@@ -39,8 +39,7 @@ def finetune(run_dir: str | Path, real: str | Path, out: str | Path, per_class: 
     run_dir, real, out = Path(run_dir), Path(real), Path(out)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
-    check_output(out, "--out", directory=True)
-    refuse_run_directory(out, "fine-tuned run, its data and report")  # (OUT/run is one: a rerun gives OUT)
+    check_report_out(out, "fine-tuned run, its data and report")  # (OUT/run is one: a rerun gives OUT)
     base = Classifier(run_dir)
     data = out / "finetune_data.h5"
     # the real file as training will read it: its errors name it, not the copy

@@ -126,10 +126,12 @@ def _local_rows(sharding, batch_size: int) -> tuple[int, int]:
     return lo, hi
 
 
-def refuse_run_directory(out: str | Path, what: str) -> None:
-    """A RunError if a report's `--out` is a training run's directory (config.yaml and checkpoints/): the
-    report (`what`) would be written among the run's files."""
+def check_report_out(out: str | Path, what: str) -> None:
+    """Check the `--out` directory of a command that writes `what` (a report, probabilities): `check_output`'s
+    checks, and a RunError if it is a training run's directory (config.yaml and checkpoints/), where it would
+    be written among the run's files."""
     out = Path(out)
+    check_output(out, "--out", directory=True)
     if (out / "config.yaml").is_file() and (out / "checkpoints").is_dir():
         raise RunError(f"--out {out}: a training run's directory (it holds config.yaml and checkpoints/); the {what} "
                        "would be written among the run's files: give a directory of its own")
