@@ -1568,3 +1568,44 @@ def test_other_stamp_sizes_train_and_must_match_the_run(dataset, tmp_path):
     run_photometry(small, progress=False)
     lc = train(small, tmp_path / "lc", TrainConfig(model="lc", iterations=2, eval_every=2, **TINY), progress=False)
     assert np.isfinite(lc["val_loss"])
+
+
+def test_train_cli_config_file_then_set_overrides(dataset, tmp_path, capsys):
+    """`rcnn train DATA --config rcnn/demo.yaml --set ...`: the run's config.yaml holds the demo file's values
+    where no --set names the key, the --set values where one does (iterations and eval_every are in both), the
+    defaults for keys in neither; the network trained has the file's sizes and the log the --set schedule."""
+    from rcnn.cli import main
+    from rcnn.config import load_config
+    from rcnn.inference import Classifier
+
+    demo = Path(__file__).resolve().parents[1] / "rcnn" / "demo.yaml"
+    file_values = yaml.safe_load(demo.read_text())
+    assert file_values["iterations"] == 300 and file_values["eval_every"] == 100  # the keys --set overrides below
+    run = tmp_path / "run"
+    sets = {"iterations": 4, "eval_every": 2, "batch_size": 16, "dropout": 0.25}
+    argv = ["train", str(dataset), "--config", str(demo), "--out", str(run), "--no-progress"]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={v}"]
+    assert main(argv) == 0
+    assert f"{run}: kept checkpoint from step" in capsys.readouterr().out
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for k, v in file_values.items():  # conv_filters 16, dense_units 128, rnn_units 64, bn_momentum 0.9
+        assert saved[k] == sets.get(k, v), k
+    for k, v in sets.items():
+        assert saved[k] == v, k
+    defaults = dataclasses.asdict(TrainConfig())
+    for k in ("learning_rate", "n_w", "max_steps", "cell", "loss", "seed", "model"):  # in neither
+        assert saved[k] == defaults[k], k
+    assert defaults["conv_filters"] != 16 and defaults["bn_momentum"] != 0.9  # the file's values are not defaults
+    assert dataclasses.asdict(load_config(demo, [f"{k}={v}" for k, v in sets.items()])) == \
+        {k: saved[k] for k in defaults}
+    # the training followed them: evaluations every 2 of 4 steps, a network of the file's sizes
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    params = Classifier(run).variables["params"]
+    kernels = jax.tree_util.tree_leaves_with_path(params)
+    widths = {jax.tree_util.keystr(p): leaf.shape for p, leaf in kernels if leaf.ndim == 4}  # conv kernels
+    assert widths and all(shape[-1] == file_values["conv_filters"] for shape in widths.values()), widths
+    dense = [leaf.shape[-1] for p, leaf in kernels if leaf.ndim == 2 and "Dense" in jax.tree_util.keystr(p)]
+    assert file_values["dense_units"] in dense, dense
+    rnn = [leaf.shape for p, leaf in kernels if "LSTM" in jax.tree_util.keystr(p).upper() and leaf.ndim == 2]
+    assert rnn and all(file_values["rnn_units"] in shape for shape in rnn), rnn
