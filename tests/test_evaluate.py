@@ -150,7 +150,7 @@ def run_4class(tmp_path_factory):
     return run, path
 
 
-def test_evaluate_simulated_writes_report(run_4class, tmp_path):
+def test_evaluate_simulated_writes_report(run_4class, tmp_path, monkeypatch):
     run, data = run_4class
     report = evaluate([run], data, tmp_path / "rep")
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
@@ -161,6 +161,86 @@ def test_evaluate_simulated_writes_report(run_4class, tmp_path):
     for png in ("accuracy_vs_step.png", "confusion.png", "accuracy_vs_magnitude.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 10_000
     assert report["balanced_recall"] == m["balanced_recall"]
+    # the numbers are those of the run's predictions on the test split (same batches as evaluate's: same bits)
+    from rcnn.inference import Classifier, predict
+
+    clf = Classifier(run)
+    _check_report_against_predictions(m, predict(clf, data, split="test", progress=False), data, clf.step)
+    # the tiny run predicts nearly one class for all: the same report of varied predictions (each step's
+    # probabilities drawn at random) checks the confusion matrix, F1 and AUC off their trivial values
+    import rcnn.evaluate
+
+    drawn, rng = [], np.random.default_rng(0)
+
+    def varied(*args, **kwargs):
+        pred = predict(*args, **kwargs)
+        pred.probs = rng.dirichlet(np.full(pred.probs.shape[2], 0.5), pred.probs.shape[:2]).astype(np.float32)
+        drawn.append(pred)
+        return pred
+
+    monkeypatch.setattr(rcnn.evaluate, "predict", varied)
+    evaluate([run], data, tmp_path / "varied", progress=False)
+    m = json.loads((tmp_path / "varied" / "metrics.json").read_text())
+    conf = np.array(m["runs"]["run (rcnn)"]["confusion"])
+    assert (conf > 0).sum() > 4 and len(drawn) == 1  # not one column
+    _check_report_against_predictions(m, drawn[0], data, clf.step)
+
+
+def _check_report_against_predictions(m, pred, data, checkpoint_step):
+    """metrics.json's numbers recomputed from per-object predictions `pred` (N, S, C) of the test split with
+    scikit-learn's metrics (not rcnn.metrics), the classes in the dataset's order."""
+    from sklearn import metrics as skm
+
+    from simulator.dataset import class_names
+
+    names = class_names(data)
+    assert pred.class_names == names  # the run's classes are the dataset's, in its order
+    with h5py.File(data, "r") as f:
+        split, label, mag = f["split"][()], f["label"][()], f["truth/mag"][()]
+    test = np.flatnonzero(split == 2)
+    assert pred.index.tolist() == test.tolist() and pred.step_mask.any(1).all()
+    y, rows = label[test], np.arange(len(test))
+    n_steps = pred.probs.shape[1]
+    last = pred.step_mask.sum(1) - 1  # each object's last valid step (the report's cap of 20 is beyond S)
+
+    def predicted(k):  # after k + 1 steps, or all an object has
+        return pred.probs[rows, np.minimum(k, last)].argmax(1)
+
+    yhat = predicted(n_steps - 1)
+    e = m["runs"]["run (rcnn)"]
+    assert e["step"] == min(20, n_steps) and e["n_objects"] == len(test) and e["objects_without_step"] == 0
+    assert e["checkpoint_step"] == checkpoint_step and e["model"] == "rcnn"
+    assert e["accuracy"] == pytest.approx(skm.accuracy_score(y, yhat))
+    present = [c for c in range(len(names)) if (y == c).any()]
+    assert list(e["recall"]) == [names[c] for c in present]  # keys in the dataset's class order
+    recall = skm.recall_score(y, yhat, labels=present, average=None)
+    assert list(e["recall"].values()) == pytest.approx(recall.tolist())
+    assert e["balanced_recall"] == pytest.approx(recall.mean())
+    assert m["recall"] == e["recall"] and m["balanced_recall"] == e["balanced_recall"]
+    cm = skm.confusion_matrix(y, yhat, labels=range(len(names))).astype(float)
+    cm /= np.maximum(cm.sum(1, keepdims=True), 1)
+    np.testing.assert_allclose(e["confusion"], cm)  # rows true, columns predicted, both in the dataset's order
+    in_either = [c for c in range(len(names)) if (y == c).any() or (yhat == c).any()]
+    f1 = skm.f1_score(y, yhat, labels=in_either, average=None, zero_division=0)
+    assert list(e["f1"]) == [names[c] for c in in_either] and list(e["f1"].values()) == pytest.approx(f1.tolist())
+    scores = pred.probs[rows, last]
+    assert e["roc_auc"] == pytest.approx({names[c]: skm.roc_auc_score(y == c, scores[:, c]) for c in present})
+    assert e["accuracy_vs_step"] == pytest.approx([np.mean(predicted(k) == y) for k in range(n_steps)])
+    for c in present:
+        assert e["recall_vs_step"][names[c]] == pytest.approx(
+            [np.mean(predicted(k)[y == c] == c) for k in range(n_steps)]), names[c]
+    # accuracy in bins of the brightest true magnitude (1 mag from 14 to 26) after 1, 5, 10 and 20 steps
+    brightest = np.where(np.isfinite(mag[test]), mag[test], np.inf).min(1)
+    assert np.isfinite(brightest).all()  # no galaxies here (their host's magnitude)
+    bins = np.arange(14.0, 26.01, 1.0)
+    assert e["accuracy_vs_magnitude"]["bins"] == bins.tolist()
+    which = np.digitize(brightest, bins) - 1
+    for k in (1, 5, 10, 20):
+        ok = predicted(k - 1) == y
+        expect = [np.mean(ok[which == b]) if (which == b).any() else None for b in range(len(bins) - 1)]
+        got = e["accuracy_vs_magnitude"][str(k)]
+        assert [x is None for x in got] == [x is None for x in expect], k
+        assert [x for x in got if x is not None] == pytest.approx([x for x in expect if x is not None]), k
 
 
 def _strict_json(path: Path):
