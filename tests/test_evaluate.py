@@ -671,6 +671,68 @@ def test_finetune_on_a_few_real_objects(run_4class, real_h5, tmp_path, capsys):
     assert (tmp_path / "ft" / "finetune_data.h5").read_bytes() == before
 
 
+def test_finetune_command_line(run_4class, real_h5, tmp_path, capsys):
+    """`rcnn finetune RUN REAL --out DIR` with its options: finetune.json says what chose the objects, the
+    fine-tuning copy trains on per-class objects of each class (labels mapped to the run's classes), the new
+    checkpoint (nothing frozen) differs from the run's in every layer, and the report scores both runs on
+    the held-out objects only."""
+    from rcnn.cli import main
+    from rcnn.inference import Classifier, predict
+    from rcnn.train import read_run_config
+
+    run, _ = run_4class
+    real, _, _ = real_h5
+    out = tmp_path / "ft"
+    assert main(["finetune", str(run), str(real), "--out", str(out), "--per-class", "2", "--iterations", "5",
+                 "--learning-rate", "3e-4", "--freeze", "none", "--seed", "7", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["run (rcnn)", "ft/run (rcnn)"]
+    chosen = json.loads((out / "finetune.json").read_text())
+    assert chosen["run"] == str(run.resolve()) and chosen["real"] == str(real.resolve())
+    assert chosen["per_class"] == 2 and chosen["seed"] == 7 and chosen["real_bytes"] == real.stat().st_size
+    assert chosen["labels"] == {"SN": "supernova", "RRLyrae": "rrlyrae", "EB": "eclipsing_binary",
+                                "NV": "nonvariable"}
+    model_classes = Classifier(run).class_names
+    with h5py.File(real, "r") as f, h5py.File(out / "finetune_data.h5", "r") as g:
+        real_names = [n.decode() if isinstance(n, bytes) else n for n in f["label"].attrs["class_names"]]
+        ft_names = [n.decode() if isinstance(n, bytes) else n for n in g["label"].attrs["class_names"]]
+        assert ft_names == model_classes
+        real_label, label, split = f["label"][()], g["label"][()], g["split"][()]
+        assert [ft_names[x] for x in label] == [chosen["labels"][real_names[x]] for x in real_label]
+        assert np.array_equal(f["stamps"][()], g["stamps"][()]) and np.array_equal(f["mask"][()], g["mask"][()])
+    assert set(np.unique(split)) == {0, 2}  # train on the chosen objects, hold out the rest; no validation split
+    assert [int((split[label == c] == 0).sum()) for c in np.unique(label)] == [2, 2, 2, 2]
+    # the fine-tuned run: the options as given, started from the run, trained on the 8 chosen objects
+    cfg, extra = read_run_config(out / "run" / "config.yaml")
+    assert (cfg.iterations, cfg.learning_rate, cfg.freeze, cfg.seed) == (5, 3e-4, "none", 7)
+    assert cfg.init_from == str(run) and extra["_class_names"] == model_classes
+    steps = [json.loads(x)["step"] for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]  # evaluated every iterations // 5
+    base, tuned = Classifier(run), Classifier(out / "run")
+    a, b = base.variables["params"], tuned.variables["params"]
+    for key in ("Conv_0", "Conv_5"):  # not frozen: the convolutions moved too
+        assert not np.array_equal(a[key]["kernel"], b[key]["kernel"]), key
+    assert not np.array_equal(a["_Head_0"]["Dense_1"]["kernel"], b["_Head_0"]["Dense_1"]["kernel"])
+    import jax
+
+    delta = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    assert delta < 5 * 5 * 3e-4  # Adam moves a weight by ~lr a step: started from the run, not from scratch
+    # the report: both runs on the 32 held-out objects, the numbers those of each run's own predictions
+    m = json.loads((out / "report" / "metrics.json").read_text())
+    held_out = np.flatnonzero(split == 2)
+    assert len(held_out) == 40 - 4 * 2 and m["data"] == str(out / "finetune_data.h5")
+    for name, clf in (("run (rcnn)", base), ("ft/run (rcnn)", tuned)):
+        e = m["runs"][name]
+        assert e["n_objects"] == len(held_out) and e["checkpoint_step"] == clf.step
+        pred = predict(clf, out / "finetune_data.h5", split="test", progress=False)
+        assert pred.index.tolist() == held_out.tolist()  # none of the objects it was fine-tuned on
+        last = pred.step_mask.sum(1) - 1
+        yhat = pred.probs[np.arange(len(held_out)), last].argmax(1)
+        assert e["accuracy"] == pytest.approx(np.mean(yhat == label[held_out])), name
+        assert set(e["recall"]) == set(model_classes)
+
+
 def test_finetune_names_the_real_file_and_leaves_nothing(run_4class, real_h5, tmp_path):
     """A real file that training would refuse was copied first, the error naming the copy (and left there)."""
     from rcnn.data import DatasetError
