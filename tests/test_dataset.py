@@ -1,6 +1,7 @@
 """Datasets end to end: the HDF5 contract, determinism across workers, resume after a kill, CLI errors."""
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import signal
@@ -706,3 +707,36 @@ def test_output_paths_that_cannot_be_written_are_refused_at_once(tmp_path, capsy
     (tmp_path / "x.h5.parts").write_text("")
     with pytest.raises(SimulationError, match="x.h5.parts: is not a directory"):
         simulate(SimConfig(n_per_class=2, progress=False), tmp_path / "x.h5")
+
+
+def test_max_epochs_keeps_the_first_epochs_of_each_sequence(tmp_path, capsys):
+    """`simulate --max-epochs N`: the epoch axis is N long and each object's sequence is the first N epochs of
+    the one it has without the cap (the default 20 here): same window start, alert, epochs, conditions and
+    true magnitudes (`choose_window` takes the first N of the object's epochs from its start). The draws made
+    after the window are not promised equal: centring offsets are drawn N per axis, so the y offsets,
+    orientation and noise (hence the stamps) differ."""
+    from simulator.cli import main
+
+    common = ["--n-per-class", "2", "--seed", "11", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "capped.h5"), "--max-epochs", "8"]) == 0
+    assert main([*common, "--out", str(tmp_path / "full.h5")]) == 0
+    capsys.readouterr()
+    with h5py.File(tmp_path / "capped.h5") as c, h5py.File(tmp_path / "full.h5") as f:
+        assert json.loads(c.attrs["config"])["max_epochs"] == 8 and json.loads(f.attrs["config"])["max_epochs"] == 20
+        assert c["mask"].shape == (14, 8) and f["mask"].shape == (14, 20)
+        for key in ("stamps", "mjd", "truth/mag", "truth/dx_px", *(f"conditions/{k}" for k in CONDITION_KEYS)):
+            assert c[key].shape[:2] == (14, 8), key
+        mask = c["mask"][()]
+        assert (mask.sum(1) <= 8).all() and (mask.sum(1) == 8).any()
+        full_mask = f["mask"][()]
+        assert (full_mask.sum(1) > 8).any()  # the cap cut some sequences short
+        np.testing.assert_array_equal(mask, full_mask[:, :8])
+        for key in ("mjd", "truth/mag", *(f"conditions/{k}" for k in CONDITION_KEYS)):
+            np.testing.assert_array_equal(c[key][()], f[key][()][:, :8], err_msg=key)
+        for key in ("label", "split", "truth/alert_epoch", "truth/window_start", "truth/field", "truth/ccd",
+                    "truth/has_host", "truth/host_mag", "truth/redshift", "truth/period_d", "conditions/zero_point_ref"):
+            np.testing.assert_array_equal(c[key][()], f[key][()], err_msg=key)
+        alerts = c["truth/alert_epoch"][()]
+        assert ((alerts >= 0) & (alerts < 8)).sum() >= 4  # supernovae and asteroids keep their alert in the window
+        stamps = c["stamps"][()]
+        assert (stamps[~mask] == 0).all() and (stamps[mask].reshape(mask.sum(), -1).std(1) > 0).all()
