@@ -1,6 +1,8 @@
 """Datasets end to end: the HDF5 contract, determinism across workers, resume after a kill, CLI errors."""
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -740,3 +742,55 @@ def test_max_epochs_keeps_the_first_epochs_of_each_sequence(tmp_path, capsys):
         assert ((alerts >= 0) & (alerts < 8)).sum() >= 4  # supernovae and asteroids keep their alert in the window
         stamps = c["stamps"][()]
         assert (stamps[~mask] == 0).all() and (stamps[mask].reshape(mask.sum(), -1).std(1) > 0).all()
+
+
+def _simulate_in_process(out, *args) -> tuple[int, str]:
+    from simulator.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(["--n-per-class", "2", "--seed", "4", "--no-progress", "--out", str(out), *args])
+    return status, err.getvalue()
+
+
+def test_stampseq_conditions_is_the_default_of_conditions_and_the_option_wins(tmp_path, hits_dir, monkeypatch):
+    """$STAMPSEQ_CONDITIONS does what --conditions does (the same bytes, the directory recorded in the
+    config); --conditions wins over it (a variable naming no directory is not read); unset, the built-in model."""
+    classes = ("--classes", "nonvariable,asteroid")
+    monkeypatch.delenv("STAMPSEQ_TEMPLATES", raising=False)
+    monkeypatch.setenv("STAMPSEQ_CONDITIONS", str(hits_dir))
+    assert _simulate_in_process(tmp_path / "env.h5", *classes) == (0, "")
+    monkeypatch.setenv("STAMPSEQ_CONDITIONS", str(tmp_path / "no-such-logs"))
+    assert _simulate_in_process(tmp_path / "option.h5", *classes, "--conditions", str(hits_dir)) == (0, "")
+    status, err = _simulate_in_process(tmp_path / "bad.h5", *classes)  # the variable alone: read, and refused
+    assert status == 2 and f"{tmp_path / 'no-such-logs'}: conditions directory not found" in err
+    monkeypatch.delenv("STAMPSEQ_CONDITIONS")
+    assert _simulate_in_process(tmp_path / "builtin.h5", *classes) == (0, "")
+    assert sha(tmp_path / "env.h5") == sha(tmp_path / "option.h5") != sha(tmp_path / "builtin.h5")
+    mjd = {}
+    for name, conditions in (("env", str(hits_dir)), ("builtin", None)):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            assert json.loads(f.attrs["config"])["conditions"] == conditions
+            mjd[name] = f["mjd"][()]
+    assert not np.array_equal(mjd["env"], mjd["builtin"], equal_nan=True)  # other epochs, not only another config
+
+
+def test_stampseq_templates_is_the_default_of_templates_and_the_option_wins(tmp_path, templates_dir, monkeypatch):
+    """$STAMPSEQ_TEMPLATES does what --templates does; --templates wins over it; unset, the embedded models."""
+    classes = ("--classes", "rrlyrae,cepheid")
+    monkeypatch.delenv("STAMPSEQ_CONDITIONS", raising=False)
+    monkeypatch.setenv("STAMPSEQ_TEMPLATES", str(templates_dir))
+    assert _simulate_in_process(tmp_path / "env.h5", *classes) == (0, "")
+    monkeypatch.setenv("STAMPSEQ_TEMPLATES", str(tmp_path / "no-such-templates"))
+    assert _simulate_in_process(tmp_path / "option.h5", *classes, "--templates", str(templates_dir)) == (0, "")
+    status, err = _simulate_in_process(tmp_path / "bad.h5", *classes)
+    assert status == 2 and f"{tmp_path / 'no-such-templates'} not found" in err and "STAMPSEQ_TEMPLATES" in err
+    monkeypatch.delenv("STAMPSEQ_TEMPLATES")
+    assert _simulate_in_process(tmp_path / "embedded.h5", *classes) == (0, "")
+    assert sha(tmp_path / "env.h5") == sha(tmp_path / "option.h5") != sha(tmp_path / "embedded.h5")
+    for name, real in (("env", True), ("embedded", False)):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            assert json.loads(f.attrs["config"])["templates"] == (str(templates_dir) if real else None)
+            template, label = f["truth/template"].asstr()[()], f["label"][()]
+        # RR Lyrae: Sesar's light curves, or the embedded Fourier fits (both Cepheid models are Yoachim's)
+        assert all(t.startswith("sesar:" if real else "fourier:") for t in template[label == 0]), template
