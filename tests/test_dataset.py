@@ -736,7 +736,8 @@ def test_max_epochs_keeps_the_first_epochs_of_each_sequence(tmp_path, capsys):
         for key in ("mjd", "truth/mag", *(f"conditions/{k}" for k in CONDITION_KEYS)):
             np.testing.assert_array_equal(c[key][()], f[key][()][:, :8], err_msg=key)
         for key in ("label", "split", "truth/alert_epoch", "truth/window_start", "truth/field", "truth/ccd",
-                    "truth/has_host", "truth/host_mag", "truth/redshift", "truth/period_d", "conditions/zero_point_ref"):
+                    "truth/has_host", "truth/host_mag", "truth/redshift", "truth/period_d",
+                    "conditions/zero_point_ref"):
             np.testing.assert_array_equal(c[key][()], f[key][()], err_msg=key)
         alerts = c["truth/alert_epoch"][()]
         assert ((alerts >= 0) & (alerts < 8)).sum() >= 4  # supernovae and asteroids keep their alert in the window
