@@ -795,3 +795,24 @@ def test_stampseq_templates_is_the_default_of_templates_and_the_option_wins(tmp_
             template, label = f["truth/template"].asstr()[()], f["label"][()]
         # RR Lyrae: Sesar's light curves, or the embedded Fourier fits (both Cepheid models are Yoachim's)
         assert all(t.startswith("sesar:" if real else "fourier:") for t in template[label == 0]), template
+
+
+def test_simulate_warns_when_the_disk_looks_too_small(tmp_path, monkeypatch, capsys):
+    """The size estimate is close to what a run writes (a slight overestimate), and a disk with less free than
+    the shards and the merged file take together gets a warning before any work; the run still goes on."""
+    from collections import namedtuple
+
+    import simulator.run as run
+    from simulator.settings import SimConfig
+
+    cfg = SimConfig(n_per_class=20, seed=3, progress=False, shard_size=35)
+    out = run.simulate(cfg, tmp_path / "a.h5")
+    assert "warning" not in capsys.readouterr().err  # this disk has room
+    assert 0.85 < out.stat().st_size / run.estimated_bytes(cfg) < 1.0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 10 ** 6, 10 ** 6))
+    out = run.simulate(cfg, tmp_path / "b.h5")
+    need = 2 * run.estimated_bytes(cfg) / 1e9
+    assert (f"warning: simulating {out} needs about {need:.1f} GB more on its disk (its shards in {out}.parts and "
+            f"the merged file, ~{need / 2:.1f} GB each), which has 0.0 GB free") in capsys.readouterr().err
+    assert sha(out) == sha(tmp_path / "a.h5")
