@@ -678,7 +678,7 @@ def test_finetune_command_line(run_4class, real_h5, tmp_path, capsys):
     the held-out objects only."""
     from rcnn.cli import main
     from rcnn.inference import Classifier, predict
-    from rcnn.train import read_run_config
+    from rcnn.train import data_fingerprint, read_run_config
 
     run, _ = run_4class
     real, _, _ = real_h5
@@ -689,7 +689,7 @@ def test_finetune_command_line(run_4class, real_h5, tmp_path, capsys):
     assert [line.split(":")[0] for line in printed] == ["run (rcnn)", "ft/run (rcnn)"]
     chosen = json.loads((out / "finetune.json").read_text())
     assert chosen["run"] == str(run.resolve()) and chosen["real"] == str(real.resolve())
-    assert chosen["per_class"] == 2 and chosen["seed"] == 7 and chosen["real_bytes"] == real.stat().st_size
+    assert chosen["per_class"] == 2 and chosen["seed"] == 7 and chosen["real_fingerprint"] == data_fingerprint(real)
     assert chosen["labels"] == {"SN": "supernova", "RRLyrae": "rrlyrae", "EB": "eclipsing_binary",
                                 "NV": "nonvariable"}
     model_classes = Classifier(run).class_names
