@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         snr = (g["flux_adu"][()] / g["flux_err_adu"][()])[mask]
         det = (g["first_detection"][()] >= 0).mean()
     print(f"{out}: photometry of {int(mask.sum())} stamps; median S/N {np.median(snr):.1f}; "
-          f"{det:.0%} of objects detected at 5 sigma at least once")
+          f"{det:.0%} of objects detected at 5 sigma over their quiescent level")
     return 0
 
 

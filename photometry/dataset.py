@@ -5,7 +5,8 @@ Adds a `photometry/` group, arrays (N, T), NaN at padded epochs:
 - `lc_flux`, `lc_flux_err`: the same after the paper's eq. 4 scaling, 10^((zp_ref - zp) / 2.5) with zp_ref
   the sequence's first zero point: the inputs of the light-curve classifier;
 - `dx_px`, `dy_px` (fitted position, 0 where forced), `sky_adu` (used), `fwhm_px` (used), `n_masked`;
-- `first_detection` (N,) int16: first epoch with flux > 5 sigma (-1: none), the real-data alert rule.
+- `first_detection` (N,) int16: first epoch whose flux exceeds the object's quiescent level by 5 sigma
+  (-1: none), the real-data alert rule (`optimal.first_detection`).
 Attributes record the options. The PSF is the dataset's own (`config`: psf, moffat_beta,
 psf_fwhm_per_seeing, psf_fwhm_offset_arcsec: the FWHM expected from the logged seeing; root attribute
 `pixel_scale_arcsec`). Per-epoch PSF jitter is unknown to an observer: `--fwhm fit` measures it.

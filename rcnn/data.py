@@ -28,6 +28,9 @@ from simulator.dataset import UNLABELLED, open_h5, zero_point_ref
 
 from .config import CONTEXT_INPUTS, TrainConfig
 
+# the transients, whose sequences start at their alert (the simulator's names and the real HiTS labels')
+ALERT_NAMES = ("supernova", "asteroid", "SN", "Ast")
+
 REQUIRED = ("stamps", "mask", "mjd", "label", "split", "conditions/sky_adu", "conditions/zero_point")
 LC_REQUIRED = ("photometry/lc_flux", "photometry/lc_flux_err")
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -113,6 +116,9 @@ class SequenceData:
                     raise DatasetError(f"{self.path}: pre_detection_label needs 'truth/alert_epoch' or "
                                        "'photometry/first_detection' (run `photometry` first)")
                 self.alert = f[key][()].astype(np.int64)
+                if key == "photometry/first_detection":  # only transients have an alert, as in the truth
+                    transient = np.isin(self.class_names, ALERT_NAMES)
+                    self.alert = np.where(transient[self.label], self.alert, -1)
             self.zp_ref = zero_point_ref(f, self.path, DatasetError)  # eq. 4's reference (None: first epochs)
             self.chunk = f["stamps"].chunks[0] if f["stamps"].chunks else 64
             self.n_objects, self.n_epochs = n, t

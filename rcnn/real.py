@@ -14,8 +14,11 @@ files, one per object (`FITS layout` below). Per object:
   `photometry --sky border` does, with the fitted star taken out of the border and the sky's uncertainty
   in the flux error); a stop signal (Ctrl-C) stops between chunks and
   writes nothing;
-- supernova sequences start 5 images before the first 5-sigma detection, other classes at their first
-  epoch (Carrasco-Davis et al. 2019, sec. 4). `split` is 2 (test) for all objects;
+- supernova and asteroid sequences start 5 images before the first 5-sigma detection, other classes at
+  their first epoch (Carrasco-Davis et al. 2019, sec. 4). The detection is over the object's quiescent
+  level (`photometry.optimal.first_detection`), as on a difference image: in a science cutout a host
+  galaxy's light would pass the rule at the first epoch. `photometry/first_detection` is that epoch in the
+  window. `split` is 2 (test) for all objects;
 - labels are optional: without `label` and `class_names` (npz) or a LABEL keyword (FITS) objects get the one
   class `unlabelled` and, as in an alert stream, start 5 images before their first detection (at their first
   epoch if never detected). `rcnn classify` classifies them; `rcnn evaluate` refuses them;
@@ -45,8 +48,9 @@ from simulator.stopping import check as check_stop
 from survey_params.limits import limiting_magnitude
 from survey_params.schema import PLAUSIBLE_RANGES
 
+from .data import ALERT_NAMES
+
 CONDITIONS = ("exp_time_s", "seeing_arcsec", "airmass", "sky_adu", "zero_point", "limmag5")
-SUPERNOVA_NAMES = ("SN", "supernova")
 PRE_ALERT_EPOCHS = 5
 PHOTOMETRY_CHUNK = 4096  # frames per photometry call: ~1.5 s each; bounds the trial fits' memory
 
@@ -437,18 +441,20 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
         raise _no_usable_frames(a, path, empty, g, cond)
     flux, err = _photometry(stamps, np.flatnonzero(usable), cond, np.isfinite(a["sky_adu"]), (gain, rn, sat),
                             pixel_scale_arcsec, progress, f"import-real {out.name}")
-    # per object: usable g frames in time order, window from the alert for supernovae
+    # per object: usable g frames in time order, window from the alert for transients (and unlabelled objects);
+    # the first detection over the object's quiescent level, measured on all its frames, as in the window
     class_names = [str(c) for c in a["class_names"]]
-    rows, zp_ref = [], np.zeros(n_obj, np.float32)
+    rows, zp_ref, detection = [], np.zeros(n_obj, np.float32), np.full(n_obj, -1, np.int16)
     for k in range(n_obj):
         frames = np.arange(offsets[k], offsets[k + 1])
         frames = frames[usable[frames]]
         frames = frames[np.argsort(a["mjd"][frames], kind="stable")]
         zp_ref[k] = cond["zero_point"][frames[0]]  # eq. 4's reference: the object's first exposure, before the window
+        det = int(first_detection(flux[frames][None], err[frames][None], np.ones((1, len(frames)), bool))[0])
         start = 0
-        if class_names[a["label"][k]] in SUPERNOVA_NAMES + (UNLABELLED,):
-            det = first_detection(flux[frames][None], err[frames][None], np.ones((1, len(frames)), bool))[0]
-            start = max(int(det) - PRE_ALERT_EPOCHS, 0) if det >= 0 else 0
+        if class_names[a["label"][k]] in ALERT_NAMES + (UNLABELLED,) and det >= 0:
+            start = max(det - PRE_ALERT_EPOCHS, 0)
+        detection[k] = det - start if det >= 0 else -1
         rows.append(frames[start:])
     t = max(len(r) for r in rows)
     s = stamps.shape[-1]
@@ -481,8 +487,7 @@ def import_real(path: str | Path, out: str | Path, camera_csv: str | Path | None
     scale = zero_point_scaling(arrays["conditions/zero_point"].astype(float), arrays["mask"], zp_ref)
     arrays["photometry/lc_flux"] = (arrays["photometry/flux_adu"] * scale).astype(np.float32)
     arrays["photometry/lc_flux_err"] = (arrays["photometry/flux_err_adu"] * scale).astype(np.float32)
-    arrays["photometry/first_detection"] = first_detection(arrays["photometry/flux_adu"], arrays["photometry/flux_err_adu"],
-                                                           arrays["mask"]).astype(np.int16)
+    arrays["photometry/first_detection"] = detection
     attrs = {"survey": "hits", "source": str(path.resolve()), "format_version": 1, "pixel_scale_arcsec": pixel_scale_arcsec,
              "config": "{}", "class_names": str(class_names)}
     out.parent.mkdir(parents=True, exist_ok=True)

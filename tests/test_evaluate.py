@@ -104,6 +104,15 @@ def test_importer_estimates_missing_conditions(real_h5):
         assert (f["split"][()] == 2).all()
         # supernova sequences start at most 5 images before the first 5-sigma detection
         assert all(0 <= x <= 5 for x in fd[label == 0] if x >= 0)
+        # ... over their quiescent level (the host's light): by the flux itself 7 of the 10 real SNe were
+        # "detected" at their first frame and their windows began there; over the level 1 is
+        assert (fd[label == 0] == 5).sum() >= 4 and (fd[label == 0] == 0).sum() <= 2
+        # a RAPID run's pre-detection labels: only the transients have an alert, as in the simulator's truth
+        from rcnn.config import TrainConfig
+        from rcnn.data import SequenceData
+
+        alert = SequenceData(out, TrainConfig(pre_detection_label=True)).alert
+        assert np.array_equal(alert, np.where(label == 0, fd, -1)) and (fd[label != 0] >= 0).any()
         assert f["photometry/lc_flux"].shape == mask.shape
         # eq. 4's reference: each object's first usable exposure, also for supernovae cut to their window
         ref, zp = f["conditions/zero_point_ref"][()], f["conditions/zero_point"][()]
