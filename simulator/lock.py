@@ -8,6 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_HELD: list = []  # the lock files this process holds open (`forget_locks`)
+
+
+def forget_locks() -> None:
+    """In a forked child: close its copies of the parent's lock files. A flock belongs to the open file, which
+    fork shares: a child left running after its parent died would keep the output locked."""
+    for fh in _HELD:
+        fh.close()
+    _HELD.clear()
+
+
 class LockedError(OSError):
     """Another process holds the lock; the message names the output."""
 
@@ -31,8 +42,10 @@ def exclusive(lock_file: str | Path, what: str, remove: bool = False):
                               f"wait for it to finish, or stop it first") from None
         except OSError:  # a file system without flock (some NFS and Lustre mounts): go on unguarded
             pass
+        _HELD.append(fh)
         try:
             yield
         finally:
+            _HELD.remove(fh)
             if remove:
                 lock_file.unlink(missing_ok=True)

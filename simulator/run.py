@@ -30,7 +30,7 @@ from survey_params.sampling import CONDITIONS_ENV
 
 from .dataset import (FORMAT_VERSION, Merger, check_output, open_h5, pack_chunks, package_version, write_arrays,
                       write_text_atomic)
-from .lock import exclusive
+from .lock import exclusive, forget_locks
 from .settings import SimConfig
 from .shard import n_epochs, pixel_scale_arcsec, simulate_shard
 from .stopping import check as check_stop
@@ -80,10 +80,12 @@ def _worker_context():
 
 
 def _worker_start() -> None:
-    """A pool worker's set-up: the parent's signal handlers off (`worker_signals`), and gc.freeze: a forked
-    worker's inherited heap (survey, templates, tables, imports: ~150k objects) leaves the cyclic
-    collector's scans (each full scan ~60 ms; ~2% of a worker's time)."""
+    """A pool worker's set-up: the parent's signal handlers off and an exit when it dies (`worker_signals`),
+    its copy of the output's lock closed (`forget_locks`), and gc.freeze: a forked worker's inherited heap
+    (survey, templates, tables, imports: ~150k objects) leaves the cyclic collector's scans (each full scan
+    ~60 ms; ~2% of a worker's time)."""
     worker_signals()
+    forget_locks()
     gc.freeze()
 
 
@@ -120,6 +122,22 @@ def _shards_written(cfg: SimConfig, pending: list[tuple[int, int]], path_of: dic
     return (simulate_to_file(cfg_json, cfg.classes, a, b, str(path_of[(a, b)])) for a, b in pending)
 
 
+def _complete(out: Path, content: str, overwrite: bool) -> bool:
+    """Whether `out` already holds the dataset of `content` (said so); a SimulationError if it holds another
+    one and `overwrite` is off."""
+    if not out.exists() or overwrite:
+        return False
+    try:
+        with open_h5(out) as f:
+            same = f.attrs.get("config") == content
+    except OSError as exc:
+        raise SimulationError(f"{exc}; pass --overwrite to replace it") from None
+    if not same:
+        raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
+    print(f"{out}: already complete with these options; nothing to do")
+    return True
+
+
 def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Simulate the dataset described by `cfg` into the HDF5 file `out`; resumes an interrupted run."""
     out = Path(out)
@@ -131,23 +149,24 @@ def simulate(cfg: SimConfig, out: str | Path, overwrite: bool = False) -> Path:
     env = {"conditions": os.environ.get(CONDITIONS_ENV), "templates": os.environ.get(TEMPLATES_ENV)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in env.items() if v and getattr(cfg, k) is None})
     content = cfg.content_json()
-    if out.exists() and not overwrite:
-        try:
-            with open_h5(out) as f:
-                same = f.attrs.get("config") == content
-        except OSError as exc:
-            raise SimulationError(f"{exc}; pass --overwrite to replace it") from None
-        if same:
-            if parts.is_dir():  # a run killed between renaming OUT and removing its shards
-                with exclusive(parts / "lock", str(out)):
-                    shutil.rmtree(parts)
-            print(f"{out}: already complete with these options; nothing to do")
-            return out
-        raise SimulationError(f"{out}: exists and was made with other options; pass --overwrite to replace it")
+    if _complete(out, content, overwrite):
+        if parts.is_dir():  # a run killed between renaming OUT and removing its shards
+            with exclusive(parts / "lock", str(out)):
+                shutil.rmtree(parts)
+        return out
     n_epochs(cfg)  # load the survey and templates once here: bad inputs fail before anything is written
     parts.mkdir(parents=True, exist_ok=True)
     _warn_disk_space(cfg, out, parts)
     with exclusive(parts / "lock", str(out)):  # a second `simulate` to the same OUT stops here
+        try:
+            done = _complete(out, content, overwrite)  # another run may have finished OUT since the check above
+        except SimulationError:
+            if not any(parts.glob("shard-*.h5")):
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
+        if done:
+            shutil.rmtree(parts)
+            return out
         manifest = parts / "config.json"
         saved = manifest.read_text() if manifest.exists() else None
         if saved not in (None, content) and any(parts.glob("shard-*.h5")):

@@ -17,9 +17,11 @@ too late to stop it.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -127,6 +129,16 @@ def check() -> None:
 def worker_signals() -> None:
     """For a worker process: ignore SIGINT (Ctrl-C reaches the terminal's whole process group; the parent
     stops the work and shuts its workers down) and die of SIGTERM, instead of running the handlers a forked
-    one inherits from the parent."""
+    one inherits from the parent; and exit within ~0.5 s of the parent's death: a parent killed outright
+    (SIGKILL, the OOM killer) cannot shut its pool down, and its workers would wait on the pool's pipe for
+    good, holding its files and (forked) its output's lock, so that a rerun was refused as "being written"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

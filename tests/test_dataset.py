@@ -159,14 +159,17 @@ def test_merger_appends_shards_in_order_whatever_their_arrival(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"] + [p.name for p in paths]
 
 
-def test_resume_after_kill_loses_nothing(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_resume_after_kill_loses_nothing(tmp_path, workers):
+    """SIGKILL part-way, rerun: the same bytes. With worker processes the rerun runs at once: the killed
+    parent's workers exit and do not keep the output locked (they waited on the pool's pipe for good)."""
     args = ["--n-per-class", "150", "--seed", "5", "--no-progress", "--set", "shard_size=10"]
     ref = tmp_path / "ref.h5"
     run_cli(*args, "--out", str(ref))
     out = tmp_path / "killed.h5"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", *args, "--workers", workers, "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = Path(str(out) + ".parts")
     deadline = time.time() + 120
     while time.time() < deadline and len(list(parts.glob("shard-*.h5"))) < 2:
@@ -816,3 +819,32 @@ def test_simulate_warns_when_the_disk_looks_too_small(tmp_path, monkeypatch, cap
     assert (f"warning: simulating {out} needs about {need:.1f} GB more on its disk (its shards in {out}.parts and "
             f"the merged file, ~{need / 2:.1f} GB each), which has 0.0 GB free") in capsys.readouterr().err
     assert sha(out) == sha(tmp_path / "a.h5")
+
+
+def test_a_run_finished_while_another_started_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """Two `simulate` to one OUT: if the first finishes (renames OUT, removes its parts) while the second is
+    between its first look at OUT and taking the lock, the second looks again under the lock: another run's
+    dataset is refused (it was replaced without --overwrite), the same run's is left as it is."""
+    import simulator.run as run
+
+    first = SimConfig(n_per_class=3, seed=1, progress=False)
+    warn = run._warn_disk_space
+
+    def first_finishes(cfg, out, parts):  # runs after the second's first check, before its lock
+        monkeypatch.setattr(run, "_warn_disk_space", warn)
+        run.simulate(first, out)
+        parts.mkdir(exist_ok=True)  # (the first removed the directory the second had made)
+
+    for second, out in ((SimConfig(n_per_class=3, seed=2, progress=False), tmp_path / "a.h5"), (first, tmp_path / "b.h5")):
+        monkeypatch.setattr(run, "_warn_disk_space", first_finishes)
+        if second is first:
+            capsys.readouterr()
+            assert run.simulate(second, out) == out
+            assert "already complete with these options" in capsys.readouterr().out
+        else:
+            with pytest.raises(SimulationError, match="exists and was made with other options"):
+                run.simulate(second, out)
+        with h5py.File(out, "r") as f:
+            assert f.attrs["seed"] == 1
+        assert not Path(f"{out}.parts").exists()
+    assert sha(tmp_path / "a.h5") == sha(tmp_path / "b.h5")
