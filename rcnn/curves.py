@@ -16,13 +16,17 @@ FIGURE = "training.png"
 METRICS = "metrics.jsonl"
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The evaluations logged in `run_dir/metrics.jsonl`, in order (empty if none yet)."""
+def read_metrics(run_dir: str | Path, torn_tail: bool = False) -> list[dict]:
+    """The evaluations logged in `run_dir/metrics.jsonl`, in order (empty if none yet). `torn_tail`: skip an
+    unterminated last line (a kill in the middle of its append; every complete row ends with a newline)."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
+    text = path.read_text()
+    if torn_tail and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -462,7 +462,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
 
     class_names = _class_names(data, cfg)
     if primary:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(
             {**dataclasses.asdict(cfg), "_data": str(data_path.resolve()), "_data_fingerprint": fingerprint,
              "_class_names": class_names, "_stamp_size": data.stamp_size}, sort_keys=True))
     if multi:  # the run directory exists before any process opens its checkpoints
@@ -504,9 +504,12 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         state = restore_checkpoint(newest, start, abstract, run_dir / "checkpoints" / ("last" if newest is last else "best"))
         state = jax.device_put(state, replicated)
+        if newest is best and (last.latest_step() or -1) < start:  # a kill between the two saves: `last` too
+            last.save(start, args=ocp.args.StandardSave(state), force=True)
+            last.wait_until_finished()
         if metrics_file.exists() and primary:  # drop evaluations logged after the checkpoint (a kill between)
-            kept = [row for row in read_metrics(run_dir) if row["step"] <= start]
-            metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            kept = [row for row in read_metrics(run_dir, torn_tail=True) if row["step"] <= start]
+            write_text_atomic(metrics_file, "".join(json.dumps(row) + "\n" for row in kept))
     elif metrics_file.exists() and primary:
         metrics_file.unlink()
     base_key = jax.random.PRNGKey(cfg.seed)
@@ -567,7 +570,7 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                 if caught:
                     break
             if (caught or failed) and done < cfg.iterations:
-                if done % cfg.eval_every:  # else saved by the evaluation just made
+                if done % cfg.eval_every and done > start:  # else saved by the evaluation just made, or resumed
                     if primary:  # first: a kill before the checkpoint leaves a file for a step never resumed
                         write_text_atomic(interval_file, json.dumps(
                             {"step": done, "losses": [float(x) for x in jax.device_get(losses)], "seqs": seqs,
@@ -575,9 +578,10 @@ def _train_locked(data: SequenceData, run_dir: Path, cfg: TrainConfig, resume: b
                     last.save(done, args=ocp.args.StandardSave(state), force=True)
                     last.wait_until_finished()
                 if failed:
-                    raise InputFailed(f"{run_dir}: reading the training batches failed after step {done}, which is "
-                                      f"saved ({type(failed[0]).__name__}: {failed[0]}); rerun the same command to "
-                                      "go on") from failed[0]
+                    raise InputFailed(f"{run_dir}: reading the training batches of {data_path} failed after step "
+                                      f"{done}, which is saved ({type(failed[0]).__name__}: {failed[0]}); rerun the "
+                                      "same command to go on (a read error of the data itself: the file is "
+                                      "damaged; remake or restore it first)") from failed[0]
                 raise Interrupted(caught[0], done, run_dir)
         finally:
             prefetch.close()

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -487,6 +488,41 @@ def uninterrupted_12(dataset, tmp_path_factory):
     return cfg, run, train(dataset, run, cfg, progress=False)
 
 
+def test_a_kill_between_the_last_saves_leaves_both_checkpoints_final(dataset, uninterrupted_12, tmp_path, monkeypatch):
+    """Killed at the final evaluation after `best` was saved and before `last`, with a row of metrics.jsonl
+    torn as well: the rerun (nothing left to train) repairs `last` from `best` and reads the log (`last`
+    stayed at step 8 for good, and a torn row stopped every rerun, "line 4 is not JSON")."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from rcnn.inference import Classifier
+
+    cfg, ref_run, ref = uninterrupted_12
+    shutil.copytree(ref_run, tmp_path / "ref")
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 12 and Path(str(self.directory)).name == "last":
+            raise KeyboardInterrupt
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    monkeypatch.undo()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in (checkpoints / "best").iterdir()] == ["12"]  # step 12 improved: saved to best
+    assert [p.name for p in (checkpoints / "last").iterdir()] == ["8"]
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 16, "train_')
+    assert train(dataset, tmp_path / "run", cfg, progress=False)["step"] == 12
+    last = Classifier(tmp_path / "run", checkpoint="last")
+    assert last.step == 12 and jax.tree_util.tree_all(jax.tree_util.tree_map(
+        np.array_equal, last.variables, Classifier(ref_run, checkpoint="last").variables))
+    _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
+
+
 @pytest.mark.parametrize("where", ["before the checkpoints", "between best and last", "after both"])
 def test_a_kill_while_an_evaluation_is_saved_resumes_exactly(dataset, uninterrupted_12, tmp_path, monkeypatch, where):
     """Killed with the evaluation of step 8 logged but not saved; saved to `best` (it improved) and not to
@@ -594,11 +630,18 @@ def test_a_failed_input_process_saves_the_step_and_the_rerun_logs_the_same(datas
                 raise InputWorkerDied("an input worker process died (out of memory?)")
             return step, batch
     monkeypatch.setattr(rt, "ReadAhead", Dying)
-    with pytest.raises(rt.InputFailed, match=r"run: reading the training batches failed after step 6, which is saved "
-                                             r"\(InputWorkerDied: an input worker process died \(out of memory\?\)\)"):
+    failed = re.escape(f"run: reading the training batches of {dataset} failed after step 6, which is saved "
+                       "(InputWorkerDied: an input worker process died (out of memory?))")
+    with pytest.raises(rt.InputFailed, match=failed):
         train(dataset, tmp_path / "run", cfg, progress=False)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()) == ["6"]
-    assert json.loads((tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text())["step"] == 6
+    interval = (tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text()
+    assert json.loads(interval)["step"] == 6
+    # failing again at the rerun's first batch: the same error, the saved step left as it was (it tried to save
+    # step 6 again, which orbax refused: "Checkpoint for step 6 already exists")
+    with pytest.raises(rt.InputFailed, match=failed):
+        train(dataset, tmp_path / "run", cfg, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / rt.INTERVAL).read_text() == interval
     monkeypatch.undo()
     _resumed_as_uninterrupted(tmp_path, train(dataset, tmp_path / "run", cfg, progress=False), ref)
 
