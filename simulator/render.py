@@ -9,7 +9,7 @@ for a whole batch at once:
 with L(k) = sinc(k.u len / 2pi) the trail of a source moving `len` pixels along u during the exposure
 (a uniform line segment centred on x_src; 1 for a fixed source), P, G the tabulated transforms of `profiles.ktable`, S the shear matrices, and one inverse real FFT
 per stamp on an `fft_size` grid (the folding period, large enough that wrapped-around wings are
-negligible).
+negligible; trails longer than fft_size - stamp_size get a larger grid, `trail_grid_size`).
 
 Most stamps are a fixed point source under a round PSF (no host, no trail, no PSF shear). Their F is a
 flux times P(|k| fwhm) sinc(kx/2pi) sinc(ky/2pi), even in each axis, times separable phases, so the
@@ -164,6 +164,22 @@ DIRECT_SUM_EPS = 1e-6
 ALIASING_EPS = 5e-4
 #: Stamps per batch of the direct host sums: their (2J+1) x (J+1) grids stay in cache.
 HOST_BATCH = 16
+#: Trailed stamps too long for their configured FFT grid get one larger by a multiple of this (px), so that
+#: few grid sizes are made.
+TRAIL_GRID_STEP_PX = 32
+
+
+def trail_grid_size(n: int, stamp_size: int, trail_px) -> np.ndarray:
+    """FFT grid size (px) for stamps trailed `trail_px` whose configured grid is `n`.
+
+    The image is n-periodic: a trail's copy one period away comes trail/2 nearer the stamp than a point
+    source's, and a trail longer than the grid crosses the stamp again (at 6 deg/day a HiTS stamp was 42% of
+    its peak off). The grid is kept while the copy stays n/2 from the stamp's edge (trail <= n - stamp_size,
+    27 px by default: HiTS's asteroids reach 18 px in 5,000; the wrapped light is then < 7e-4 of the peak at
+    the widest HiTS PSF, 11 px), and grown in `TRAIL_GRID_STEP_PX` steps to keep that distance beyond it."""
+    need = np.asarray(trail_px, np.float64) / 2 + (n + stamp_size) / 2
+    steps = np.ceil(np.maximum(need - n, 0.0) / TRAIL_GRID_STEP_PX)
+    return (n + TRAIL_GRID_STEP_PX * steps).astype(int)
 
 
 class _DirectSum:
@@ -276,8 +292,8 @@ class Renderer:
         self.psf_table = ktable(psf, float(moffat_beta))
         self.disk_table = ktable("exponential")
         self.bulge_table = ktable("devaucouleurs")
-        self._point_grid = _Grid(fft_size, stamp_size)
-        self._host_grid = self._point_grid if host_fft_size == fft_size else _Grid(host_fft_size, stamp_size)
+        self._grids = {n: _Grid(n, stamp_size) for n in {fft_size, host_fft_size}}  # and trails' larger ones
+        self._point_grid, self._host_grid = self._grids[fft_size], self._grids[host_fft_size]
         self._direct = _DirectSum(fft_size, stamp_size, self.psf_table)
         self._direct_host = _DirectHostSum(host_fft_size, stamp_size, self.psf_table, self.disk_table,
                                            self.bulge_table)
@@ -322,8 +338,9 @@ class Renderer:
         Fixed sources under a round PSF go through the direct sums, grouped by their number of terms: all
         point sources, and those with a host when the PSF is narrower than the FFT's aliasing threshold
         (the host added by `_add_direct_hosts`). The others go through the FFT on the point-source grid,
-        or the host grid when they have a host. Each group is computed in batches (`batch_size`; direct
-        host sums `HOST_BATCH`). A stamp's values do not depend on the batch.
+        or the host grid when they have a host, either grown for long trails (`trail_grid_size`). Each group
+        is computed in batches (`batch_size`, smaller on grown grids; direct host sums `HOST_BATCH`). A
+        stamp's values do not depend on the batch.
         """
         host_index = np.asarray(params.host_index)
         if hosts is None and (host_index >= 0).any():
@@ -339,12 +356,23 @@ class Renderer:
                 out[sel] = self._direct.render(level, *(np.asarray(getattr(params, f))[sel] for f in
                                                         ("flux_adu", "dx_px", "dy_px", "fwhm_px")), box_px)
         self._add_direct_hosts(params, hosts, simple & (host_index >= 0), out)
-        for grid, rows in ((self._point_grid, np.flatnonzero(~simple & (host_index < 0))),
-                           (self._host_grid, np.flatnonzero(~simple & (host_index >= 0)))):
-            for start in range(0, len(rows), self.batch_size):
-                sel = rows[start:start + self.batch_size]
-                out[sel] = self._render_chunk(params.take(sel), hosts, grid, box_px)
+        for base, rows in ((self._point_grid.n, np.flatnonzero(~simple & (host_index < 0))),
+                           (self._host_grid.n, np.flatnonzero(~simple & (host_index >= 0)))):
+            sizes = trail_grid_size(base, self.stamp_size, np.asarray(params.trail_px)[rows])
+            for n in np.unique(sizes):
+                grid = self._grid(int(n))
+                batch = max(1, self.batch_size * base ** 2 // grid.n ** 2)  # the same memory on larger grids
+                same = rows[sizes == n]
+                for start in range(0, len(same), batch):
+                    sel = same[start:start + batch]
+                    out[sel] = self._render_chunk(params.take(sel), hosts, grid, box_px)
         return out
+
+    def _grid(self, n: int) -> _Grid:
+        """The FFT grid of size n (made once)."""
+        if n not in self._grids:
+            self._grids[n] = _Grid(n, self.stamp_size)
+        return self._grids[n]
 
     def _add_direct_hosts(self, params: StampParams, hosts: HostParams | None, chosen: np.ndarray,
                           out: np.ndarray) -> None:

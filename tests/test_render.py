@@ -135,6 +135,21 @@ def test_trail_conserves_flux_and_stretches_along_its_direction():
     assert var_y[1] == pytest.approx(var_y[0], rel=1e-3)
 
 
+@pytest.mark.parametrize("trail_px", [80.0, 663.0])
+def test_long_trails_do_not_wrap_around_the_fft_grid(trail_px):
+    """Trails longer than the 48 px FFT grid (6 and 50 deg/day over HiTS's 86 s, 0.27"/px), with and without a
+    host (64 px grid), give the stamps of a 1024 px grid: the stamp holds the trail's share of the flux,
+    ~21 / (L cos a) (the 48 px grid folded the trail back in: 0.188 of the flux at 663 px, not 0.033)."""
+    p = StampParams.point_sources([1e5, 1e5], [4.0, 11.0], [0.2, -0.3], [0.1, 0.4])
+    p.trail_px, p.trail_angle_rad = np.full(2, trail_px), np.array([0.3, 2.0])
+    p.host_index, p.host_flux_adu = np.array([-1, 0]), np.array([0.0, 1e4])
+    hosts = HostParams(*(np.array([v]) for v in (1.0, -0.5, 2.0, 1.0, 0.3, 0.1, 0.0, 0.0, 0.1)))
+    img = Renderer(moffat_beta=4.2).render(p, hosts)
+    reference = Renderer(fft_size=1024, host_fft_size=1024, moffat_beta=4.2).render(p, hosts)
+    np.testing.assert_allclose(img, reference, atol=1e-3 * reference[0].max())
+    assert img[0].sum() / 1e5 == pytest.approx(21 / (trail_px * np.cos(0.3)), rel=0.05)
+
+
 @pytest.mark.parametrize("kind", ["moffat", "kolmogorov", "exponential", "devaucouleurs"])
 def test_ktable_is_galsims_kvalue(kind):
     from simulator.profiles import ktable
