@@ -190,7 +190,7 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
     with np.errstate(invalid="ignore"):  # no host: its NaN magnitude is replaced by 0 ADU below
         host_flux = mag_to_adu(host_mag[owner], zp_true, exp_time)
     params = StampParams(
-        flux_adu=np.nan_to_num(mag_to_adu(stamp_mag, zp_true, exp_time)),
+        flux_adu=mag_to_adu(stamp_mag, zp_true, exp_time),
         dx_px=offsets[owner, 0, epoch], dy_px=offsets[owner, 1, epoch], fwhm_px=fwhm_arcsec[owner, epoch] / scale,
         psf_g1=psf_shear[owner, 0, epoch], psf_g2=psf_shear[owner, 1, epoch],
         host_index=np.where(has_host, host_index, -1)[owner],
@@ -215,6 +215,16 @@ def simulate_shard(cfg_json: str, start: int, stop: int) -> dict:
                    zp_error, fwhm_arcsec)
 
 
+def check_magnitudes(i: int, cname: str, mag: np.ndarray, cond) -> None:
+    """A ValueError naming object `i` and its class unless its model's magnitudes are finite or +inf (no
+    source) at every valid epoch: a NaN would render as an empty stamp, -inf as an infinite flux."""
+    bad = np.flatnonzero(cond.mask & ~(np.isfinite(mag) | (mag == np.inf)))
+    if len(bad):
+        raise ValueError(f"object {i}: the {cname} model gave magnitude {mag[bad[0]]} at epoch {bad[0]} (MJD "
+                         f"{cond.mjd[bad[0]]:.5f}), {len(bad)} such valid epoch(s); magnitudes must be finite "
+                         f"or +inf (no source)")
+
+
 def _draw_object(i: int, rng: np.random.Generator, first, cfg: SimConfig, sampler, models, T: int,
                  scale: float) -> _Drawn:
     """Object i's random draws, in the order of the module docstring (`first`: its first conditions)."""
@@ -232,6 +242,7 @@ def _draw_object(i: int, rng: np.random.Generator, first, cfg: SimConfig, sample
                               f"is the survey too shallow for it, or seeing_limit_arcsec ({cfg.seeing_limit_arcsec}) "
                               f"too tight?")
     full_mag, truth = drawn
+    check_magnitudes(i, cname, full_mag, full)
     window, alert = choose_window(rng, cname, full_mag, full, cfg, T)
     truth.update(alert_epoch=alert, window_start=int(window[0]))  # valid epochs are packed first
     frac = cfg.host_fraction_supernova if cname == "supernova" else cfg.host_fraction_other

@@ -106,6 +106,23 @@ def test_asteroid_avoids_clouded_out_epochs():
         assert np.isfinite(mag).tolist() == [False, True, False] and mag[1] < 23.5
 
 
+def test_a_nan_magnitude_is_an_error_naming_the_class_and_object(monkeypatch):
+    """A light-curve model giving NaN at a valid epoch stops the run, naming the class and object (its flux was
+    set to 0: an empty stamp labelled as the class)."""
+    from simulator import rrlyrae
+    from simulator.shard import simulate_shard
+
+    model_delta_mag = rrlyrae.FourierModel.delta_mag
+
+    def nan_at_second_epoch(self, params, mjd):
+        return np.where(np.arange(len(mjd)) == 1, np.nan, model_delta_mag(self, params, mjd))
+
+    monkeypatch.setattr(rrlyrae.FourierModel, "delta_mag", nan_at_second_epoch)
+    cfg = SimConfig(classes=("nonvariable", "rrlyrae"), n_per_class=2, seed=1, progress=False)
+    with pytest.raises(ValueError, match=r"^object 1: the rrlyrae model gave magnitude nan at epoch \d+ "):
+        simulate_shard(cfg.content_json(), 0, 4)
+
+
 def test_galaxy_stamps_hold_the_host_flux_of_its_magnitude(tmp_path):
     """Eq. 1 for hosts: a galaxy's stamp, less the sky, sums to 10^(0.4 (zp_true - host_mag)) x exposure time
     times the share of a compact host inside the stamp (> 0.8); a host 1 mag off in the stamps (the host
