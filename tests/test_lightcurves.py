@@ -5,7 +5,7 @@ from scipy import stats
 from scipy.special import erf
 
 from simulator import supernova
-from simulator.classes import _star_mag
+from simulator.classes import MODELS, _star_mag
 from simulator.settings import SimConfig
 from simulator.shard import choose_window
 from survey_params import make_sampler
@@ -174,6 +174,48 @@ def test_star_magnitudes_follow_the_erf_cutoff_law(m_cut):
     other = 21.5 if m_cut == 22.8 else 22.8
     res_other = stats.kstest(mags, lambda m: _law_cdf(m, cfg.star_count_slope_dex, other, cfg.star_mag_min, depth))
     assert res_other.pvalue < 1e-6
+
+
+class _SineModel:
+    """A stand-in light-curve model: delta_mag = 0.3 sin(2 pi mjd / 1.7 d), drawing nothing."""
+
+    def draw(self, rng):
+        return {"period_d": 1.7, "_private": 0.0}
+
+    def delta_mag(self, params, mjd):
+        return 0.3 * np.sin(2 * np.pi * np.asarray(mjd) / params["period_d"])
+
+
+PERIODIC = [("rrlyrae", "rrlyrae"), ("cepheid", "cepheid"), ("eclipsing_binary", "eclipsing")]
+
+
+@pytest.mark.parametrize("cname, key", PERIODIC)
+def test_periodic_class_adds_its_model_light_curve_to_the_mean(cname, key):
+    """A periodic class's magnitude at each valid epoch is class_mean_mag + its model's delta_mag(params, MJD),
+    inf elsewhere; the public parameters go to the truth, the private (underscore) ones do not."""
+    cond = make_sampler().draw(np.random.default_rng(3))
+    mag, truth = MODELS[cname](np.random.default_rng(0), cond, SimConfig(), {key: _SineModel()})
+    v = cond.mask
+    assert not v.all() and np.isinf(mag[~v]).all()
+    np.testing.assert_allclose(mag[v], truth["class_mean_mag"] + 0.3 * np.sin(2 * np.pi * cond.mjd[v] / 1.7),
+                               rtol=0, atol=1e-12)
+    assert truth["period_d"] == 1.7 and "_private" not in truth
+
+
+@pytest.mark.parametrize("cname, cut_key", [("rrlyrae", "rrlyrae_mag_cut"), ("cepheid", "star_mag_cut"),
+                                            ("eclipsing_binary", "star_mag_cut"), ("nonvariable", "star_mag_cut")])
+def test_each_star_class_uses_its_magnitude_cutoff(cname, cut_key):
+    """KS test of a class's mean magnitudes against the erf-cutoff law with its m_cut (RR Lyrae 21.5, other stars
+    22.8; Carrasco-Davis et al. 2019, sec. 2.2), and the other cutoff rejected."""
+    cfg = SimConfig()
+    cond = make_sampler().draw(np.random.default_rng(3))
+    rng, models = np.random.default_rng(4), {key: _SineModel() for _, key in PERIODIC}
+    mags = np.array([MODELS[cname](rng, cond, cfg, models)[1]["class_mean_mag"] for _ in range(1500)])
+    lim = cond.limmag5[cond.mask]
+    depth = lim.mean() + cfg.star_depth_nsigma * lim.std()
+    pvalue = {m_cut: stats.kstest(mags, lambda m: _law_cdf(m, cfg.star_count_slope_dex, m_cut, cfg.star_mag_min,
+                                                          depth)).pvalue for m_cut in (21.5, 22.8)}
+    assert pvalue[getattr(cfg, cut_key)] > 0.01 and min(pvalue.values()) < 1e-6, pvalue
 
 
 def test_real_templates_mode(templates_dir):

@@ -1,4 +1,6 @@
 """End to end: a dataset of all seven classes, its per-class truth, windows, alerts and the gallery figure."""
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -53,6 +55,31 @@ def test_all_classes_with_their_truth(dataset):
         assert a >= 0 and det[0] == a and a <= 5
     assert (t["alert_epoch"][~(c["supernova"] | c["asteroid"])] == -1).all()
     assert (mask.sum(1)[~(c["supernova"] | c["asteroid"])] >= 6).all()
+
+
+def test_periodic_magnitudes_are_the_class_mean_plus_the_model_light_curve(dataset):
+    """RR Lyrae: truth/mag = class_mean_mag + the model's delta_mag at each epoch's MJD, the light curve rebuilt
+    from the stored truth (period, epoch, amplitude, template); eclipsing binaries only fade from maximum light
+    (class_mean_mag): a light curve added with the wrong sign fails both."""
+    from simulator import rrlyrae
+    from simulator.templates import resolve_templates
+
+    with h5py.File(dataset, "r") as f:
+        templates = json.loads(f.attrs["config"])["templates"]
+        label, mask, mag, mjd = f["label"][()], f["mask"][()], f["truth/mag"][()], f["mjd"][()]
+        t = {k: f[f"truth/{k}"][()] for k in ("class_mean_mag", "period_d", "epoch_mjd", "amplitude_mag")}
+        template = _text(f["truth/template"][()])
+    model = rrlyrae.load_model(resolve_templates(templates))
+    rows = np.flatnonzero(label == ALL_CLASSES.index("rrlyrae"))
+    for i in rows:
+        params = {k: t[k][i] for k in ("period_d", "epoch_mjd", "amplitude_mag")}
+        params["_template_id"] = int(template[i].split(":")[1])  # fourier:ID or sesar:ID
+        v = mask[i]
+        np.testing.assert_allclose(mag[i, v], t["class_mean_mag"][i] + model.delta_mag(params, mjd[i, v]), atol=1e-5)
+    assert np.ptp(mag[rows][mask[rows]] - np.repeat(t["class_mean_mag"][rows], mask[rows].sum(1))) > 0.3
+    eb = label == ALL_CLASSES.index("eclipsing_binary")
+    faded = mag[eb][mask[eb]] - np.repeat(t["class_mean_mag"][eb], mask[eb].sum(1))
+    assert faded.min() > -1e-4 and faded.max() > 0.05
 
 
 def test_gallery_figure(dataset, tmp_path):
