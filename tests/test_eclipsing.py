@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from simulator import eclipsing
 from simulator.eclipsing import load_model
@@ -117,6 +118,26 @@ def test_deterministic_given_rng():
     b = [MODEL.draw(np.random.default_rng(11)) for _ in range(3)]
     assert a == b
     assert MODEL.draw(np.random.default_rng(12)) != a[0]
+
+
+def test_phases_uniform(population):
+    """epoch_mjd / period_d, the phase at MJD 0, is uniform on [0, 1)."""
+    pvalue = stats.kstest([d["epoch_mjd"] / d["period_d"] for d in population[:500]], "uniform").pvalue
+    assert pvalue > 1e-3, pvalue
+
+
+def test_semimajor_axes_follow_keplers_third_law(population):
+    """a^3 = G (M1 + M2) P^2 / (4 pi^2) with the IAU nominal GM_sun and R_sun (a = 4.2084 Rsun at 1 Msun, 1 d),
+    for each subtype; a star's radius in units of a, times a, is its radius in Rsun (main sequence: detached)."""
+    from astropy import constants
+
+    for subtype in eclipsing._SUBTYPE_DRAWS:
+        for d in [d for d in population if d["subtype"] == subtype][:20]:
+            gm = constants.GM_sun.value * (d["_mass1_msun"] + d["_mass2_msun"])
+            a_m = (gm * (d["period_d"] * 86400.0) ** 2 / (4 * math.pi ** 2)) ** (1 / 3)
+            assert d["_a_rsun"] == pytest.approx(a_m / constants.R_sun.value, rel=1e-4)
+    d = _first(population, "detached")
+    assert d["_r1"] * d["_a_rsun"] == pytest.approx(eclipsing._ms_radius_rsun(d["_mass1_msun"]), rel=1e-9)
 
 
 def test_population_subtypes_and_detectability(population):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from simulator import cepheid, derive_cepheid, derive_rrlyrae, rrlyrae, rrlyrae_builtin
 
@@ -197,6 +198,21 @@ def _check_deterministic(model) -> None:
         assert x.keys() == y.keys()
         assert all(np.array_equal(x[k], y[k]) for k in x)
     assert any(x["period_d"] != y["period_d"] for x, y in zip(a, _draws(model, 20, seed=8)))
+
+
+def _check_phases_uniform(model) -> None:
+    """epoch_mjd / period_d, the phase at MJD 0, is uniform on [0, 1): stars of one period are not in step."""
+    draws = _draws(model, 500, seed=9)
+    pvalue = stats.kstest([d["epoch_mjd"] / d["period_d"] for d in draws], "uniform").pvalue
+    assert pvalue > 1e-3, pvalue
+
+
+def test_rrlyrae_phases_uniform(rr_model: rrlyrae.Model) -> None:
+    _check_phases_uniform(rr_model)
+
+
+def test_cepheid_phases_uniform(cep_model: cepheid.Model) -> None:
+    _check_phases_uniform(cep_model)
 
 
 def test_rrlyrae_deterministic(rr_model: rrlyrae.Model) -> None:
