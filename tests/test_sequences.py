@@ -5,9 +5,12 @@ import h5py
 import numpy as np
 import pytest
 
+from simulator.classes import asteroid
+from simulator.hosts import draw_host
 from simulator.run import simulate
 from simulator.settings import ALL_CLASSES, SimConfig
 from simulator.summary import plot_gallery
+from survey_params.sampling import ObjectConditions
 
 
 def _text(a):
@@ -113,24 +116,80 @@ def test_supernova_hosts_sit_at_the_supernova_redshift():
     assert size_ratio == pytest.approx(float(scale), rel=0.15)
 
 
+def _conditions(limmag5, exp_time_s=86.0):
+    """Conditions of one object with these 5-sigma limits, all epochs valid, one day apart."""
+    n = len(limmag5)
+    return ObjectConditions(mjd=np.arange(n, dtype=float), exp_time_s=np.full(n, exp_time_s), seeing_arcsec=np.ones(n),
+                            airmass=np.ones(n), sky_adu=np.full(n, 100.0), zero_point=np.full(n, 25.0),
+                            limmag5=np.asarray(limmag5, float), mask=np.ones(n, bool), gain=4.0, read_noise=6.0,
+                            saturation=4e4, field="1", ccd=1)
+
+
 def test_asteroid_avoids_clouded_out_epochs():
     """An epoch whose 5-sigma limit (14.8) is brighter than any star cannot host the asteroid's detection."""
-    from simulator.classes import asteroid
-    from survey_params.sampling import ObjectConditions
-
-    def cond(limmag5):
-        n = len(limmag5)
-        return ObjectConditions(mjd=np.arange(n, dtype=float), exp_time_s=np.full(n, 86.0), seeing_arcsec=np.ones(n),
-                                airmass=np.ones(n), sky_adu=np.full(n, 100.0), zero_point=np.full(n, 25.0),
-                                limmag5=np.asarray(limmag5, float), mask=np.ones(n, bool), gain=4.0, read_noise=6.0,
-                                saturation=4e4, field="1", ccd=1)
-
     cfg = SimConfig()
     rng = np.random.default_rng(0)
-    assert asteroid(rng, cond([14.8, 14.8]), cfg, {}) is None
+    assert asteroid(rng, _conditions([14.8, 14.8]), cfg, {}) is None
     for _ in range(50):
-        mag, _ = asteroid(rng, cond([14.8, 23.5, 14.8]), cfg, {})
+        mag, _ = asteroid(rng, _conditions([14.8, 23.5, 14.8]), cfg, {})
         assert np.isfinite(mag).tolist() == [False, True, False] and mag[1] < 23.5
+
+
+def test_asteroid_trail_is_its_rate_over_the_exposure():
+    """trail_arcsec = rate (deg/day) x 3600 "/deg / 86400 s/day x exposure time (s): 0.25 deg/day trails 0.896" in
+    HiTS's 86 s exposures, 1.06" in its 102 s ones."""
+    rng = np.random.default_rng(1)
+    for exp_time_s in (86.0, 102.0):
+        for cfg in (SimConfig(), SimConfig(asteroid_rate_scatter_dex=0.0)):
+            _, truth = asteroid(rng, _conditions([23.5], exp_time_s), cfg, {})
+            assert truth["trail_arcsec"] == pytest.approx(truth["rate_deg_per_day"] * exp_time_s / 24.0, rel=1e-12)
+        assert truth["trail_arcsec"] == pytest.approx(0.25 * exp_time_s / 24.0, rel=1e-12)  # the median rate
+
+
+def test_asteroid_stamps_trail_their_rate_in_pixels(monkeypatch):
+    """Noiseless asteroid stamps (41 px, no host): the second moment (its trace, whatever the orientation) exceeds
+    that of a fixed source with the same PSF by L^2 / 12 of a uniform segment, L = rate x exposure / pixel scale
+    (6.7-8 px at 0.6 deg/day; a trail of L x 0.27 px, arcsec taken for pixels, adds 0.27^2 as much)."""
+    from simulator import shard
+    from simulator.render import Renderer, StampParams
+
+    monkeypatch.setattr(shard, "add_ccd_noise_streams", lambda rngs, noiseless, *rest: noiseless)
+    cfg = SimConfig(classes=("asteroid",), n_per_class=6, seed=2, asteroid_rate_deg_per_day=0.6,
+                    asteroid_rate_scatter_dex=0.0, host_fraction_other=0.0, stamp_size=41, fft_size=96,
+                    host_fft_size=96, progress=False)
+    out = shard.simulate_shard(cfg.content_json(), 0, 6)
+    scale = shard.pixel_scale_arcsec(cfg)
+    obj, epoch = np.nonzero(out["mask"] & np.isfinite(out["truth/mag"]))
+    assert len(obj) == 6
+    trailed = out["stamps"][obj, epoch]
+    fixed = Renderer(41, 96, 96, moffat_beta=cfg.moffat_beta).render(StampParams.point_sources(
+        trailed.sum(axis=(1, 2)), out["truth/psf_fwhm_arcsec"][obj, epoch] / scale))
+    length_px = out["truth/rate_deg_per_day"][obj] * out["conditions/exp_time_s"][obj, epoch] / 24.0 / scale
+    y, x = np.mgrid[:41, :41]
+
+    def trace(img):  # sum of the central second moments along x and y, per stamp
+        w = img / img.sum(axis=(1, 2), keepdims=True)
+        cx, cy = (w * x).sum(axis=(1, 2), keepdims=True), (w * y).sum(axis=(1, 2), keepdims=True)
+        return (w * ((x - cx) ** 2 + (y - cy) ** 2)).sum(axis=(1, 2))
+
+    np.testing.assert_allclose(trace(trailed) - trace(fixed), length_px ** 2 / 12, rtol=0.01)
+
+
+def test_host_sizes_are_drawn_in_arcsec_and_stored_in_pixels():
+    """Without scatter a host's disk half-light radius is host_disk_hlr_arcsec_at_g20 x 10^(slope (g - 20))
+    arcsec, in [0.2, 4]", stored in pixels of the given scale; a supernova host's, from the cosmology, too."""
+    cfg = SimConfig(host_size_scatter_dex=0.0)
+    arcsec = {}
+    for scale in (0.27, 0.5):
+        rng = np.random.default_rng(0)
+        hosts = [draw_host(rng, cfg, scale, centred=i % 2 == 0) for i in range(100)]
+        mag, hlr_px = (np.array([h[k] for h in hosts]) for k in ("mag", "disk_hlr_px"))
+        law = np.clip(cfg.host_disk_hlr_arcsec_at_g20 * 10 ** (cfg.host_size_mag_slope_dex * (mag - 20.0)), 0.2, 4.0)
+        np.testing.assert_allclose(hlr_px * scale, law, rtol=1e-12)
+        rng = np.random.default_rng(0)
+        arcsec[scale] = [draw_host(rng, cfg, scale, centred=False, redshift=0.2)["disk_hlr_px"] * scale
+                         for _ in range(20)]
+    np.testing.assert_allclose(arcsec[0.27], arcsec[0.5], rtol=1e-12)
 
 
 def test_a_nan_magnitude_is_an_error_naming_the_class_and_object(monkeypatch):
