@@ -122,7 +122,6 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         raise ValueError(f"{data}: a simulated dataset (it has truth/mag): --real takes a real labelled file from "
                          "`rcnn import-real` and scores all its objects; give a simulated one with --data, which "
                          "scores its test split")
-    mags = None
     resolved = [Path(r).resolve() for r in run_dirs]
     twice = list(dict.fromkeys(str(r) for r, p in zip(run_dirs, resolved) if resolved.count(p) > 1))
     if twice:
@@ -147,8 +146,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         if real:  # recall of each real label (two labels mapped to one class each have their own)
             entry["recall_real_labels"] = {ds_classes[i]: r for i, r in M.recall_by_label(
                 pred.probs, pred.step_mask, pred.labels, mapping, summary["step"]).items()}
-        else:
-            mags = _magnitudes(data, pred.index) if mags is None else mags  # same test split for every run
+        else:  # each run's own scored objects: a larger n_w leaves out more short sequences
+            mags = _magnitudes(data, pred.index)
             entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
                 str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS).items()}}
         report["runs"][name] = entry

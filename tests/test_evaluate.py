@@ -287,6 +287,34 @@ def test_evaluate_counts_test_objects_without_a_step_and_names_every_run(run_4cl
         evaluate([run], data, tmp_path / "rep3", class_map=parse_class_map("FOO=bar"), progress=False)
 
 
+def test_runs_of_different_n_w_are_each_scored_on_their_own_objects(run_4class, tmp_path):
+    """Test objects with 3 valid epochs have a step for a run of n_w = 3, none for one of n_w = 4: each run's
+    magnitudes are its own objects' (they were the first run's: an IndexError)."""
+    from rcnn.evaluate import _magnitudes
+    from rcnn.inference import Classifier, predict
+
+    run, data = run_4class
+    nw4 = tmp_path / "nw4"
+    train(data, nw4, TrainConfig(n_w=4, iterations=2, eval_every=2, conv_filters=4, dense_units=8, rnn_units=4,
+                                 batch_size=16), progress=False)
+    short = tmp_path / "short.h5"
+    short.write_bytes(data.read_bytes())
+    with h5py.File(short, "r+") as f:
+        test = np.flatnonzero(f["split"][()] == 2)
+        m = f["mask"][()]
+        m[test[:3], 3:] = False
+        f["mask"][...] = m
+    report = evaluate([run, nw4], short, tmp_path / "rep", progress=False)
+    e3, e4 = report["runs"]["run (rcnn)"], report["runs"]["nw4 (rcnn)"]
+    assert (e3["n_objects"], e3["objects_without_step"], e4["n_objects"], e4["objects_without_step"]) == (
+        len(test), 0, len(test) - 3, 3)
+    pred = predict(Classifier(nw4), short, split="test", progress=False).scored()
+    expect = M.accuracy_vs_magnitude(pred.probs, pred.step_mask, pred.labels, _magnitudes(short, pred.index),
+                                     np.array(e4["accuracy_vs_magnitude"]["bins"]))
+    assert json.loads(M.to_json(e4["accuracy_vs_magnitude"])) == json.loads(M.to_json(
+        {"bins": e4["accuracy_vs_magnitude"]["bins"], **{str(k): v for k, v in expect.items()}}))
+
+
 def test_a_report_killed_while_drawn_has_no_metrics_file(run_4class, tmp_path, monkeypatch):
     """evaluate, baseline and classify write their JSON last, each figure under a temporary name: one killed
     while drawing leaves no metrics.json / probabilities.json (a report that looks complete) and no truncated
