@@ -9,7 +9,8 @@ Real (`--real REAL.h5` from `rcnn import-real`): the dataset's labels are mapped
 (`DEFAULT_CLASS_MAP`, or `--class-map SN=supernova,...`); recall per real class at the last step (at most
 20) and vs step, balanced recall, confusion matrix (real classes x model classes): the domain-transfer
 figure of merit; a simulated dataset given there is refused (`is_simulated`). Everything goes to
-`REPORT_DIR/metrics.json` and PNG figures.
+`REPORT_DIR/metrics.json` and PNG figures; the top-level `recall` and `balanced_recall` are the first run's,
+named by `recall_run`.
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
             entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
                 str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS).items()}}
         report["runs"][name] = entry
-    first = next(iter(report["runs"].values()))
+    first_name, first = next(iter(report["runs"].items()))
+    report["recall_run"] = first_name  # the top-level recall and balanced recall are this run's
     report["recall"], report["balanced_recall"] = first["recall"], first["balanced_recall"]
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run or dataset that fails leaves no report behind
     _figures(report, results, out_dir, real)

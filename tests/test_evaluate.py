@@ -226,6 +226,7 @@ def _check_report_against_predictions(m, pred, data, checkpoint_step):
     assert list(e["recall"].values()) == pytest.approx(recall.tolist())
     assert e["balanced_recall"] == pytest.approx(recall.mean())
     assert m["recall"] == e["recall"] and m["balanced_recall"] == e["balanced_recall"]
+    assert m["recall_run"] == "run (rcnn)"  # whose they are
     cm = skm.confusion_matrix(y, yhat, labels=range(len(names))).astype(float)
     cm /= np.maximum(cm.sum(1, keepdims=True), 1)
     np.testing.assert_allclose(e["confusion"], cm)  # rows true, columns predicted, both in the dataset's order
@@ -313,6 +314,7 @@ def test_runs_of_different_n_w_are_each_scored_on_their_own_objects(run_4class, 
                                      np.array(e4["accuracy_vs_magnitude"]["bins"]))
     assert json.loads(M.to_json(e4["accuracy_vs_magnitude"])) == json.loads(M.to_json(
         {"bins": e4["accuracy_vs_magnitude"]["bins"], **{str(k): v for k, v in expect.items()}}))
+    assert report["recall_run"] == "run (rcnn)" and report["recall"] == e3["recall"]
 
 
 def test_a_report_killed_while_drawn_has_no_metrics_file(run_4class, tmp_path, monkeypatch):
