@@ -1,9 +1,10 @@
 """`rcnn evaluate`: metrics and figures of trained runs on a simulated test split or on real labelled stamps.
 
 Simulated (`DATA.h5`, its test split): accuracy vs number of inputs, recall per class vs step, accuracy vs
-magnitude at steps 1/5/10/20 (Carrasco-Davis et al. 2019, Fig. 5), normalised confusion matrices at the last
-step (Figs. 6-9), F1 per class (TAO-Net) and one-vs-rest ROC AUC (GOTO). Several runs (the RCNN and the
-light-curve classifier) are drawn side by side.
+magnitude at steps 1/5/10/20 (Carrasco-Davis et al. 2019, Fig. 5; a step beyond the run's last is its last,
+and is named so: 18 with 20 images of n_w = 3), normalised confusion matrices at the last step (Figs. 6-9),
+F1 per class (TAO-Net) and one-vs-rest ROC AUC (GOTO). Several runs (the RCNN and the light-curve classifier)
+are drawn side by side.
 
 Real (`--real REAL.h5` from `rcnn import-real`): the dataset's labels are mapped to model classes
 (`DEFAULT_CLASS_MAP`, or `--class-map SN=supernova,...`); recall per real class at the last step (at most
@@ -150,7 +151,8 @@ def evaluate(run_dirs: list[str | Path], data: str | Path, out_dir: str | Path, 
         else:  # each run's own scored objects: a larger n_w leaves out more short sequences
             mags = _magnitudes(data, pred.index)
             entry["accuracy_vs_magnitude"] = {"bins": MAG_BINS.tolist(), **{
-                str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS).items()}}
+                str(k): v for k, v in M.accuracy_vs_magnitude(pred.probs, pred.step_mask, labels, mags, MAG_BINS,
+                                                              steps=(1, 5, 10, summary["step"])).items()}}
         report["runs"][name] = entry
     first_name, first = next(iter(report["runs"].items()))
     report["recall_run"] = first_name  # the top-level recall and balanced recall are this run's
@@ -228,9 +230,9 @@ def _figures(report: dict, results: dict, out_dir: Path, real: bool) -> None:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         centres = 0.5 * (MAG_BINS[1:] + MAG_BINS[:-1])
         for name, e in runs.items():
-            for k in ("1", "5", "20"):
-                if k in e["accuracy_vs_magnitude"]:
-                    ax.plot(centres, e["accuracy_vs_magnitude"][k], marker="o", ms=3, label=f"{name}, step {k}")
+            steps = [k for k in e["accuracy_vs_magnitude"] if k != "bins"]  # the steps used, the last as it is
+            for k in dict.fromkeys(k for k in (steps[0], "5", steps[-1]) if k in steps):
+                ax.plot(centres, e["accuracy_vs_magnitude"][k], marker="o", ms=3, label=f"{name}, step {k}")
         ax.set_xlabel("g magnitude (brightest)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.02)

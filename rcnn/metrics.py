@@ -111,10 +111,13 @@ def recall_vs_step(probs: np.ndarray, step_mask: np.ndarray, labels: np.ndarray,
 
 
 def accuracy_vs_magnitude(probs, step_mask, labels, mags, bins, steps=(1, 5, 10, 20)) -> dict:
-    """Accuracy per magnitude bin after each of `steps` (the paper's Fig. 5, right); NaN for empty bins."""
+    """Accuracy per magnitude bin after each of `steps` (the paper's Fig. 5, right); NaN for empty bins. Bins
+    are [lo, hi) as `np.digitize` puts them: an object on an inner edge counts in the bin above, one on the last
+    edge or outside in none. The keys are the steps used: a step beyond the S there are is S (20 with 18 steps
+    is 18), repeats once."""
     which = np.digitize(mags, bins) - 1
     out = {}
-    for k in steps:
+    for k in dict.fromkeys(min(k, probs.shape[1]) for k in steps):
         correct = at_step(probs, step_mask, k).argmax(1) == labels
         out[k] = [float(correct[which == b].mean()) if (which == b).any() else float("nan") for b in range(len(bins) - 1)]
     return out

@@ -239,13 +239,15 @@ def _check_report_against_predictions(m, pred, data, checkpoint_step):
     for c in present:
         assert e["recall_vs_step"][names[c]] == pytest.approx(
             [np.mean(predicted(k)[y == c] == c) for k in range(n_steps)]), names[c]
-    # accuracy in bins of the brightest true magnitude (1 mag from 14 to 26) after 1, 5, 10 and 20 steps
+    # accuracy in bins of the brightest true magnitude (1 mag from 14 to 26) after 1, 5, 10 and 20 steps, or
+    # the last there is (18 with 20 images of n_w = 3), keyed by the step used (it was "20")
     brightest = np.where(np.isfinite(mag[test]), mag[test], np.inf).min(1)
     assert np.isfinite(brightest).all()  # no galaxies here (their host's magnitude)
     bins = np.arange(14.0, 26.01, 1.0)
     assert e["accuracy_vs_magnitude"]["bins"] == bins.tolist()
     which = np.digitize(brightest, bins) - 1
-    for k in (1, 5, 10, 20):
+    assert n_steps == 18 and list(e["accuracy_vs_magnitude"]) == ["bins", "1", "5", "10", "18"]
+    for k in (1, 5, 10, n_steps):
         ok = predicted(k - 1) == y
         expect = [np.mean(ok[which == b]) if (which == b).any() else None for b in range(len(bins) - 1)]
         got = e["accuracy_vs_magnitude"][str(k)]
@@ -290,7 +292,7 @@ def test_evaluate_counts_test_objects_without_a_step_and_names_every_run(run_4cl
 
 def test_runs_of_different_n_w_are_each_scored_on_their_own_objects(run_4class, tmp_path):
     """Test objects with 3 valid epochs have a step for a run of n_w = 3, none for one of n_w = 4: each run's
-    magnitudes are its own objects' (they were the first run's: an IndexError)."""
+    magnitudes are its own objects' (they were the first run's: an IndexError), its last step its own."""
     from rcnn.evaluate import _magnitudes
     from rcnn.inference import Classifier, predict
 
@@ -309,9 +311,10 @@ def test_runs_of_different_n_w_are_each_scored_on_their_own_objects(run_4class, 
     e3, e4 = report["runs"]["run (rcnn)"], report["runs"]["nw4 (rcnn)"]
     assert (e3["n_objects"], e3["objects_without_step"], e4["n_objects"], e4["objects_without_step"]) == (
         len(test), 0, len(test) - 3, 3)
+    assert list(e3["accuracy_vs_magnitude"])[-1] == "18" and list(e4["accuracy_vs_magnitude"])[-1] == "17"
     pred = predict(Classifier(nw4), short, split="test", progress=False).scored()
     expect = M.accuracy_vs_magnitude(pred.probs, pred.step_mask, pred.labels, _magnitudes(short, pred.index),
-                                     np.array(e4["accuracy_vs_magnitude"]["bins"]))
+                                     np.array(e4["accuracy_vs_magnitude"]["bins"]), steps=(1, 5, 10, 17))
     assert json.loads(M.to_json(e4["accuracy_vs_magnitude"])) == json.loads(M.to_json(
         {"bins": e4["accuracy_vs_magnitude"]["bins"], **{str(k): v for k, v in expect.items()}}))
     assert report["recall_run"] == "run (rcnn)" and report["recall"] == e3["recall"]
