@@ -25,11 +25,12 @@ import numpy as np
 
 from photometry.optimal import BAD_HIGH, BAD_LOW
 from simulator.dataset import UNLABELLED, open_h5, zero_point_ref
+from simulator.settings import ALERT_CLASSES
 
 from .config import CONTEXT_INPUTS, TrainConfig
 
-# the transients, whose sequences start at their alert (the simulator's names and the real HiTS labels')
-ALERT_NAMES = ("supernova", "asteroid", "SN", "Ast")
+# the transients, whose sequences start at their alert: the simulator's classes and the real HiTS labels
+ALERT_NAMES = ALERT_CLASSES + ("SN", "Ast")
 
 REQUIRED = ("stamps", "mask", "mjd", "label", "split", "conditions/sky_adu", "conditions/zero_point")
 LC_REQUIRED = ("photometry/lc_flux", "photometry/lc_flux_err")

@@ -8,8 +8,9 @@ and keeps the checkpoint with the lowest loss on the training objects (there are
 validation set). Carrasco-Davis et al.'s follow-up reached 0.94 balanced recall with 10 per class.
 
 `OUT/finetune.json` records what chose the objects (run, real data by its fingerprint, per_class, label
-mapping, seed): a rerun with the same goes on (a killed run resumes, a larger `iterations` extends it), one with others is
-refused, since the held-out objects of the report would no longer be the ones the run never saw.
+mapping, seed): a rerun with the same goes on (a killed run resumes, a larger `iterations` extends it), one
+with others is refused, since the held-out objects of the report would no longer be the ones the run never
+saw.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from simulator.dataset import write_text_atomic
 from .data import SequenceData
 from .evaluate import DEFAULT_CLASS_MAP, evaluate, is_simulated, map_labels
 from .inference import Classifier
-from .train import RunError, data_fingerprint, read_run_config, check_report_out, train
+from .train import RunError, check_report_out, data_fingerprint, read_run_config, train
 
 MANIFEST = "finetune.json"
 

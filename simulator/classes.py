@@ -27,8 +27,6 @@ TRUTH_FLOATS = ("class_mean_mag", "period_d", "amplitude_mag", "epoch_mjd", "tra
                 "rate_deg_per_day") + supernova.TRUTH_KEYS
 #: Per-object text truth: light-curve template and subtype (SN type Ia/IIP/IIL, RRab/RRc, ...).
 TRUTH_TEXT = ("template", "subtype")
-#: Classes whose first detection is the alert: their window starts `pre_alert_epochs` before it.
-ALERT_CLASSES = ("supernova", "asteroid")
 
 
 def _star_mag(rng: np.random.Generator, cond: ObjectConditions, cfg: SimConfig, m_cut: float | None = None,

@@ -292,8 +292,8 @@ class Renderer:
         self.psf_table = ktable(psf, float(moffat_beta))
         self.disk_table = ktable("exponential")
         self.bulge_table = ktable("devaucouleurs")
-        self._grids = {n: _Grid(n, stamp_size) for n in {fft_size, host_fft_size}}  # and trails' larger ones
-        self._point_grid, self._host_grid = self._grids[fft_size], self._grids[host_fft_size]
+        self._grids: dict[int, _Grid] = {}  # by size: the configured two, and long trails' larger ones
+        self._point_grid, self._host_grid = self._grid(fft_size), self._grid(host_fft_size)
         self._direct = _DirectSum(fft_size, stamp_size, self.psf_table)
         self._direct_host = _DirectHostSum(host_fft_size, stamp_size, self.psf_table, self.disk_table,
                                            self.bulge_table)

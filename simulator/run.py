@@ -200,12 +200,12 @@ def _warn_disk_space(cfg: SimConfig, out: Path, parts: Path) -> None:
     """Say at the start, not hours later, when the disk looks too small: while it runs, the shards in `parts`
     and the output built from them take about twice the dataset's size. Only a warning (the estimate is one);
     a run stopped by a full disk keeps its finished shards and resumes once there is room."""
-    have = sum(p.stat().st_size for p in parts.glob("shard-*.h5"))
-    need = 2 * estimated_bytes(cfg) - have
+    size = estimated_bytes(cfg)
+    need = 2 * size - sum(p.stat().st_size for p in parts.glob("shard-*.h5"))
     free = shutil.disk_usage(parts).free
     if need > free:
         print(f"warning: simulating {out} needs about {need / 1e9:.1f} GB more on its disk (its shards in {parts} "
-              f"and the merged file, ~{estimated_bytes(cfg) / 1e9:.1f} GB each), which has {free / 1e9:.1f} GB "
+              f"and the merged file, ~{size / 1e9:.1f} GB each), which has {free / 1e9:.1f} GB "
               "free; a run that fills it keeps its finished shards and resumes when rerun", file=sys.stderr)
 
 

@@ -18,6 +18,8 @@ import yaml
 
 #: Class names of the dataset contract, in label order (Carrasco-Davis et al. 2019, Table 2).
 ALL_CLASSES = ("supernova", "rrlyrae", "cepheid", "eclipsing_binary", "nonvariable", "galaxy", "asteroid")
+#: Classes whose first detection is the alert: their window starts `pre_alert_epochs` before it.
+ALERT_CLASSES = ("supernova", "asteroid")
 
 #: Options that do not change the dataset's contents, left out of its stored config (`shard_size` is not among
 #: them: see its comment in `SimConfig`).

@@ -17,12 +17,12 @@ import numpy as np
 from survey_params import ConditionsError, make_sampler
 from survey_params.sampling import EPOCH_FIELDS
 
-from .classes import ALERT_CLASSES, MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
+from .classes import MODELS, TRUTH_FLOATS, TRUTH_TEXT, load_models
 from .flux import mag_to_adu
 from .hosts import draw_host
 from .noise import add_ccd_noise_streams
 from .render import HostParams, Renderer, StampParams
-from .settings import SimConfig, psf_fwhm_arcsec
+from .settings import ALERT_CLASSES, SimConfig, psf_fwhm_arcsec
 from .templates import resolve_templates
 
 HOST_FIELDS = ("dx_px", "dy_px", "disk_hlr_px", "bulge_hlr_px", "bulge_frac", "disk_g1", "disk_g2",
